@@ -1,0 +1,134 @@
+"""Command-line plumbing shared by the `run_*.py` scripts.
+
+Each script builds an `argparse` parser with option groups, then calls
+`parse_args_with_config` (options may come from a JSON or TOML file given with
+`--config`), saves the final options next to its outputs with `save_options`, and
+runs its work inside `exit_on_user_error`, which turns the errors a user can cause
+into one line on stderr and a non-zero exit instead of a traceback.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+# Errors a user can cause (bad value, missing file, missing package). Anything else is
+# a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_config_option(parser):
+    """Add `--config FILE` to `parser`; values in the file become the defaults."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or TOML file of options, keyed by long option name with '-' or '_' "
+        "(e.g. {\"batch-size\": 32}); the command line wins over the file (default: none)",
+    )
+
+
+def _read_config_file(config_path):
+    path = Path(config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path.resolve()}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text)
+        return json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(
+            f"Config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: "
+            f"{error}. Received: config={config_path}"
+        ) from None
+
+
+def parse_args_with_config(parser, argv=None):
+    """Parse `argv`, taking defaults from the `--config` file when one is given.
+
+    Args:
+        parser: an `argparse.ArgumentParser` that went through `add_config_option`.
+        argv: the arguments to parse (default: `sys.argv[1:]`).
+
+    Example:
+        >>> args = parse_args_with_config(parser, ["--config", "opts.json", "data/"])
+    """
+    # A separate parser finds --config without tripping over missing positionals.
+    config_finder = argparse.ArgumentParser(add_help=False)
+    config_finder.add_argument("--config")
+    pre_args, _ = config_finder.parse_known_args(argv)
+    if pre_args.config:
+        file_options = _read_config_file(pre_args.config)
+        known = {action.dest: action for action in parser._actions}
+        defaults = {}
+        for key, value in file_options.items():
+            dest = key.replace("-", "_")
+            if dest not in known or dest in ("help", "config"):
+                valid = sorted(name.replace("_", "-") for name in known if name not in ("help", "config"))
+                raise ValueError(
+                    f"Unknown option '{key}' in config file {pre_args.config}. "
+                    f"Valid options: {', '.join(valid)}. Received: {key}={value!r}"
+                )
+            defaults[dest] = value
+        # Positional arguments from the file are passed as defaults too; argparse
+        # then no longer requires them on the command line.
+        for action in parser._actions:
+            if action.dest in defaults and not action.option_strings:
+                action.nargs = "*" if action.nargs in ("+", "*") else "?"
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return value
+
+
+def save_options(args, path):
+    """Write the final options of a run to `path` as JSON, loadable again with `--config`.
+
+    Args:
+        args: an `argparse.Namespace` or a dict of option values.
+        path: the JSON file to write; its folder is created.
+
+    Example:
+        >>> save_options(args, "runs/exp1/options.json")
+    """
+    options = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    options = {key: _jsonable(value) for key, value in options.items() if key != "config"}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(options, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+@contextlib.contextmanager
+def exit_on_user_error(program):
+    """Turn user errors into `program: error: message` and exit status 2; Ctrl-C into 130.
+
+    Example:
+        >>> with exit_on_user_error("run_train.py"):
+        ...     train(args)
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted; run the same command again to continue.", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except USER_ERRORS as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"{program}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
