@@ -1,0 +1,214 @@
+"""Feed store features to Keras: from memory when they fit, streamed from HDF5 in contiguous blocks otherwise."""
+
+import os
+
+import h5py
+import keras
+import numpy as np
+
+# Keep the features in memory only while they take at most this share of the available memory;
+# the rest goes to the models, the predictions and the other processes on the machine.
+MEMORY_SHARE = 0.5
+
+
+def available_memory_bytes():
+    """Memory the system can still give this process, in bytes (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 1024**3
+
+
+class _ArraySource:
+    """All rows of the chosen backbones (and views) held in memory, in their stored dtype."""
+
+    streamed = False
+
+    def __init__(self, store_path, backbones, with_views):
+        self.features, self.views = {}, {}
+        with h5py.File(store_path, "r") as store_file:
+            for backbone in backbones:
+                self.features[backbone] = store_file["features"][backbone][()]
+                if with_views and "views" in store_file and backbone in store_file["views"]:
+                    self.views[backbone] = store_file["views"][backbone][()]
+
+    def gather(self, backbone, blocks, rows, views=False):
+        array = self.views[backbone] if views else self.features[backbone]
+        return array[np.concatenate([rows[start:stop] for start, stop in blocks])]
+
+
+class _HDF5Source:
+    """Rows read from the store on demand, one contiguous range per block."""
+
+    streamed = True
+
+    def __init__(self, store_path, backbones, with_views):
+        self.store_path = str(store_path)
+        self.backbones = tuple(backbones)
+        self.with_views = with_views
+        self._file = None
+
+    def _open(self):
+        # Opened lazily so that the source can be built (and copied) before any read.
+        if self._file is None:
+            self._file = h5py.File(self.store_path, "r")
+        return self._file
+
+    @property
+    def views(self):
+        store_file = self._open()
+        if not self.with_views or "views" not in store_file:
+            return {}
+        return {name: store_file["views"][name] for name in self.backbones if name in store_file["views"]}
+
+    def gather(self, backbone, blocks, rows, views=False):
+        store_file = self._open()
+        dataset = store_file["views"][backbone] if views else store_file["features"][backbone]
+        parts = []
+        for start, stop in blocks:
+            block_rows = rows[start:stop]
+            first, last = int(block_rows[0]), int(block_rows[-1]) + 1
+            # One contiguous read per block, then keep the rows of this split inside it.
+            parts.append(dataset[first:last][block_rows - first])
+        return np.concatenate(parts)
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def open_feature_source(store_path, backbones, *, stream=None, with_views=False, needed_bytes=None):
+    """Hold the features of `backbones` in memory, or stream them from the store when they do not fit.
+
+    Args:
+        store_path: the `.h5` feature store.
+        backbones: the backbone names to read.
+        stream: True streams from HDF5, False loads into memory, None decides by size against
+            the available memory (default: None).
+        with_views: also read `/views/<backbone>` where present (default: False).
+        needed_bytes: size of the data in memory, used when `stream` is None (default: None,
+            measured from the store).
+
+    Example:
+        >>> source = open_feature_source("cache.h5", ["resnet50"], stream=True)
+    """
+    if stream is None:
+        if needed_bytes is None:
+            with h5py.File(store_path, "r") as store_file:
+                needed_bytes = sum(store_file["features"][name].nbytes for name in backbones)
+        stream = needed_bytes > MEMORY_SHARE * available_memory_bytes()
+    source_class = _HDF5Source if stream else _ArraySource
+    return source_class(store_path, backbones, with_views)
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """Batches of `({backbone: features}, labels)` for the store rows of one split.
+
+    Batches are made of blocks of consecutive rows, read with one contiguous read each;
+    shuffling permutes the order of the blocks (not the rows) every epoch, so streamed reads
+    stay contiguous. The same source rows, seed and block size give the same batches from
+    memory and from HDF5, so both train the same model.
+
+    Args:
+        source: from `open_feature_source`.
+        backbones: the input names, in order.
+        rows: sorted store row indices of the split.
+        labels: the labels of those rows.
+        batch_size: rows per batch (default: 32).
+        shuffle: shuffle the block order each epoch (default: False).
+        block_rows: rows per contiguous block when shuffling; 1 shuffles single rows
+            (default: 1).
+        view_augment: pick a random view per row each epoch, the identity included (default: False).
+        view_index: feed this view to every row: 0 is `/features`, k is `/views[:, k-1]`
+            (default: 0).
+        seed: seed of the block order and view choice (default: 0).
+
+    Example:
+        >>> batches = FeatureBatches(source, ["resnet50"], rows, labels, batch_size=32, shuffle=True)
+    """
+
+    def __init__(
+        self,
+        source,
+        backbones,
+        rows,
+        labels,
+        *,
+        batch_size=32,
+        shuffle=False,
+        block_rows=1,
+        view_augment=False,
+        view_index=0,
+        seed=0,
+    ):
+        super().__init__(workers=1, use_multiprocessing=False)
+        if batch_size < 1 or block_rows < 1:
+            raise ValueError(
+                f"batch_size and block_rows must be at least 1. Received: batch_size={batch_size}, "
+                f"block_rows={block_rows}"
+            )
+        self.source = source
+        self.backbones = tuple(backbones)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.block_rows = int(block_rows) if shuffle else int(batch_size)
+        self.view_augment = view_augment
+        self.view_index = int(view_index)
+        self.seed = int(seed)
+        self._num_views = {name: view.shape[1] for name, view in source.views.items()}
+        self._epoch = 0
+        self._plan_epoch()
+
+    def _plan_epoch(self):
+        starts = np.arange(0, len(self.rows), self.block_rows)
+        blocks = np.stack([starts, np.minimum(starts + self.block_rows, len(self.rows))], axis=1)
+        rng = np.random.default_rng([self.seed, self._epoch])
+        if self.shuffle:
+            blocks = blocks[rng.permutation(len(blocks))]
+        blocks_per_batch = max(1, -(-self.batch_size // self.block_rows))
+        self._batches = [blocks[i : i + blocks_per_batch] for i in range(0, len(blocks), blocks_per_batch)]
+        if self.view_augment:
+            most_views = max(self._num_views.values(), default=0)
+            self._views = rng.integers(0, most_views + 1, size=len(self.rows))
+        else:
+            self._views = None
+
+    def __len__(self):
+        return len(self._batches)
+
+    def on_epoch_end(self):
+        self._epoch += 1
+        self._plan_epoch()
+
+    def _features(self, backbone, blocks):
+        features = self.source.gather(backbone, blocks, self.rows).astype("float32")
+        num_views = self._num_views.get(backbone, 0)
+        if self._views is not None and num_views:
+            positions = np.concatenate([np.arange(start, stop) for start, stop in blocks])
+            chosen = self._views[positions]
+        elif self.view_index and num_views >= self.view_index:
+            chosen = np.full(len(features), self.view_index)
+        else:
+            return features
+        if (chosen > 0).any():
+            views = self.source.gather(backbone, blocks, self.rows, views=True)
+            # A backbone with fewer views than the one drawn keeps the identity view.
+            picked = (chosen > 0) & (chosen <= num_views)
+            features[picked] = views[np.flatnonzero(picked), chosen[picked] - 1]
+        return features
+
+    def __getitem__(self, index):
+        blocks = self._batches[index]
+        inputs = {backbone: self._features(backbone, blocks) for backbone in self.backbones}
+        labels = self.labels[np.concatenate([np.arange(start, stop) for start, stop in blocks])]
+        return inputs, labels

@@ -1,0 +1,125 @@
+"""The fusion model: one named input per backbone, a small branch each, concatenated into a softmax."""
+
+import keras
+
+POOLINGS = ("avg", "max", "avgmax")
+
+
+def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, head_units, learning_rate):
+    if not feature_shapes:
+        raise ValueError(
+            "feature_shapes must name at least one backbone, e.g. {'resnet50': (2048,)}. "
+            f"Received: feature_shapes={feature_shapes!r}"
+        )
+    for backbone, shape in feature_shapes.items():
+        if len(tuple(shape)) not in (1, 3):
+            raise ValueError(
+                f"Feature shape of backbone {backbone!r} must be (D,) pooled or (H, W, D) spatial. "
+                f"Received: feature_shapes[{backbone!r}]={tuple(shape)}"
+            )
+    checks = [
+        (num_classes >= 2, f"num_classes must be at least 2. Received: num_classes={num_classes}"),
+        (units >= 1, f"units must be at least 1. Received: units={units}"),
+        (0 <= dropout < 1, f"dropout must lie in [0, 1). Received: dropout={dropout}"),
+        (l2 >= 0, f"l2 must be 0 or more. Received: l2={l2}"),
+        (learning_rate > 0, f"learning_rate must be positive. Received: learning_rate={learning_rate}"),
+        (
+            all(int(size) >= 1 for size in head_units),
+            f"head_units must be positive layer sizes, e.g. [256]. Received: head_units={list(head_units)}",
+        ),
+        (
+            pooling in POOLINGS,
+            f"Unknown pooling {pooling!r}. Valid values: {', '.join(POOLINGS)}. Received: pooling={pooling!r}",
+        ),
+    ]
+    for passed, message in checks:
+        if not passed:
+            raise ValueError(message)
+
+
+def _branch(inputs, backbone, units, dropout, regularizer, pooling):
+    tensor = inputs
+    if len(inputs.shape) == 4:
+        # Spatial maps (N, H, W, D) are pooled to vectors; pooled features pass as they are.
+        if pooling == "avg":
+            tensor = keras.layers.GlobalAveragePooling2D(name=f"{backbone}_avg_pool")(tensor)
+        elif pooling == "max":
+            tensor = keras.layers.GlobalMaxPooling2D(name=f"{backbone}_max_pool")(tensor)
+        else:
+            tensor = keras.layers.Concatenate(name=f"{backbone}_avgmax_pool")(
+                [
+                    keras.layers.GlobalAveragePooling2D(name=f"{backbone}_avg_pool")(tensor),
+                    keras.layers.GlobalMaxPooling2D(name=f"{backbone}_max_pool")(tensor),
+                ]
+            )
+    tensor = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"{backbone}_dense")(
+        tensor
+    )
+    tensor = keras.layers.BatchNormalization(name=f"{backbone}_batchnorm")(tensor)
+    return keras.layers.Dropout(dropout, name=f"{backbone}_dropout")(tensor)
+
+
+def build_fusion_model(
+    feature_shapes,
+    num_classes,
+    *,
+    units=256,
+    dropout=0.5,
+    l2=1e-4,
+    pooling="avg",
+    head_units=(),
+    learning_rate=1e-3,
+    name="fusion",
+):
+    """Build and compile the fusion model; with one backbone it is that backbone's classifier.
+
+    Each backbone gets `keras.Input(name=backbone)` and a branch: pooling (spatial maps only)
+    -> Dense(units, relu) -> BatchNormalization -> Dropout(dropout). The branches are
+    concatenated, passed through the optional `head_units` Dense layers, and into
+    Dense(num_classes, softmax). Without head layers each branch adds its own logits, so the
+    model cannot use interactions between backbones; head layers let it.
+
+    Args:
+        feature_shapes: dict backbone name -> per-image feature shape, `(D,)` or `(H, W, D)`;
+            its order is the order of the inputs.
+        num_classes: number of classes.
+        units: width of each branch's Dense layer (default: 256).
+        dropout: dropout rate after each branch and head layer (default: 0.5).
+        l2: L2 weight penalty of the Dense layers (default: 1e-4).
+        pooling: pooling of spatial maps, `avg`, `max` or `avgmax` (default: "avg").
+        head_units: sizes of Dense(relu) layers between the concatenation and the softmax
+            (default: (), none).
+        learning_rate: Adam's learning rate (default: 1e-3).
+        name: the model's name (default: "fusion").
+
+    Example:
+        >>> model = build_fusion_model({"resnet50": (2048,), "vgg16": (7, 7, 512)}, num_classes=10)
+        >>> model.fit({"resnet50": x1, "vgg16": x2}, labels)
+    """
+    head_units = tuple(int(size) for size in (head_units or ()))
+    _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, head_units, learning_rate)
+    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    inputs = [keras.Input(shape=tuple(shape), name=backbone) for backbone, shape in feature_shapes.items()]
+    branches = [
+        _branch(tensor, backbone, units, dropout, regularizer, pooling)
+        for tensor, backbone in zip(inputs, feature_shapes)
+    ]
+    tensor = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="concatenate")(branches)
+    for index, size in enumerate(head_units):
+        tensor = keras.layers.Dense(size, activation="relu", kernel_regularizer=regularizer, name=f"head_dense_{index}")(
+            tensor
+        )
+        tensor = keras.layers.Dropout(dropout, name=f"head_dropout_{index}")(tensor)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_regularizer=regularizer, name="softmax")(
+        tensor
+    )
+    model = keras.Model(inputs=inputs, outputs=outputs, name=name)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        # XLA compilation of these small heads costs ~5 s per model on TensorFlow CPU and gains
+        # nothing measurable per step; JAX needs jit, so other backends keep Keras's choice.
+        jit_compile=False if keras.backend.backend() == "tensorflow" else "auto",
+    )
+    return model

@@ -1,0 +1,349 @@
+"""One training run: fusion model, baselines and ablation on one split, written to a run folder."""
+
+import csv
+import dataclasses
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import sklearn
+
+from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
+from fusion.data import FeatureBatches, open_feature_source
+from fusion.evaluation import evaluate_probabilities, mcnemar_test
+from fusion.model import build_fusion_model
+from fusion.report import summarize, write_report
+from fusion.store import SPLITS, read_store_info, select_backbones
+from fusion.training import class_weights, train_model
+
+# Rows per contiguous read when streaming: large enough for cheap HDF5 reads, small enough
+# that a batch mixes several places of a store written class by class.
+STREAM_BLOCK_ROWS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionRun:
+    """A finished run: its Keras models, class names, backbones, report and config.
+
+    Attributes:
+        run_dir: the run folder.
+        models: dict model name -> `keras.Model` (`fusion`, each backbone, `fusion_without_<b>`).
+        class_names: tuple of class names, in the order of the softmax outputs.
+        backbones: tuple of backbone names, the fusion model's input names.
+        report: the contents of report.json.
+        config: the contents of config.json (options, versions, store).
+    """
+
+    run_dir: Path
+    models: dict
+    class_names: tuple
+    backbones: tuple
+    report: dict
+    config: dict
+
+    @property
+    def fusion_model(self):
+        return self.models["fusion"]
+
+    def predict_proba(self, features, model="fusion", batch_size=256):
+        """Class probabilities of `model` for a dict {backbone: (N, ...) features}."""
+        keras_model = self.models[model]
+        names = [tensor.name for tensor in keras_model.inputs]
+        missing = [name for name in names if name not in features]
+        if missing:
+            raise ValueError(
+                f"Model {model!r} needs features for backbones {names}. Missing: {missing}. "
+                f"Received: features for {sorted(features)}"
+            )
+        inputs = {name: np.asarray(features[name], dtype="float32") for name in names}
+        return keras_model.predict(inputs, batch_size=batch_size, verbose=0)
+
+
+def _versions():
+    return {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "sklearn": sklearn.__version__,
+    }
+
+
+def _prepare_run_dir(out_dir, overwrite):
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"Run folder {out_dir.resolve()} is a file. Expected a folder; choose another --out.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"Run folder {out_dir.resolve()} is not empty. Choose a new --out, or pass --overwrite "
+                f"to replace the run in it. Received: out={out_dir}"
+            )
+        if not (out_dir / "config.json").is_file():
+            # Only a folder that a run wrote is deleted wholesale; anything else may be the user's.
+            raise FileExistsError(
+                f"Refusing to overwrite {out_dir.resolve()}: it is not empty and holds no config.json, so it "
+                f"is not a run folder. Choose a new --out. Received: out={out_dir}"
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _check_view_options(info, backbones, view_augment, tta):
+    if (view_augment or tta) and not any(info.view_names[name] for name in backbones):
+        flags = [flag for flag, on in (("--view-augment", view_augment), ("--tta", tta)) if on]
+        raise ValueError(
+            f"{' and '.join(flags)} need extra views in the store (/views/<backbone>), but {info.path} has "
+            f"none for backbones {list(backbones)}. Precompute views (e.g. hflip) or drop the option. "
+            f"Received: view_augment={view_augment}, tta={tta}"
+        )
+
+
+def _write_predictions(run_dir, info, test_rows, test_labels, probabilities_by_model):
+    folder = run_dir / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    class_names = list(info.class_names)
+    for name, probabilities in probabilities_by_model.items():
+        with open(folder / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "predicted", "confidence"] + [f"p_{c}" for c in class_names])
+            for row, label, probs in zip(test_rows, test_labels, probabilities):
+                best = int(np.argmax(probs))
+                writer.writerow(
+                    [info.paths[row], class_names[label], class_names[best], f"{probs[best]:.6f}"]
+                    + [f"{p:.6f}" for p in probs]
+                )
+    np.savez_compressed(
+        folder / "test_probabilities.npz",
+        rows=test_rows,
+        labels=test_labels,
+        **{name.replace("+", "_plus_"): probs for name, probs in probabilities_by_model.items()},
+    )
+
+
+def train_run(
+    store_path,
+    out_dir,
+    *,
+    backbones=None,
+    units=256,
+    dropout=0.5,
+    l2=1e-4,
+    pooling="avg",
+    head_units=(),
+    learning_rate=1e-3,
+    batch_size=32,
+    epochs=60,
+    patience=10,
+    class_weight="none",
+    seed=0,
+    stream=None,
+    block_rows=None,
+    view_augment=False,
+    tta=False,
+    ablation=True,
+    overwrite=False,
+    options=None,
+    log=print,
+):
+    """Train the fusion model, one classifier per backbone and the ablations, evaluate all, write the report.
+
+    Every model sees the same split, batches, epochs and patience. Writes into `out_dir`:
+    config.json, models/*.keras, history/*.csv, predictions/*.csv, report.json, report.md,
+    plots/*.png.
+
+    Args:
+        store_path: the `.h5` feature store.
+        out_dir: the run folder; must be empty or new unless `overwrite`.
+        backbones: backbone names to use (default: None, all of the store's).
+        units, dropout, l2, pooling, head_units, learning_rate: see `build_fusion_model`
+            (defaults: 256, 0.5, 1e-4, "avg", (), 1e-3).
+        batch_size: rows per batch (default: 32).
+        epochs: most epochs per model (default: 60).
+        patience: early-stopping patience in epochs (default: 10).
+        class_weight: `none` or `balanced` (default: "none").
+        seed: seed of weights, batches and views; the same seed repeats a run on CPU (default: 0).
+        stream: True streams features from HDF5, False loads them, None decides by size (default: None).
+        block_rows: consecutive rows per shuffled block (default: None, 1 in memory, 8 streamed).
+        view_augment: train on a random view per image each epoch (default: False).
+        tta: also report test metrics averaged over all views (default: False).
+        ablation: train `fusion_without_<backbone>` for each backbone (default: True).
+        overwrite: replace an existing run folder (default: False).
+        options: extra dict saved in config.json, e.g. the command-line options (default: None).
+        log: function that prints progress lines (default: print).
+
+    Example:
+        >>> run = train_run("cache.h5", "runs/exp1", head_units=[256])
+        >>> run.report["test"]["fusion"]["accuracy"]
+    """
+    info = read_store_info(store_path)
+    backbones = select_backbones(info, backbones)
+    class_weight_mode = class_weight
+    _check_view_options(info, backbones, view_augment, tta)
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience), ("block_rows", block_rows or 1)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
+    # Fail on bad model options before any folder is touched or data is read.
+    build_fusion_model(
+        {name: info.feature_shapes[name] for name in backbones}, len(info.class_names), units=units,
+        dropout=dropout, l2=l2, pooling=pooling, head_units=head_units, learning_rate=learning_rate,
+    )
+    run_dir = _prepare_run_dir(out_dir, overwrite)
+    with_views = view_augment or tta
+    source = open_feature_source(
+        info.path, backbones, stream=stream, with_views=with_views,
+        needed_bytes=info.feature_bytes(backbones, with_views=with_views),
+    )
+    if block_rows is None:
+        block_rows = STREAM_BLOCK_ROWS if source.streamed else 1
+    rows = {split: info.split_rows(split) for split in SPLITS}
+    labels = {split: info.labels[rows[split]] for split in SPLITS}
+    config = {
+        "options": dict(options or {}),
+        "arguments": {
+            "store": str(info.path), "backbones": list(backbones), "units": units, "dropout": dropout, "l2": l2,
+            "pooling": pooling, "head_units": list(head_units or ()), "learning_rate": learning_rate,
+            "batch_size": batch_size, "epochs": epochs, "patience": patience, "class_weight": class_weight_mode,
+            "seed": seed, "streamed": source.streamed, "block_rows": block_rows, "view_augment": view_augment,
+            "tta": tta, "ablation": ablation,
+        },
+        "versions": _versions(),
+        "class_names": list(info.class_names),
+        "backbones": list(backbones),
+        "feature_shapes": {name: list(info.feature_shapes[name]) for name in backbones},
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    weights = class_weights(labels["train"], len(info.class_names), class_weight_mode)
+
+    def batches(split, names, **kwargs):
+        return FeatureBatches(source, names, rows[split], labels[split], batch_size=batch_size, seed=seed, **kwargs)
+
+    histories, val_probabilities, test_probabilities, tta_probabilities, training = {}, {}, {}, {}, {}
+    models = {}
+
+    def fit(name, names, heads):
+        keras.utils.set_random_seed(seed)
+        started = time.perf_counter()
+        model = build_fusion_model(
+            {n: info.feature_shapes[n] for n in names}, len(info.class_names), units=units, dropout=dropout,
+            l2=l2, pooling=pooling, head_units=heads, learning_rate=learning_rate, name=name,
+        )
+        history = train_model(
+            model,
+            batches("train", names, shuffle=True, block_rows=block_rows, view_augment=view_augment),
+            batches("val", names),
+            epochs=epochs, patience=patience, class_weight=weights,
+            checkpoint_path=run_dir / "models" / f"{name}.keras", history_path=run_dir / "history" / f"{name}.csv",
+        )
+        # The checkpoint holds the best epoch; so does the model after EarlyStopping restores it.
+        model.save(run_dir / "models" / f"{name}.keras")
+        models[name] = model
+        histories[name] = history
+        val_probabilities[name] = model.predict(batches("val", names), verbose=0)
+        test_probabilities[name] = model.predict(batches("test", names), verbose=0)
+        if tta:
+            num_views = max(len(info.view_names[n]) for n in names)
+            per_view = [test_probabilities[name]] + [
+                model.predict(batches("test", names, view_index=index), verbose=0) for index in range(1, num_views + 1)
+            ]
+            tta_probabilities[name] = np.mean(per_view, axis=0)
+        best_epoch = int(np.argmin(history["val_loss"]))
+        training[name] = {
+            "epochs_run": len(history["val_loss"]),
+            "best_epoch": best_epoch + 1,
+            "best_val_loss": float(history["val_loss"][best_epoch]),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        log(
+            f"{name}: {training[name]['epochs_run']} epochs, best val_loss {training[name]['best_val_loss']:.4f} "
+            f"at epoch {training[name]['best_epoch']}, test accuracy "
+            f"{np.mean(test_probabilities[name].argmax(1) == labels['test']):.3f}"
+        )
+
+    fit("fusion", backbones, head_units)
+    for backbone in backbones:
+        fit(backbone, (backbone,), ())
+    if ablation and len(backbones) > 1:
+        for backbone in backbones:
+            fit(f"fusion_without_{backbone}", tuple(n for n in backbones if n != backbone), head_units)
+
+    singles_val = [val_probabilities[name] for name in backbones]
+    singles_test = [test_probabilities[name] for name in backbones]
+    test_probabilities["average"] = average_probabilities(singles_test)
+    weighted = WeightedAverage().fit(singles_val, labels["val"])
+    test_probabilities["weighted_average"] = weighted.predict_proba(singles_test)
+    stacker = StackingClassifier(seed=seed).fit(singles_val, labels["val"])
+    test_probabilities["stacking"] = stacker.predict_proba(singles_test)
+    if tta:
+        for name, probabilities in list(tta_probabilities.items()):
+            if not name.startswith("fusion_without_"):
+                test_probabilities[f"{name}+tta"] = probabilities
+        test_probabilities["average+tta"] = average_probabilities([tta_probabilities[name] for name in backbones])
+    (run_dir / "models" / "weighted_average.json").write_text(
+        json.dumps({"backbones": list(backbones), "weights": weighted.weights_.tolist()}, indent=2) + "\n"
+    )
+    (run_dir / "models" / "stacking.json").write_text(
+        json.dumps({"backbones": list(backbones), **stacker.to_dict()}, indent=2) + "\n"
+    )
+    test_metrics = {
+        name: evaluate_probabilities(labels["test"], probabilities, info.class_names)
+        for name, probabilities in test_probabilities.items()
+    }
+    mcnemar = mcnemar_test(
+        labels["test"], test_probabilities["fusion"].argmax(1), test_probabilities["average"].argmax(1)
+    )
+    report = {
+        "store": str(info.path),
+        "backbones": list(backbones),
+        "class_names": list(info.class_names),
+        "images_per_split": {split: int(len(rows[split])) for split in SPLITS},
+        "test": test_metrics,
+        "mcnemar": {"fusion_vs_average": {**mcnemar, "model_a": "fusion", "model_b": "average"}},
+        "summary": summarize(test_metrics, backbones, mcnemar),
+        "weighted_average_weights": dict(zip(backbones, weighted.weights_.tolist())),
+        "training": training,
+    }
+    _write_predictions(run_dir, info, rows["test"], labels["test"], test_probabilities)
+    markdown_path = write_report(run_dir, report, histories)
+    if source.streamed:
+        source.close()
+    log(f"report: {markdown_path}")
+    return FusionRun(
+        run_dir=run_dir, models=models, class_names=info.class_names, backbones=tuple(backbones),
+        report=report, config=config,
+    )
+
+
+def load_run(run_dir):
+    """Load a finished run: its Keras models (safe mode), class names, backbones, report and config.
+
+    Args:
+        run_dir: a folder written by `train_run` / `run_train.py`.
+
+    Example:
+        >>> run = load_run("runs/exp1")
+        >>> probabilities = run.fusion_model.predict({"resnet50": features})
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "report.json", "models/fusion.keras"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(
+                f"Not a finished run: {(run_dir / name).resolve()} is missing. Expected a folder written by "
+                f"run_train.py; train first or point to another run."
+            )
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    models = {
+        path.stem: keras.saving.load_model(path, safe_mode=True) for path in sorted((run_dir / "models").glob("*.keras"))
+    }
+    return FusionRun(
+        run_dir=run_dir, models=models, class_names=tuple(config["class_names"]), backbones=tuple(config["backbones"]),
+        report=report, config=config,
+    )

@@ -1,0 +1,125 @@
+"""Synthetic feature stores with a known answer, for tests, demos and benchmarks."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+KINDS = ("xor", "noisy_views", "random")
+
+
+def _string_data(values, string_format):
+    if string_format == "bytes":
+        return np.array([value.encode("utf-8") for value in values], dtype=f"S{max(1, max(map(len, values)))}")
+    return np.array(values, dtype=h5py.string_dtype("utf-8"))
+
+
+def write_synthetic_store(
+    path,
+    kind="xor",
+    *,
+    num_rows=600,
+    backbones=("alpha", "beta"),
+    feature_dims=16,
+    num_classes=None,
+    spatial_size=None,
+    num_views=0,
+    noise=1.0,
+    split_fractions=(0.6, 0.2, 0.2),
+    dtype="float16",
+    string_format="utf8",
+    with_extras=False,
+    seed=0,
+):
+    """Write a feature store in the README layout whose labels follow a known rule.
+
+    Kinds:
+        `xor`: two classes; backbone 0 sees one bit, backbone 1 another, the label is their XOR,
+            so only a model that combines the two backbones non-additively beats chance.
+        `noisy_views`: every backbone sees the class through its own independent noise, so
+            averaging the backbones beats each one alone.
+        `random`: random labels and features, for shape and I/O checks.
+    Rows are written sorted by label, as a folder walk would, to exercise block shuffling.
+
+    Args:
+        path: the `.h5` file to write.
+        kind: `xor`, `noisy_views` or `random` (default: "xor").
+        num_rows: number of images (default: 600).
+        backbones: backbone names (default: ("alpha", "beta")).
+        feature_dims: feature size D of every backbone, or a list with one size per backbone
+            (default: 16).
+        num_classes: classes (default: None, 2 for `xor`, 4 otherwise).
+        spatial_size: write (N, S, S, D) maps instead of (N, D) vectors (default: None).
+        num_views: extra views in `/views/<backbone>`: same signal, fresh noise (default: 0).
+        noise: standard deviation of the noise (default: 1.0).
+        split_fractions: train, val and test shares (default: (0.6, 0.2, 0.2)).
+        dtype: feature dtype (default: "float16").
+        string_format: `utf8` (variable-length) or `bytes` (fixed-length) strings (default: "utf8").
+        with_extras: also write a `/skipped` group and an unknown dataset and attribute,
+            which readers must ignore (default: False).
+        seed: random seed (default: 0).
+
+    Example:
+        >>> write_synthetic_store(tmp_path / "xor.h5", kind="xor", num_rows=400)
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown kind {kind!r}. Valid kinds: {', '.join(KINDS)}. Received: kind={kind!r}")
+    if kind == "xor" and len(backbones) < 2:
+        raise ValueError(f"kind='xor' needs at least two backbones. Received: backbones={list(backbones)}")
+    rng = np.random.default_rng(seed)
+    num_classes = num_classes or (2 if kind == "xor" else 4)
+    dims = [feature_dims] * len(backbones) if np.isscalar(feature_dims) else list(feature_dims)
+    if kind == "xor":
+        bits = rng.integers(0, 2, size=(num_rows, 2))
+        labels = bits[:, 0] ^ bits[:, 1]
+    else:
+        labels = rng.integers(0, num_classes, size=num_rows)
+    order = np.argsort(labels, kind="stable")
+    labels = labels[order]
+    if kind == "xor":
+        bits = bits[order]
+    fractions = np.asarray(split_fractions, dtype=float) / np.sum(split_fractions)
+    splits = rng.choice(np.array(["train", "val", "test"]), size=num_rows, p=fractions)
+
+    def signal(index, dim):
+        values = np.zeros((num_rows, dim))
+        if kind == "xor" and index < 2:
+            # The bit is plain to see in its own backbone: +-2 on a quarter of the dims.
+            informative = max(1, dim // 4)
+            values[:, :informative] = (2.0 * bits[:, index : index + 1] - 1.0) * 2.0
+        elif kind == "noisy_views":
+            prototypes = rng.normal(size=(num_classes, dim))
+            values = prototypes[labels]
+        return values
+
+    def with_noise(values):
+        if spatial_size:
+            # The same vector at every position of an S x S map, with its own noise there.
+            values = np.broadcast_to(values[..., None, None, :], values.shape[:-1] + (spatial_size, spatial_size, values.shape[-1]))
+        return (values + noise * rng.normal(size=values.shape)).astype(dtype)
+
+    class_names = [f"class_{index}" for index in range(num_classes)]
+    paths = [f"{class_names[label]}/image_{row:05d}.png" for row, label in enumerate(labels)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as store_file:
+        store_file.attrs["class_names"] = _string_data(class_names, string_format)
+        images = store_file.create_group("images")
+        images["path"] = _string_data(paths, string_format)
+        images["label"] = labels.astype(np.int64)
+        images["split"] = _string_data(list(splits), string_format)
+        features = store_file.create_group("features")
+        for index, (backbone, dim) in enumerate(zip(backbones, dims)):
+            clean = signal(index, dim)
+            features[backbone] = with_noise(clean)
+            if num_views:
+                views = with_noise(np.repeat(clean[:, None, :], num_views, axis=1))
+                dataset = store_file.require_group("views").create_dataset(backbone, data=views)
+                dataset.attrs["view_names"] = _string_data([f"view{v + 1}" for v in range(num_views)], string_format)
+        if with_extras:
+            skipped = store_file.create_group("skipped")
+            skipped["path"] = _string_data(["broken/not_an_image.png"], string_format)
+            skipped["reason"] = _string_data(["cannot identify image file"], string_format)
+            store_file.attrs["written_by"] = "write_synthetic_store"
+            images["width"] = np.full(num_rows, 32, dtype=np.int32)
+    return path

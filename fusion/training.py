@@ -1,0 +1,96 @@
+"""Train one model the Keras way: Adam, early stopping, checkpoint, learning-rate schedule, CSV history."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def class_weights(labels, num_classes, mode="balanced"):
+    """Per-class loss weights that make every class count alike, as a dict for `Model.fit`.
+
+    Args:
+        labels: the training labels.
+        num_classes: number of classes.
+        mode: `balanced` (weight n / (C * count)) or `none` (default: "balanced").
+
+    Example:
+        >>> class_weights([0, 0, 0, 1], num_classes=2)
+        {0: 0.666..., 1: 2.0}
+    """
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(
+            f"Unknown class weight mode {mode!r}. Valid values: {', '.join(CLASS_WEIGHTS)}. "
+            f"Received: class_weight={mode!r}"
+        )
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    # A class absent from training keeps weight 1: there is nothing to rebalance.
+    return {
+        index: (len(labels) / (num_classes * count) if count else 1.0) for index, count in enumerate(counts)
+    }
+
+
+def train_model(
+    model,
+    train_data,
+    val_data,
+    *,
+    epochs=60,
+    patience=10,
+    class_weight=None,
+    checkpoint_path=None,
+    history_path=None,
+    verbose=0,
+):
+    """Fit a compiled model with early stopping on validation loss, keeping the best weights.
+
+    Callbacks: EarlyStopping(val_loss, best weights restored), ReduceLROnPlateau(val_loss,
+    halving after a third of `patience`), ModelCheckpoint (best model in `.keras` format) and
+    CSVLogger when the paths are given. The data shuffles itself (see `FeatureBatches`), so
+    Keras does not shuffle again.
+
+    Args:
+        model: a compiled `keras.Model`, e.g. from `build_fusion_model`.
+        train_data: training batches, e.g. a `FeatureBatches`, or a tuple `(inputs, labels)`.
+        val_data: validation batches or tuple, for early stopping.
+        epochs: most epochs (default: 60).
+        patience: epochs without a better validation loss before stopping (default: 10).
+        class_weight: dict class -> loss weight (default: None).
+        checkpoint_path: `.keras` file for the best model (default: None, no checkpoint).
+        history_path: CSV file of the per-epoch history (default: None).
+        verbose: Keras verbosity (default: 0).
+
+    Example:
+        >>> history = train_model(model, train_batches, val_batches, epochs=30, checkpoint_path="best.keras")
+    """
+    if epochs < 1 or patience < 1:
+        raise ValueError(f"epochs and patience must be at least 1. Received: epochs={epochs}, patience={patience}")
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 3), min_lr=1e-6),
+    ]
+    if checkpoint_path is not None:
+        Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
+        callbacks.append(keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor="val_loss", save_best_only=True))
+    if history_path is not None:
+        Path(history_path).parent.mkdir(parents=True, exist_ok=True)
+        callbacks.append(keras.callbacks.CSVLogger(str(history_path)))
+    fit_arguments = {}
+    if isinstance(train_data, tuple):
+        train_inputs, train_labels = train_data
+        fit_arguments = {"x": train_inputs, "y": train_labels, "shuffle": True}
+    else:
+        fit_arguments = {"x": train_data, "shuffle": False}
+    history = model.fit(
+        **fit_arguments,
+        validation_data=val_data,
+        epochs=epochs,
+        callbacks=callbacks,
+        class_weight=class_weight,
+        verbose=verbose,
+    )
+    return history.history
