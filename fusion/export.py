@@ -127,7 +127,7 @@ def export_model(run_dir, out=None, store=None):
         >>> model_path = export_model("runs/exp1")
     """
     run = load_run(run_dir)
-    store = store or run.config.get("store")
+    store = store or run.config.get("options", {}).get("store") or run.report.get("store")
     if not store:
         raise ValueError(f"Run {run_dir} does not name its feature store. Pass it with --store.")
     recipes = feature_recipes(store, run.backbones)
