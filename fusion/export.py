@@ -154,8 +154,3 @@ def class_names_of(model):
         f"Model '{model.name}' carries no class names; it was not written by fusion.export_model. "
         f"Export the run with `python run_predict.py RUN_DIR --export-only`."
     )
-
-
-def input_sizes_of(model):
-    """The resize targets inside an exported model, one per backbone (they decide how finely to decode)."""
-    return [layer.height for layer in model.layers if isinstance(layer, keras.layers.Resizing)]

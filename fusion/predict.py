@@ -1,5 +1,6 @@
 """Classify image files with an exported model and write the predictions as CSV."""
 
+import collections
 import csv
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
@@ -8,9 +9,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from features.images import UnreadableImageError, load_image
+from features.images import UnreadableImageError, load_image, resize_image
 from features.views import apply_view, view_names
-from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model, input_sizes_of
+from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +58,57 @@ def load_classifier(model_or_run, store=None):
     return keras.saving.load_model(path, safe_mode=True)
 
 
-def _decode(path, decode_size, views):
+def _per_backbone_model(model):
+    """The exported model from its Resizing layers on: one input per backbone, at a fixed size.
+
+    Calling the exported model on images of ever new sizes would trace it again for each size;
+    this view of the same layers (same weights) takes images already resized with
+    `features.resize_image`, the same operation as its Resizing layers, so it is traced once.
+    """
+    resizers = [layer for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
+    inputs, features = {}, {}
+    for resizer in resizers:
+        backbone = resizer.name.removesuffix("_resize")
+        inputs[backbone] = keras.Input((resizer.height, resizer.width, 3), name=backbone, dtype="float32")
+        features[backbone] = model.get_layer(f"{backbone}_features")(inputs[backbone])
+    head = next(
+        layer for layer in model.layers
+        if isinstance(layer, keras.Model) and not layer.name.endswith("_features")
+    )
+    probabilities = model.get_layer("class_names")(head(features))
+    return keras.Model(inputs, probabilities), {name: int(tensor.shape[1]) for name, tensor in inputs.items()}
+
+
+def _map_ahead(executor, function, items, window):
+    """Like `executor.map`, but with at most `window` items decoded ahead, so memory stays bounded."""
+    pending = collections.deque()
+    for item in items:
+        pending.append(executor.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _prepare(path, decode_size, views, input_sizes):
+    """Decode one image and resize each of its views once per distinct input size."""
     try:
         image = load_image(path, min_size=decode_size)
     except UnreadableImageError as error:
         return None, error.reason
-    return [apply_view(image, view).astype(np.float32) for view in views], None
+    prepared = []
+    for view in views:
+        viewed = apply_view(image, view)
+        by_size = {size: resize_image(viewed, size) for size in set(input_sizes.values())}
+        prepared.append({name: by_size[size] for name, size in input_sizes.items()})
+    return prepared, None
 
 
 def predict_images(model, image_paths, batch_size=16, views="none", progress=False):
     """Class probabilities of an exported model for image files; unreadable files are skipped.
 
-    Images are decoded in a background thread while the model runs. Images of equal size go
-    through the model together; each view of an image is classified and the probabilities are
-    averaged over the views.
+    Images are decoded and resized in background threads while the model runs in fixed-size
+    batches. With views, each view of an image is classified and the probabilities averaged.
 
     Args:
         model: an exported model (see `load_classifier`).
@@ -86,36 +124,42 @@ def predict_images(model, image_paths, batch_size=16, views="none", progress=Fal
         raise ValueError(f"batch_size must be a positive number of images. Received: batch_size={batch_size}")
     all_views = ("identity",) + tuple(view_names(views))
     class_names = class_names_of(model)
-    decode_size = max(input_sizes_of(model))
+    fixed_size_model, input_sizes = _per_backbone_model(model)
+    decode_size = max(input_sizes.values())
     image_paths = [Path(path) for path in image_paths]
     sums = np.zeros((len(image_paths), len(class_names)), np.float64)
     readable = np.zeros(len(image_paths), bool)
     skipped = []
-    pending = {}  # image shape -> list of (image index, view array)
+    batch = []  # (image index, {backbone: resized view})
 
-    def run(shape):
-        group = pending.pop(shape)
-        probabilities = np.asarray(model.predict_on_batch(np.stack([image for _, image in group])))
-        for (index, _), row in zip(group, probabilities):
+    def run_batch():
+        # Padded to a full batch, so the compiled step keeps one shape.
+        padding = [batch[-1][1]] * (batch_size - len(batch))
+        inputs = {name: np.stack([views_[name] for _, views_ in batch] + [view[name] for view in padding])
+                  for name in input_sizes}
+        probabilities = np.asarray(fixed_size_model.predict_on_batch(inputs))
+        for (index, _), row in zip(batch, probabilities):
             sums[index] += row
+        batch.clear()
 
     from tqdm import tqdm
 
     with ThreadPoolExecutor(max_workers=2) as decoder:
-        decoded = decoder.map(lambda path: _decode(path, decode_size, all_views), image_paths)
-        for index, (images, reason) in enumerate(
-            tqdm(decoded, total=len(image_paths), unit="img", disable=not progress, desc="predict")
+        prepared = _map_ahead(decoder, lambda path: _prepare(path, decode_size, all_views, input_sizes),
+                              image_paths, window=2 * batch_size)
+        for index, (image_views, reason) in enumerate(
+            tqdm(prepared, total=len(image_paths), unit="img", disable=not progress, desc="predict")
         ):
-            if images is None:
+            if image_views is None:
                 skipped.append((str(image_paths[index]), reason))
                 continue
             readable[index] = True
-            for image in images:
-                pending.setdefault(image.shape, []).append((index, image))
-                if len(pending[image.shape]) >= batch_size:
-                    run(image.shape)
-        for shape in list(pending):
-            run(shape)
+            for resized in image_views:
+                batch.append((index, resized))
+                if len(batch) == batch_size:
+                    run_batch()
+        if batch:
+            run_batch()
     probabilities = (sums[readable] / len(all_views)).astype(np.float32)
     return Predictions(
         paths=[str(path) for path, ok in zip(image_paths, readable) if ok],

@@ -8,51 +8,10 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 import features
-from fusion import train_run
+from _run_fixtures import BACKBONES, INPUT_SIZE
 from fusion.export import ClassNames, build_pixel_model, class_names_of, export_model, feature_recipes
-
-# Two small backbones with different preprocessing ("tf" and "torch" modes) keep the test fast.
-BACKBONES = ["mobilenet_v2", "densenet121"]
-INPUT_SIZE = 32
-
-
-def write_two_class_images(root, per_class=8, seed=0):
-    """Squares of two colours on noise, varied sizes, so features differ by class."""
-    rng = np.random.default_rng(seed)
-    for class_index, colour in enumerate(((220, 40, 40), (40, 40, 220))):
-        folder = root / f"class_{class_index}"
-        folder.mkdir(parents=True)
-        for index in range(per_class):
-            height, width = rng.integers(36, 60, size=2)
-            pixels = rng.integers(0, 80, size=(height, width, 3), dtype=np.uint8)
-            pixels[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = colour
-            Image.fromarray(pixels).save(folder / f"image_{index}.png")
-    return root
-
-
-def trained_run(tmp_path_factory, dtype):
-    base = tmp_path_factory.mktemp(f"export_{dtype}")
-    data = write_two_class_images(base / "images")
-    store = base / "cache.h5"
-    features.precompute(data, store, BACKBONES, weights="none", input_size=INPUT_SIZE, dtype=dtype,
-                        views="hflip", val_fraction=0.25, test_fraction=0.25, progress=False)
-    run_dir = base / "run"
-    train_run(store, run_dir, units=8, epochs=2, patience=2, batch_size=8, ablation=False, log=lambda *_: None)
-    export_model(run_dir)
-    return data, store, run_dir
-
-
-@pytest.fixture(scope="module")
-def float32_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "float32")
-
-
-@pytest.fixture(scope="module")
-def float16_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "float16")
 
 
 def store_path_probabilities(store, run_dir):
