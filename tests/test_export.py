@@ -58,7 +58,7 @@ def test_exported_model_reloads_in_a_fresh_process(float32_run, tmp_path):
         features.load_image(image_path).astype("float32")[None]
     )
     script = (
-        "import json, sys, keras, features, fusion.export\n"
+        "import json, sys, keras, fusion, features\n"
         f"model = keras.saving.load_model({str(model_path)!r}, safe_mode=True)\n"
         f"image = features.load_image({str(image_path)!r}).astype('float32')[None]\n"
         "print(json.dumps(model.predict_on_batch(image).tolist()))\n"
