@@ -238,7 +238,7 @@ def train_run(
         history = train_model(
             model,
             batches("train", names, shuffle=True, block_rows=block_rows, view_augment=view_augment),
-            batches("val", names),
+            batches("val", names, class_weight=weights),
             epochs=epochs, patience=patience, class_weight=weights,
             checkpoint_path=run_dir / "models" / f"{name}.keras", history_path=run_dir / "history" / f"{name}.csv",
         )
