@@ -187,10 +187,11 @@ def train_run(
     backbones = select_backbones(info, backbones)
     class_weight_mode = class_weight
     _check_view_options(info, backbones, view_augment, tta)
-    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience), ("block_rows", block_rows or 1)):
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience), ("block_rows", 1 if block_rows is None else block_rows)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
-    # Fail on bad model options before any folder is touched or data is read.
+    # Fail on bad options before any folder is touched or data is read.
+    class_weights([0], 1, class_weight_mode)
     build_fusion_model(
         {name: info.feature_shapes[name] for name in backbones}, len(info.class_names), units=units,
         dropout=dropout, l2=l2, pooling=pooling, head_units=head_units, learning_rate=learning_rate,
