@@ -100,7 +100,7 @@ def _check_view_options(info, backbones, view_augment, tta):
     if (view_augment or tta) and not any(info.view_names[name] for name in backbones):
         flags = [flag for flag, on in (("--view-augment", view_augment), ("--tta", tta)) if on]
         raise ValueError(
-            f"{' and '.join(flags)} need extra views in the store (/views/<backbone>), but {info.path} has "
+            f"{' and '.join(flags)} {'need' if len(flags) > 1 else 'needs'} extra views in the store (/views/<backbone>), but {info.path} has "
             f"none for backbones {list(backbones)}. Precompute views (e.g. hflip) or drop the option. "
             f"Received: view_augment={view_augment}, tta={tta}"
         )

@@ -156,8 +156,8 @@ def test_errors_come_before_any_work(tmp_path):
     store = write_synthetic_store(tmp_path / "plain.h5", kind="xor", num_rows=60)
     out = tmp_path / "run"
     cases = [
-        ({"tta": True}, r"--tta need extra views in the store \(/views/<backbone>\)"),
-        ({"view_augment": True}, "--view-augment need extra views"),
+        ({"tta": True}, r"--tta needs extra views in the store \(/views/<backbone>\)"),
+        ({"view_augment": True}, "--view-augment needs extra views"),
         ({"backbones": ["gamma"]}, r"Unknown backbone 'gamma'.*Valid names: alpha, beta"),
         ({"units": 0}, "units must be at least 1"),
         ({"epochs": 0}, "epochs must be at least 1. Received: epochs=0"),

@@ -78,7 +78,7 @@ def test_user_errors_exit_2_with_one_line(spatial_store, tmp_path, capsys):
     config.write_text(json.dumps({"head_unit": [8]}))
     assert "Unknown option 'head_unit' in config file" in _fail(capsys, ["--config", str(config), str(spatial_store), "--out", "x"])
     plain = write_synthetic_store(tmp_path / "plain.h5", kind="xor", num_rows=40)
-    assert "--view-augment need extra views" in _fail(capsys, [str(plain), "--out", str(tmp_path / "r"), "--view-augment"])
+    assert "--view-augment needs extra views" in _fail(capsys, [str(plain), "--out", str(tmp_path / "r"), "--view-augment"])
     assert not (tmp_path / "r").exists()
 
 
