@@ -1,1 +1,38 @@
 """fusionpipe stage 1: frozen backbones over a folder of images, cached in one HDF5 store."""
+
+from features.backbones import (
+    BackboneSpec,
+    PreprocessInput,
+    create_backbone,
+    get_backbone_spec,
+    list_backbones,
+    resolve_weights,
+)
+from features.dataset import ImageTable, discover_images, make_splits
+from features.images import UnreadableImageError, load_image, resize_image
+from features.precompute import PrecomputeSummary, precompute
+from features.store import FeatureStore, StoreBusyError, load_store
+from features.views import DIHEDRAL_VIEWS, apply_view, view_names
+
+__all__ = [
+    "BackboneSpec",
+    "DIHEDRAL_VIEWS",
+    "FeatureStore",
+    "ImageTable",
+    "PrecomputeSummary",
+    "PreprocessInput",
+    "StoreBusyError",
+    "UnreadableImageError",
+    "apply_view",
+    "create_backbone",
+    "discover_images",
+    "get_backbone_spec",
+    "list_backbones",
+    "load_image",
+    "load_store",
+    "make_splits",
+    "precompute",
+    "resize_image",
+    "resolve_weights",
+    "view_names",
+]

@@ -1,0 +1,315 @@
+"""The registry of frozen ImageNet backbones from `keras.applications`.
+
+Each entry is a frozen `BackboneSpec` filled in by `@_register`. `create_backbone`
+builds a `keras.Model` that takes float32 RGB images in 0..255 and returns the
+backbone's features: `PreprocessInput` -> frozen backbone -> pooling.
+"""
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+
+import keras
+
+_BACKBONES = {}
+
+POOLINGS = ("avg", "max", "none")
+
+# keras.applications modules whose `preprocess_input` `PreprocessInput` may call.
+# A whitelist, so that loading a `.keras` file in safe mode can only name these.
+_PREPROCESS_MODULES = (
+    "convnext",
+    "densenet",
+    "efficientnet",
+    "efficientnet_v2",
+    "inception_resnet_v2",
+    "inception_v3",
+    "mobilenet",
+    "mobilenet_v2",
+    "resnet",
+    "resnet50",
+    "resnet_v2",
+    "vgg16",
+    "vgg19",
+    "xception",
+)
+
+_TF_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """What the registry knows about one backbone.
+
+    Args:
+        name: registry name, e.g. `"resnet50"`.
+        constructor: the `keras.applications` function that builds it, e.g. `"ResNet50"`.
+        preprocess_module: the `keras.applications` module whose `preprocess_input` it uses.
+        input_size: native input size (side of the square image) it was trained at.
+        min_input_size: smallest input size Keras accepts for it.
+        feature_size: channels of its last feature map, i.e. the pooled vector length.
+        weights_file: file name of Keras's ImageNet no-top weights in `~/.keras/models`.
+        weights_url: where Keras downloads `weights_file` from.
+
+    Example:
+        >>> get_backbone_spec("xception").input_size
+        299
+    """
+
+    name: str
+    constructor: str
+    preprocess_module: str
+    input_size: int
+    min_input_size: int
+    feature_size: int
+    weights_file: str
+    weights_url: str
+
+
+def _register(name, constructor, preprocess_module, input_size, min_input_size, feature_size,
+              weights_file, weights_url):
+    spec = BackboneSpec(name, constructor, preprocess_module, input_size, min_input_size,
+                        feature_size, weights_file, weights_url)
+    _BACKBONES[name] = spec
+    return spec
+
+
+def _register_all():
+    tf_kernels = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    _register("xception", "Xception", "xception", 299, 71, 2048,
+              "xception" + tf_kernels, _TF_KERAS_APPS + "xception/xception" + tf_kernels)
+    for name in ("vgg16", "vgg19"):
+        _register(name, name.upper()[:3] + name[3:], name, 224, 32, 512,
+                  name + tf_kernels, f"{_TF_KERAS_APPS}{name}/{name}{tf_kernels}")
+    for depth in (50, 101, 152):
+        _register(f"resnet{depth}", f"ResNet{depth}", "resnet", 224, 32, 2048,
+                  f"resnet{depth}{tf_kernels}", f"{_TF_KERAS_APPS}resnet/resnet{depth}{tf_kernels}")
+        _register(f"resnet{depth}_v2", f"ResNet{depth}V2", "resnet_v2", 224, 32, 2048,
+                  f"resnet{depth}v2{tf_kernels}",
+                  f"{_TF_KERAS_APPS}resnet/resnet{depth}v2{tf_kernels}")
+    _register("inception_v3", "InceptionV3", "inception_v3", 299, 75, 2048,
+              "inception_v3" + tf_kernels, _TF_KERAS_APPS + "inception_v3/inception_v3" + tf_kernels)
+    _register("inception_resnet_v2", "InceptionResNetV2", "inception_resnet_v2", 299, 75, 1536,
+              "inception_resnet_v2" + tf_kernels,
+              _TF_KERAS_APPS + "inception_resnet_v2/inception_resnet_v2" + tf_kernels)
+    _register("mobilenet", "MobileNet", "mobilenet", 224, 32, 1024,
+              "mobilenet_1_0_224_tf_no_top.h5", _TF_KERAS_APPS + "mobilenet/mobilenet_1_0_224_tf_no_top.h5")
+    mobilenet_v2_file = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    _register("mobilenet_v2", "MobileNetV2", "mobilenet_v2", 224, 32, 1280,
+              mobilenet_v2_file, _TF_KERAS_APPS + "mobilenet_v2/" + mobilenet_v2_file)
+    for depth, feature_size in ((121, 1024), (169, 1664), (201, 1920)):
+        _register(f"densenet{depth}", f"DenseNet{depth}", "densenet", 224, 32, feature_size,
+                  f"densenet{depth}{tf_kernels}", f"{_TF_KERAS_APPS}densenet/densenet{depth}{tf_kernels}")
+    efficientnet_sizes = {"b0": (224, 1280), "b1": (240, 1280), "b2": (260, 1408), "b3": (300, 1536),
+                          "b4": (380, 1792), "b5": (456, 2048), "b6": (528, 2304), "b7": (600, 2560)}
+    for variant, (input_size, feature_size) in efficientnet_sizes.items():
+        weights_file = f"efficientnet{variant}_notop.h5"
+        _register(f"efficientnet_{variant}", f"EfficientNet{variant.upper()}", "efficientnet",
+                  input_size, 32, feature_size, weights_file,
+                  "https://storage.googleapis.com/keras-applications/" + weights_file)
+    efficientnet_v2_sizes = {"b0": (224, 1280), "b1": (240, 1280), "b2": (260, 1408), "b3": (300, 1536),
+                             "s": (384, 1280), "m": (480, 1280), "l": (480, 1280)}
+    for variant, (input_size, feature_size) in efficientnet_v2_sizes.items():
+        weights_file = f"efficientnetv2-{variant}_notop.h5"
+        _register(f"efficientnet_v2_{variant}", f"EfficientNetV2{variant.upper()}", "efficientnet_v2",
+                  input_size, 32, feature_size, weights_file,
+                  _TF_KERAS_APPS + "efficientnet_v2/" + weights_file)
+    for variant, feature_size in (("tiny", 768), ("small", 768), ("base", 1024), ("large", 1536)):
+        weights_file = f"convnext_{variant}_notop.h5"
+        _register(f"convnext_{variant}", f"ConvNeXt{variant.capitalize()}", "convnext", 224, 32,
+                  feature_size, weights_file, _TF_KERAS_APPS + "convnext/" + weights_file)
+
+
+_register_all()
+
+
+def list_backbones():
+    """Names of all registered backbones, sorted.
+
+    Example:
+        >>> "resnet50" in list_backbones()
+        True
+    """
+    return sorted(_BACKBONES)
+
+
+def get_backbone_spec(name):
+    """The `BackboneSpec` of backbone `name`; an unknown name is a ValueError listing valid ones.
+
+    Example:
+        >>> get_backbone_spec("vgg19").feature_size
+        512
+    """
+    if name not in _BACKBONES:
+        raise ValueError(
+            f"Unknown backbone '{name}'. Valid names: {', '.join(list_backbones())}. "
+            f"Received: backbones={[name]}"
+        )
+    return _BACKBONES[name]
+
+
+def check_backbone_names(names):
+    """Validate a list of backbone names; returns them as a list without duplicates, in order."""
+    if isinstance(names, str):
+        names = [names]
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError(f"No backbone given. Valid names: {', '.join(list_backbones())}. Received: backbones=[]")
+    unknown = [name for name in names if name not in _BACKBONES]
+    if unknown:
+        raise ValueError(
+            f"Unknown backbone{'s' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)}. "
+            f"Valid names: {', '.join(list_backbones())}. Received: backbones={names}"
+        )
+    return names
+
+
+def _check_pooling(pooling):
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling '{pooling}'. Valid values: {', '.join(POOLINGS)}. "
+                         f"Received: pooling={pooling!r}")
+
+
+def check_input_size(name, input_size):
+    """The input size to use for backbone `name`: its native size when `input_size` is None."""
+    spec = get_backbone_spec(name)
+    if input_size is None:
+        return spec.input_size
+    if not isinstance(input_size, int) or input_size < spec.min_input_size:
+        raise ValueError(
+            f"Input size {input_size} is too small for backbone '{name}': it needs at least "
+            f"{spec.min_input_size} pixels (native size {spec.input_size}). Received: input_size={input_size}"
+        )
+    return input_size
+
+
+def keras_weights_folders():
+    """Folders where Keras keeps downloaded weights: `$KERAS_HOME/models` (or `~/.keras/models`), then `/tmp/.keras/models`."""
+    if os.environ.get("KERAS_HOME"):
+        home = Path(os.environ["KERAS_HOME"]).expanduser()
+    else:
+        home = Path("~/.keras").expanduser()
+    # Keras falls back to /tmp/.keras when the home folder is not writable.
+    return [home / "models", Path("/tmp/.keras/models")]
+
+
+def resolve_weights(name, weights="imagenet"):
+    """The weights argument to give the `keras.applications` constructor of `name`.
+
+    Returns None for `weights="none"` or None, else the full path of an existing weights file:
+    for `"imagenet"` it is looked up in the Keras cache folders (see `keras_weights_folders`),
+    for a folder it is the Keras file name inside it, and a file path is used as it is.
+    Nothing is ever downloaded here, so a missing file is a FileNotFoundError at once.
+
+    Args:
+        name: registry name of the backbone.
+        weights: `"imagenet"`, `"none"`/None, a folder of Keras weight files, or a file
+            (default: "imagenet").
+
+    Example:
+        >>> resolve_weights("resnet50", "none") is None
+        True
+    """
+    spec = get_backbone_spec(name)
+    if weights is None or weights == "none":
+        return None
+    if weights == "imagenet":
+        folders = keras_weights_folders()
+        for folder in folders:
+            if (folder / spec.weights_file).is_file():
+                return str(folder / spec.weights_file)
+        raise FileNotFoundError(
+            f"ImageNet weights for '{name}' are not on this machine: Keras wants the file "
+            f"{spec.weights_file} in {folders[0]} (the folder $KERAS_HOME/models when KERAS_HOME is set). "
+            f"Download it from {spec.weights_url} and put it there, or pass --weights FOLDER "
+            f"holding it, or --weights none for random weights. Received: weights='imagenet'"
+        )
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        if (path / spec.weights_file).is_file():
+            return str((path / spec.weights_file).resolve())
+        raise FileNotFoundError(
+            f"Weights folder {path.resolve()} has no file {spec.weights_file} for backbone '{name}'. "
+            f"Copy it there (download: {spec.weights_url}). Received: weights={weights!r}"
+        )
+    if path.is_file():
+        return str(path.resolve())
+    raise FileNotFoundError(
+        f"Weights not found: {path.resolve()} is neither a folder of Keras weight files nor a file. "
+        f"Expected 'imagenet', 'none', a folder or a .h5 file. Received: weights={weights!r}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="fusionpipe")
+class PreprocessInput(keras.layers.Layer):
+    """Apply `keras.applications.<module>.preprocess_input` to RGB images in 0..255.
+
+    Args:
+        module: the `keras.applications` module name, e.g. `"resnet50"`.
+
+    Example:
+        >>> layer = PreprocessInput("xception")
+    """
+
+    def __init__(self, module, **kwargs):
+        super().__init__(**kwargs)
+        if module not in _PREPROCESS_MODULES:
+            raise ValueError(
+                f"Unknown preprocessing module '{module}'. Valid names: {', '.join(_PREPROCESS_MODULES)}. "
+                f"Received: module={module!r}"
+            )
+        self.module = module
+        self._preprocess = importlib.import_module(f"keras.applications.{module}").preprocess_input
+
+    def call(self, inputs):
+        return self._preprocess(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["module"] = self.module
+        return config
+
+
+def create_backbone(name, input_size=None, weights="imagenet", pooling="avg", seed=0):
+    """Build the frozen feature extractor of backbone `name`.
+
+    The model takes float32 RGB images in 0..255 of shape (input_size, input_size, 3) and
+    runs `PreprocessInput` -> the frozen backbone (no top, inference mode) -> the pooling.
+    It saves to `.keras` and reloads with `keras.saving.load_model(path, safe_mode=True)`.
+
+    Args:
+        name: registry name, see `list_backbones()`.
+        input_size: side of the input images (default: None, the backbone's native size).
+        weights: "imagenet", "none", a folder of Keras weight files, or a file (default: "imagenet").
+        pooling: "avg", "max" or "none" for the spatial feature map (default: "avg").
+        seed: seeds the random initialisation, so `weights="none"` is repeatable (default: 0).
+
+    Example:
+        >>> model = create_backbone("resnet50", input_size=64, weights="none")
+        >>> model.output_shape
+        (None, 2048)
+    """
+    spec = get_backbone_spec(name)
+    input_size = check_input_size(name, input_size)
+    _check_pooling(pooling)
+    weights_path = resolve_weights(name, weights)
+    keras.utils.set_random_seed(seed)
+    constructor = getattr(keras.applications, spec.constructor)
+    backbone = constructor(include_top=False, weights=weights_path,
+                           input_shape=(input_size, input_size, 3), pooling=None)
+    backbone.trainable = False
+    images = keras.Input(shape=(input_size, input_size, 3), name="image", dtype="float32")
+    # Preprocessing in float32 even under mixed precision: 0..255 minus means in bfloat16 loses detail.
+    x = PreprocessInput(spec.preprocess_module, dtype="float32", name="preprocess")(images)
+    x = backbone(x, training=False)
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(dtype="float32", name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(dtype="float32", name="max_pool")(x)
+    else:
+        x = keras.layers.Activation("linear", dtype="float32", name="feature_map")(x)
+    return keras.Model(images, x, name=f"{name}_features")

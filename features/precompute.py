@@ -1,0 +1,455 @@
+"""Run frozen backbones over a data set once and fill the HDF5 feature store, resumably."""
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import keras
+
+from features import store as feature_store
+from features.backbones import check_backbone_names, check_input_size, create_backbone, get_backbone_spec, resolve_weights
+from features.dataset import discover_images, fingerprints
+from features.images import UnreadableImageError, load_image, resize_image
+from features.views import apply_view, view_names as get_view_names
+
+DTYPES = ("float16", "float32")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+ON_CHANGE = ("refuse", "add")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecomputeSummary:
+    """What a `precompute` run did.
+
+    Args:
+        store_path: the store written.
+        images: images in the store (readable ones).
+        computed: backbone name -> images computed in this run.
+        reused: backbone name -> images already in the store.
+        skipped: tuple of (path, reason) of all unreadable images.
+        skipped_now: how many of `skipped` were found in this run.
+        added_images: images added to an existing store in this run.
+        missing_on_disk: stored images no longer on disk (kept in the store).
+        seconds: wall-clock time of the run.
+    """
+
+    store_path: str
+    images: int
+    computed: dict
+    reused: dict
+    skipped: tuple
+    skipped_now: int
+    added_images: int
+    missing_on_disk: int
+    seconds: float
+
+    def lines(self):
+        """The summary as lines of text for the terminal."""
+        lines = [f"Store: {self.store_path} ({self.images} images)"]
+        for name in self.computed:
+            lines.append(f"  {name}: computed {self.computed[name]}, reused {self.reused[name]}")
+        if self.added_images:
+            lines.append(f"  added {self.added_images} new image(s) to the store")
+        if self.missing_on_disk:
+            lines.append(f"  {self.missing_on_disk} stored image(s) are no longer on disk; their rows are kept")
+        lines.append(f"  skipped {len(self.skipped)} unreadable image(s)"
+                     f"{f' ({self.skipped_now} found in this run)' if self.skipped else ''}"
+                     f"{':' if self.skipped else ''}")
+        for path, reason in self.skipped:
+            lines.append(f"    {path}: {reason}")
+        return lines
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"Unknown {name} '{value}'. Valid values: {', '.join(choices)}. Received: {name}={value!r}")
+
+
+def predict_in_batches(model, images, batch_size):
+    """Run `model` on `images` in batches of exactly `batch_size` (the last one padded).
+
+    A fixed batch shape means the compiled predict step is traced once and reused.
+
+    Example:
+        >>> features = predict_in_batches(model, images, batch_size=32)
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        count = len(batch)
+        if count < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:], batch.dtype)])
+        outputs.append(np.asarray(model.predict_on_batch(batch))[:count])
+    return np.concatenate(outputs) if outputs else np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
+
+
+def _backbone_attrs(name, input_size, pooling, weights, seed, dtype, precision, view_names):
+    spec = get_backbone_spec(name)
+    return {
+        "backbone": name,
+        "input_size": input_size,
+        "pooling": pooling,
+        "weights": "none" if weights in (None, "none") else str(weights),
+        "seed": seed,
+        "dtype": dtype,
+        "precision": precision,
+        "preprocessing": f"keras.applications.{spec.preprocess_module}.preprocess_input",
+        "resize": "bilinear, antialias, aspect ratio not kept",
+        "views": ",".join(view_names) or "none",
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "backend_version": _backend_version(),
+        "weights_file": spec.weights_file,
+    }
+
+
+def _backend_version():
+    backend = keras.backend.backend()
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)
+    return getattr(sys.modules.get(module), "__version__", "unknown")
+
+
+# Attributes that must match for a stored backbone to be reused; the others (versions,
+# precision) are recorded for the record only.
+_MATCHING_ATTRS = ("input_size", "pooling", "weights", "seed", "dtype", "views")
+
+
+def _check_stored_backbone(dataset, wanted, store_path):
+    for key in _MATCHING_ATTRS:
+        stored = dataset.attrs.get(key)
+        stored = stored.decode() if isinstance(stored, bytes) else stored
+        if key == "seed" and wanted["weights"] != "none":
+            continue
+        if str(stored) != str(wanted[key]):
+            raise ValueError(
+                f"Store {store_path} already holds '{wanted['backbone']}' features made with {key}={stored}, "
+                f"but this run asks for {key}={wanted[key]}. Use another --out for different settings, "
+                f"or the same settings to reuse them. Received: {key}={wanted[key]!r}")
+
+
+class _Writer(threading.Thread):
+    """Writes computed rows to the store in the background; durable before marked done."""
+
+    def __init__(self, store_path, max_batches=4):
+        super().__init__(name="feature-store-writer", daemon=True)
+        self.store_path = store_path
+        self.jobs = queue.Queue(maxsize=max_batches)
+        self.error = None
+
+    def put(self, job):
+        if self.error is not None:
+            raise RuntimeError(f"Writing {self.store_path} failed: {self.error}") from self.error
+        self.jobs.put(job)
+
+    def run(self):
+        try:
+            with h5py.File(self.store_path, "r+") as store:
+                descriptor = store.id.get_vfd_handle()
+
+                def sync():
+                    store.flush()
+                    os.fsync(descriptor)
+
+                while True:
+                    job = self.jobs.get()
+                    if job is None:
+                        break
+                    kind, rows = job[0], job[1]
+                    if kind == "features":
+                        _, rows, name, features, view_features = job
+                        _write_rows(store["features"][name], rows, features)
+                        if view_features is not None:
+                            _write_rows(store["views"][name], rows, view_features)
+                        sync()
+                        _write_rows(store["progress"][name], rows, np.ones(len(rows), np.uint8))
+                    else:
+                        _, rows, reasons = job
+                        _write_rows(store["pending/reason"], rows,
+                                    np.asarray([r.encode("utf-8")[:200] for r in reasons], dtype="S200"))
+                        sync()
+                        _write_rows(store["pending/unreadable"], rows, np.ones(len(rows), np.uint8))
+                    sync()
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            self.error = error
+            # Keep draining so that the producer never blocks on a dead writer.
+            while self.jobs.get() is not None:
+                pass
+
+
+def _write_rows(dataset, rows, values):
+    # Rows come sorted; consecutive runs become slice writes (fast, no fancy indexing).
+    values = np.asarray(values).astype(dataset.dtype, copy=False)
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end] != rows[end - 1] + 1:
+            dataset[rows[start]:rows[end - 1] + 1] = values[start:end]
+            start = end
+
+
+def _prepare_image(path, decode_size, sizes, views):
+    # Decode once, then every view at every distinct input size.
+    try:
+        image = load_image(path, min_size=decode_size)
+    except UnreadableImageError as error:
+        return error.reason
+    prepared = {size: [] for size in sizes}
+    for view in ("identity",) + tuple(views):
+        viewed = apply_view(image, view)
+        for size in sizes:
+            prepared[size].append(resize_image(viewed, size))
+    return {size: np.stack(arrays) for size, arrays in prepared.items()}
+
+
+def _reconcile(store_path, table, on_change):
+    """Compare the images on disk with the store; add new ones when allowed. Returns (added, missing)."""
+    disk_prints = fingerprints(table.root, table.paths)
+    with h5py.File(store_path, "r") as store:
+        stored_paths = feature_store.read_strings(store["images/path"])
+        stored_prints = store["images/fingerprint"][()]
+        skipped_paths, _, skipped_prints = feature_store.read_skipped(store)
+        class_names = list(store.attrs["class_names"].tolist()) if "class_names" in store.attrs else []
+        class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in class_names]
+    known = dict(zip(stored_paths, map(tuple, stored_prints)))
+    known.update(zip(skipped_paths, map(tuple, skipped_prints)))
+    on_disk = dict(zip(table.paths, map(tuple, disk_prints)))
+    new = [path for path in table.paths if path not in known]
+    changed = [path for path in table.paths if path in known and known[path] != on_disk[path]]
+    missing = [path for path in stored_paths if path not in on_disk]
+    if changed:
+        raise ValueError(
+            f"{len(changed)} image(s) changed on disk since they were stored in {store_path} (size or "
+            f"modification time differ), e.g. {changed[0]}. Their features would no longer match: write to "
+            f"a new --out. Received: changed={changed[:3]}")
+    if (new or missing) and on_change != "add":
+        raise ValueError(
+            f"The images on disk no longer match store {store_path}: {len(new)} new image(s)"
+            f"{f' (e.g. {new[0]})' if new else ''} and {len(missing)} stored image(s) missing on disk"
+            f"{f' (e.g. {missing[0]})' if missing else ''}. Pass --on-change add to add the new images only "
+            f"(missing ones keep their rows), or write to a new --out. Received: on_change={on_change!r}")
+    if new:
+        index_of = {path: i for i, path in enumerate(table.paths)}
+        for name in table.class_names:
+            if name not in class_names:
+                class_names.append(name)
+        labels = [class_names.index(table.class_names[table.labels[index_of[p]]])
+                  if table.labels[index_of[p]] >= 0 else -1 for p in new]
+        with h5py.File(store_path, "r") as store:
+            count = store["images/path"].shape[0]
+        feature_store.rebuild_rows(
+            store_path, np.arange(count),
+            new_rows={"paths": new, "labels": labels, "splits": [table.splits[index_of[p]] for p in new],
+                      "fingerprints": np.asarray([on_disk[p] for p in new]).reshape(-1, 2)},
+            class_names=class_names)
+    return len(new), len(missing)
+
+
+def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=None, pooling="avg",
+               dtype="float16", batch_size=32, views="none", precision="float32", val_fraction=0.1,
+               test_fraction=0.1, csv=None, csv_path_column="path", csv_label_column="label",
+               csv_split_column="split", on_change="refuse", decode_workers=None, progress=True):
+    """Compute the features of every readable image of `data` with each backbone into store `out`.
+
+    Resumable: run it again with the same arguments after an interruption and it continues;
+    backbones already in the store are reused, new ones computed.
+
+    Args:
+        data: the data root (class folders, split folders, or the root of `csv` paths).
+        out: the HDF5 store to create or complete.
+        backbones: list of registry names, see `list_backbones()`.
+        weights: "imagenet", "none" (seeded random), or a folder of Keras weight files (default: "imagenet").
+        seed: seed of the random weights and of the split (default: 0).
+        input_size: one input size for all backbones (default: None, each its native size).
+        pooling: "avg", "max" or "none" for spatial maps (default: "avg").
+        dtype: "float16" or "float32" for the stored features (default: "float16").
+        batch_size: images per compiled predict call (default: 32).
+        views: extra views to store, "none", "hflip" or "dihedral" (7 views; costs 8x) (default: "none").
+        precision: "float32", "mixed_bfloat16" (CPU) or "mixed_float16" (GPU) compute (default: "float32").
+        val_fraction: share of validation images when no split is given (default: 0.1).
+        test_fraction: share of test images when no split is given (default: 0.1).
+        csv: a CSV file of image paths (or ids) and labels (default: None, use folders).
+        csv_path_column: CSV column of the path or id (default: "path").
+        csv_label_column: CSV column of the label (default: "label").
+        csv_split_column: CSV column of the split, used when present (default: "split").
+        on_change: when the images on disk differ from the store: "refuse" or "add" the new
+            ones (default: "refuse").
+        decode_workers: threads decoding images (default: None, 4 or the CPU count if fewer).
+        progress: show a tqdm progress bar on stderr (default: True).
+
+    Returns:
+        A `PrecomputeSummary`.
+
+    Example:
+        >>> summary = precompute("flowers/", "cache.h5", ["resnet50"], weights="none", input_size=64)
+        >>> summary.computed
+        {'resnet50': 120}
+    """
+    started = time.perf_counter()
+    backbones = check_backbone_names(backbones)
+    _check_choice("pooling", pooling, ("avg", "max", "none"))
+    _check_choice("dtype", dtype, DTYPES)
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("on_change", on_change, ON_CHANGE)
+    extra_views = get_view_names(views)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    input_sizes = {name: check_input_size(name, input_size) for name in backbones}
+    # Weights are checked before anything else, so a missing file costs no work.
+    weight_files = {name: resolve_weights(name, weights) for name in backbones}
+    weights_label = "none" if weights in (None, "none") else ("imagenet" if weights == "imagenet" else str(Path(weights).resolve()))
+    table = discover_images(data, csv_path=csv, csv_path_column=csv_path_column,
+                            csv_label_column=csv_label_column, csv_split_column=csv_split_column,
+                            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    options = dict(data=str(Path(data).resolve()), backbones=backbones, weights=weights_label, seed=seed,
+                   input_size=input_size, pooling=pooling, dtype=dtype, batch_size=batch_size, views=views,
+                   precision=precision, val_fraction=val_fraction, test_fraction=test_fraction,
+                   csv=str(csv) if csv else None)
+    with feature_store.store_lock(out):
+        feature_store.remove_stale_temporary(out)
+        added, missing = 0, 0
+        if not out.exists():
+            with feature_store.rewrite_store(out, copy=False) as store:
+                store.attrs["format_version"] = feature_store.FORMAT_VERSION
+                store.attrs["data_root"] = table.root
+                store.attrs["layout"] = table.layout
+                store.attrs["created_with"] = feature_store.options_json(options)
+                feature_store.set_strings_attr(store, "class_names", table.class_names)
+                feature_store.write_images(store, table.paths, table.labels, table.splits,
+                                           fingerprints(table.root, table.paths))
+                feature_store.write_skipped(store, [], [], np.zeros((0, 2), np.int64))
+        else:
+            added, missing = _reconcile(out, table, on_change)
+        wanted = {name: _backbone_attrs(name, input_sizes[name], pooling, weights_label, seed, dtype,
+                                        precision, extra_views) for name in backbones}
+        with h5py.File(out, "r") as store:
+            to_add = [name for name in backbones if "features" not in store or name not in store["features"]]
+            for name in backbones:
+                if name not in to_add:
+                    _check_stored_backbone(store["features"][name], wanted[name], out)
+        models = {}
+        if to_add:
+            # The feature shape (spatial maps with pooling none) comes from the built model.
+            for name in to_add:
+                models[name] = _build(name, input_sizes[name], weight_files[name], pooling, seed, precision)
+            with feature_store.rewrite_store(out) as store:
+                for name in to_add:
+                    feature_store.add_backbone(store, name, models[name].output_shape[1:], dtype,
+                                               wanted[name], extra_views)
+        with h5py.File(out, "r") as store:
+            root = store.attrs["data_root"]
+            root = root.decode() if isinstance(root, bytes) else str(root)
+            paths = feature_store.read_strings(store["images/path"])
+            unreadable = store["pending/unreadable"][()].astype(bool)
+            done = {name: store["progress"][name][()].astype(bool) for name in backbones}
+        reused = {name: int(np.sum(done[name] & ~unreadable)) for name in backbones}
+        todo_rows = np.flatnonzero(~unreadable & ~np.all(np.stack([done[n] for n in backbones]), axis=0))
+        active = [name for name in backbones if np.any(~done[name][todo_rows])] if len(todo_rows) else []
+        for name in active:
+            if name not in models:
+                models[name] = _build(name, input_sizes[name], weight_files[name], pooling, seed, precision)
+        computed = {name: 0 for name in backbones}
+        skipped_now = 0
+        if len(todo_rows):
+            computed, skipped_now = _run(out, root, paths, todo_rows, done, models, active, input_sizes,
+                                         extra_views, batch_size, decode_workers, progress)
+        _finish(out, backbones)
+        with h5py.File(out, "r") as store:
+            skipped_paths, skipped_reasons, _ = feature_store.read_skipped(store)
+            image_count = store["images/path"].shape[0]
+    return PrecomputeSummary(str(out), image_count, computed, reused, tuple(zip(skipped_paths, skipped_reasons)),
+                             skipped_now, added, missing, time.perf_counter() - started)
+
+
+def _build(name, input_size, weights_file, pooling, seed, precision):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return create_backbone(name, input_size=input_size, weights=weights_file or "none",
+                               pooling=pooling, seed=seed)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _run(out, root, paths, todo_rows, done, models, active, input_sizes, extra_views, batch_size,
+         decode_workers, progress):
+    from tqdm import tqdm
+
+    sizes = sorted({input_sizes[name] for name in active})
+    decode_size = max(sizes)
+    workers = decode_workers or min(4, os.cpu_count() or 1)
+    computed = {name: 0 for name in done}
+    skipped_now = 0
+    writer = _Writer(out)
+    writer.start()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    batches = [todo_rows[i:i + batch_size] for i in range(0, len(todo_rows), batch_size)]
+    in_flight = collections.deque()
+    bar = tqdm(total=len(todo_rows), unit="img", file=sys.stderr, disable=not progress, desc="precompute")
+    try:
+        for batch in batches[:2]:
+            in_flight.append((batch, [executor.submit(_prepare_image, os.path.join(root, paths[row]),
+                                                      decode_size, sizes, extra_views) for row in batch]))
+        next_batch = 2
+        while in_flight:
+            batch, futures = in_flight.popleft()
+            if next_batch < len(batches):
+                upcoming = batches[next_batch]
+                in_flight.append((upcoming, [executor.submit(_prepare_image, os.path.join(root, paths[row]),
+                                                             decode_size, sizes, extra_views) for row in upcoming]))
+                next_batch += 1
+            results = [future.result() for future in futures]
+            bad = [(row, result) for row, result in zip(batch, results) if isinstance(result, str)]
+            if bad:
+                writer.put(("unreadable", np.asarray([row for row, _ in bad]), [reason for _, reason in bad]))
+                skipped_now += len(bad)
+            good = [(row, result) for row, result in zip(batch, results) if not isinstance(result, str)]
+            for name in active:
+                needed = [(row, result) for row, result in good if not done[name][row]]
+                if not needed:
+                    continue
+                rows = np.asarray([row for row, _ in needed])
+                size = input_sizes[name]
+                stacked = np.concatenate([result[size] for _, result in needed])  # (rows * (V+1), s, s, 3)
+                features = predict_in_batches(models[name], stacked, batch_size)
+                features = features.reshape((len(rows), 1 + len(extra_views)) + features.shape[1:])
+                writer.put(("features", rows, name, features[:, 0],
+                            features[:, 1:] if extra_views else None))
+                computed[name] += len(rows)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+        # Everything computed so far is written before returning, also on Ctrl-C.
+        writer.jobs.put(None)
+        writer.join()
+    if writer.error is not None:
+        raise RuntimeError(f"Writing {out} failed: {writer.error}") from writer.error
+    return computed, skipped_now
+
+
+def _finish(out, backbones):
+    """When every backbone is complete, drop unreadable rows into `/skipped`. Returns how many."""
+    with h5py.File(out, "r") as store:
+        unreadable = store["pending/unreadable"][()].astype(bool)
+        complete = all(np.all(store["progress"][name][()][~unreadable] == 1) for name in backbones)
+        if not complete or not np.any(unreadable):
+            return 0
+        bad_rows = np.flatnonzero(unreadable)
+        paths = feature_store.read_strings(store["images/path"])
+        reasons = [value.decode("utf-8", "replace") for value in store["pending/reason"][()][bad_rows]]
+        old_paths, old_reasons, old_prints = feature_store.read_skipped(store)
+        prints = store["images/fingerprint"][()][bad_rows]
+    skipped = (old_paths + [paths[i] for i in bad_rows], old_reasons + reasons,
+               np.concatenate([old_prints.reshape(-1, 2), prints]))
+    feature_store.rebuild_rows(out, np.flatnonzero(~unreadable), skipped=skipped)
+    return len(bad_rows)

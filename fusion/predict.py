@@ -1,0 +1,204 @@
+"""Classify image files with an exported model and write the predictions as CSV."""
+
+import collections
+import csv
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from features.images import UnreadableImageError, load_image, resize_image
+from features.views import apply_view, view_names
+from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """Class probabilities of the images that could be read, and the ones that could not.
+
+    Attributes:
+        paths: the images classified, in input order.
+        probabilities: (len(paths), C) array, averaged over the views when views were asked for.
+        class_names: the C class names.
+        skipped: list of (path, reason) for images that could not be read.
+    """
+
+    paths: list
+    probabilities: np.ndarray
+    class_names: tuple
+    skipped: list
+
+    def top_k(self, k=5):
+        """Indices of the k most probable classes per image, most probable first."""
+        return np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+
+
+def load_classifier(model_or_run, store=None):
+    """Load an exported model from a `.keras` file, or from a run folder (exporting it there once).
+
+    Args:
+        model_or_run: an exported `.keras` file, or a folder written by `run_train.py`.
+        store: the run's feature store, if it moved (default: the one in the run's config).
+
+    Example:
+        >>> model = load_classifier("runs/exp1")
+    """
+    path = Path(model_or_run)
+    if path.is_dir():
+        exported = path / EXPORT_FILE_NAME
+        if not exported.is_file():
+            export_model(path, exported, store=store)
+        path = exported
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Model not found: {path.resolve()}. Expected an exported .keras file or a run folder written by run_train.py."
+        )
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def _per_backbone_model(model):
+    """The exported model from its Resizing layers on: one input per backbone, at a fixed size.
+
+    Calling the exported model on images of ever new sizes would trace it again for each size;
+    this view of the same layers (same weights) takes images already resized with
+    `features.resize_image`, the same operation as its Resizing layers, so it is traced once.
+    """
+    resizers = [layer for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
+    inputs, features = {}, {}
+    for resizer in resizers:
+        backbone = resizer.name.removesuffix("_resize")
+        inputs[backbone] = keras.Input((resizer.height, resizer.width, 3), name=backbone, dtype="float32")
+        features[backbone] = model.get_layer(f"{backbone}_features")(inputs[backbone])
+    head = next(
+        layer for layer in model.layers
+        if isinstance(layer, keras.Model) and not layer.name.endswith("_features")
+    )
+    probabilities = model.get_layer("class_names")(head(features))
+    return keras.Model(inputs, probabilities), {name: int(tensor.shape[1]) for name, tensor in inputs.items()}
+
+
+def _map_ahead(executor, function, items, window):
+    """Like `executor.map`, but with at most `window` items decoded ahead, so memory stays bounded."""
+    pending = collections.deque()
+    for item in items:
+        pending.append(executor.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _prepare(path, decode_size, views, input_sizes):
+    """Decode one image and resize each of its views once per distinct input size."""
+    try:
+        image = load_image(path, min_size=decode_size)
+    except UnreadableImageError as error:
+        return None, error.reason
+    prepared = []
+    for view in views:
+        viewed = apply_view(image, view)
+        by_size = {size: resize_image(viewed, size) for size in set(input_sizes.values())}
+        prepared.append({name: by_size[size] for name, size in input_sizes.items()})
+    return prepared, None
+
+
+def predict_images(model, image_paths, batch_size=16, views="none", progress=False):
+    """Class probabilities of an exported model for image files; unreadable files are skipped.
+
+    Images are decoded and resized in background threads while the model runs in fixed-size
+    batches. With views, each view of an image is classified and the probabilities averaged.
+
+    Args:
+        model: an exported model (see `load_classifier`).
+        image_paths: paths of image files.
+        batch_size: images per model call (default: 16).
+        views: extra views to average over: "none", "hflip" or "dihedral" (default: "none").
+        progress: show a progress bar on stderr (default: False).
+
+    Example:
+        >>> predictions = predict_images(load_classifier("runs/exp1"), ["a.jpg", "b.png"])
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive number of images. Received: batch_size={batch_size}")
+    all_views = ("identity",) + tuple(view_names(views))
+    class_names = class_names_of(model)
+    fixed_size_model, input_sizes = _per_backbone_model(model)
+    decode_size = max(input_sizes.values())
+    image_paths = [Path(path) for path in image_paths]
+    sums = np.zeros((len(image_paths), len(class_names)), np.float64)
+    readable = np.zeros(len(image_paths), bool)
+    skipped = []
+    batch = []  # (image index, {backbone: resized view})
+
+    def run_batch():
+        # Padded to a full batch, so the compiled step keeps one shape.
+        padding = [batch[-1][1]] * (batch_size - len(batch))
+        inputs = {name: np.stack([views_[name] for _, views_ in batch] + [view[name] for view in padding])
+                  for name in input_sizes}
+        probabilities = np.asarray(fixed_size_model.predict_on_batch(inputs))
+        for (index, _), row in zip(batch, probabilities):
+            sums[index] += row
+        batch.clear()
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=2) as decoder:
+        prepared = _map_ahead(decoder, lambda path: _prepare(path, decode_size, all_views, input_sizes),
+                              image_paths, window=2 * batch_size)
+        for index, (image_views, reason) in enumerate(
+            tqdm(prepared, total=len(image_paths), unit="img", disable=not progress, desc="predict")
+        ):
+            if image_views is None:
+                skipped.append((str(image_paths[index]), reason))
+                continue
+            readable[index] = True
+            for resized in image_views:
+                batch.append((index, resized))
+                if len(batch) == batch_size:
+                    run_batch()
+        if batch:
+            run_batch()
+    probabilities = (sums[readable] / len(all_views)).astype(np.float32)
+    return Predictions(
+        paths=[str(path) for path, ok in zip(image_paths, readable) if ok],
+        probabilities=probabilities,
+        class_names=tuple(class_names),
+        skipped=skipped,
+    )
+
+
+def write_predictions_csv(predictions, out, top_k=5, all_probabilities=False):
+    """Write one CSV row per image: path, predicted class, its probability, top-k, and skipped files.
+
+    Columns: `path`, `predicted_class`, `probability`, `top_k` (`class:probability` pairs joined
+    by `;`), one `p_<class>` column per class with `all_probabilities`, and `error` (the reason an
+    image was skipped; empty otherwise). Skipped images come last, with empty predictions.
+
+    Args:
+        predictions: a `Predictions`.
+        out: the CSV file to write.
+        top_k: how many classes to list per image (default: 5).
+        all_probabilities: add one probability column per class (default: False).
+
+    Example:
+        >>> write_predictions_csv(predictions, "predictions.csv", top_k=3)
+    """
+    if int(top_k) < 1:
+        raise ValueError(f"top_k must be at least 1. Received: top_k={top_k}")
+    class_names = predictions.class_names
+    top_k = min(int(top_k), len(class_names))
+    probability_columns = [f"p_{name}" for name in class_names] if all_probabilities else []
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "predicted_class", "probability", "top_k", *probability_columns, "error"])
+        for path, row, best in zip(predictions.paths, predictions.probabilities, predictions.top_k(top_k)):
+            top = ";".join(f"{class_names[index]}:{row[index]:.4f}" for index in best)
+            extra = [f"{value:.6f}" for value in row] if all_probabilities else []
+            writer.writerow([path, class_names[best[0]], f"{row[best[0]]:.6f}", top, *extra, ""])
+        for path, reason in predictions.skipped:
+            writer.writerow([path, "", "", "", *([""] * len(probability_columns)), reason])
+    return out

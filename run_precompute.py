@@ -1,0 +1,106 @@
+"""Precompute the features of frozen ImageNet backbones over a folder of images into one HDF5 store.
+
+    python run_precompute.py DATA --out cache.h5 --backbones xception resnet50 inception_v3
+"""
+
+import argparse
+import sys
+
+
+def build_parser():
+    """The argument parser of `run_precompute.py`."""
+    from features.cli import add_config_option
+
+    parser = argparse.ArgumentParser(
+        prog="run_precompute.py",
+        description="Run frozen ImageNet backbones over DATA once and store their features in one "
+        "HDF5 file. Run the same command again to resume, or with more backbones to add them.")
+    parser.add_argument("data", metavar="DATA", help="data root: class folders, split folders "
+                        "(train/ val/ test/), or the folder that --csv paths are relative to (required)")
+    add_config_option(parser)
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default="cache.h5", help="HDF5 feature store to create or complete "
+                        "(default: cache.h5)")
+    output.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                        help="dtype of the stored features (default: float16)")
+    output.add_argument("--on-change", default="refuse", choices=["refuse", "add"],
+                        help="when the images on disk no longer match the store: refuse, or add the "
+                        "new images only (default: refuse)")
+    models = parser.add_argument_group("backbones")
+    models.add_argument("--backbones", nargs="+", default=["resnet50"], metavar="NAME",
+                        help="registry names, e.g. xception resnet50 inception_v3 densenet201 vgg19; "
+                        "--list-backbones shows all (default: resnet50)")
+    models.add_argument("--list-backbones", action="store_true",
+                        help="print the registered backbones and exit (default: off)")
+    models.add_argument("--weights", default="imagenet", metavar="imagenet|none|FOLDER",
+                        help="imagenet (from ~/.keras/models or $KERAS_HOME/models), none (seeded "
+                        "random, for tests and timing), or a folder holding Keras's weight files "
+                        "under their Keras names (default: imagenet)")
+    models.add_argument("--seed", type=int, default=0,
+                        help="seed of random weights and of the train/val/test split (default: 0)")
+    models.add_argument("--input-size", type=int, default=None, metavar="N",
+                        help="one input size for all backbones (default: each backbone's native size)")
+    models.add_argument("--pooling", default="avg", choices=["avg", "max", "none"],
+                        help="global average, global max, or none to store spatial maps (default: avg)")
+    models.add_argument("--views", default="none", choices=["none", "hflip", "dihedral"],
+                        help="extra views stored in /views for test-time augmentation; each costs one "
+                        "more pass: hflip 2x, dihedral (7 flips/rotations) 8x the compute (default: none)")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--batch-size", type=int, default=32,
+                       help="images per compiled predict call (default: 32)")
+    speed.add_argument("--precision", default="float32",
+                       choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                       help="compute precision: mixed_bfloat16 for CPUs, mixed_float16 for GPUs "
+                       "(default: float32)")
+    speed.add_argument("--decode-workers", type=int, default=None,
+                       help="threads decoding images (default: 4, or the CPU count if fewer)")
+    speed.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    splits = parser.add_argument_group("labels and splits")
+    splits.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of validation images when the data gives no split (default: 0.1)")
+    splits.add_argument("--test-fraction", type=float, default=0.1,
+                        help="share of test images when the data gives no split (default: 0.1)")
+    splits.add_argument("--csv", default=None, metavar="FILE",
+                        help="CSV of image path (or id) and label, optionally split, paths relative "
+                        "to DATA (default: none, use folders)")
+    splits.add_argument("--csv-path-column", default="path",
+                        help="CSV column of the image path or id (default: path)")
+    splits.add_argument("--csv-label-column", default="label",
+                        help="CSV column of the class name (default: label)")
+    splits.add_argument("--csv-split-column", default="split",
+                        help="CSV column of the split (train/val/test), used when present (default: split)")
+    return parser
+
+
+def main(argv=None):
+    """Parse the command line, run `features.precompute`, print the summary."""
+    from features.cli import exit_on_user_error, parse_args_with_config, save_options
+
+    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--list-backbones" in argv:
+        from features.backbones import get_backbone_spec, list_backbones
+
+        for name in list_backbones():
+            spec = get_backbone_spec(name)
+            print(f"{name:22s} input {spec.input_size:3d}  features {spec.feature_size}")
+        return 0
+    with exit_on_user_error(parser.prog):
+        args = parse_args_with_config(parser, argv)
+        from features.precompute import precompute
+
+        summary = precompute(
+            args.data, args.out, args.backbones, weights=args.weights, seed=args.seed,
+            input_size=args.input_size, pooling=args.pooling, dtype=args.dtype, batch_size=args.batch_size,
+            views=args.views, precision=args.precision, val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction, csv=args.csv, csv_path_column=args.csv_path_column,
+            csv_label_column=args.csv_label_column, csv_split_column=args.csv_split_column,
+            on_change=args.on_change, decode_workers=args.decode_workers, progress=not args.no_progress)
+        save_options(args, f"{args.out}.options.json")
+        print("\n".join(summary.lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

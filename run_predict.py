@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Classify new images with a finished run (or its exported model) and write a CSV of predictions."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, save_options  # noqa: E402
+
+PROGRAM = "run_predict.py"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Classify images with a model exported from a run_train.py run folder.",
+    )
+    add_config_option(parser)
+    source = parser.add_argument_group("model")
+    source.add_argument("model", metavar="MODEL_OR_RUN",
+                        help="an exported .keras model, or a run folder (exported to RUN/exported.keras on first use)")
+    source.add_argument("--store", default=None,
+                        help="the run's feature store, if it moved since training (default: the path in the run's config.json)")
+    source.add_argument("--export-only", action="store_true",
+                        help="write the exported model and stop, classifying nothing (default: off)")
+    source.add_argument("--export-to", default=None, metavar="FILE",
+                        help="where to write the exported model with --export-only (default: RUN/exported.keras)")
+    inputs = parser.add_argument_group("images")
+    inputs.add_argument("images", nargs="*", metavar="IMAGES",
+                        help="image files, folders (searched recursively) or CSV files listing images")
+    inputs.add_argument("--path-column", default="path",
+                        help="column of image paths in CSV inputs, relative to the CSV's folder (default: path)")
+    inputs.add_argument("--views", choices=("none", "hflip", "dihedral"), default="none",
+                        help="average the probabilities over extra views of each image: hflip, or all flips and "
+                             "90-degree rotations; costs one model pass per view (default: none)")
+    inputs.add_argument("--batch-size", type=int, default=16, help="images per model call (default: 16)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default="predictions.csv", help="the CSV file to write (default: predictions.csv)")
+    output.add_argument("--top-k", type=int, default=5, help="classes listed per image, most probable first (default: 5)")
+    output.add_argument("--all-probabilities", action="store_true",
+                        help="add one probability column per class (default: off)")
+    output.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    return parser
+
+
+def main(argv=None):
+    args = parse_args_with_config(build_parser(), argv)
+    with exit_on_user_error(PROGRAM):
+        from fusion.export import export_model
+        from fusion.image_inputs import gather_image_paths
+        from fusion.predict import load_classifier, predict_images, write_predictions_csv
+
+        if args.export_only:
+            if not Path(args.model).is_dir():
+                raise ValueError(f"--export-only needs a run folder. Received: model={args.model!r}")
+            print(f"exported model: {export_model(args.model, args.export_to, store=args.store)}")
+            return 0
+        image_paths = gather_image_paths(args.images, path_column=args.path_column)
+        model = load_classifier(args.model, store=args.store)
+        predictions = predict_images(model, image_paths, batch_size=args.batch_size, views=args.views,
+                                     progress=not args.no_progress)
+        out = write_predictions_csv(predictions, args.out, top_k=args.top_k,
+                                    all_probabilities=args.all_probabilities)
+        save_options(args, Path(str(out) + ".options.json"))
+        print(f"classified {len(predictions.paths)} images, skipped {len(predictions.skipped)}: {out}")
+        for path, reason in predictions.skipped:
+            print(f"  skipped {path}: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""A finished run on tiny images, shared by the export and predict tests."""
+
+# Two small backbones with different preprocessing ("tf" and "torch" modes) keep it fast.
+BACKBONES = ["mobilenet_v2", "densenet121"]
+INPUT_SIZE = 32
+
+
+def write_two_class_images(root, per_class=8, seed=0):
+    """Squares of two colours on noise in `root/class_0` and `root/class_1`.
+
+    One size for all (not square, and not the input size, so the resize matters): the exported
+    model, called on whole images, is then traced once.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for class_index, colour in enumerate(((220, 40, 40), (40, 40, 220))):
+        folder = root / f"class_{class_index}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            height, width = 44, 52
+            pixels = rng.integers(0, 80, size=(height, width, 3), dtype=np.uint8)
+            pixels[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = colour
+            Image.fromarray(pixels).save(folder / f"image_{index}.png")
+    return root
+
+
+def trained_run(tmp_path_factory, dtype):
+    import features
+    from fusion import train_run
+    from fusion.export import export_model
+
+    base = tmp_path_factory.mktemp(f"run_{dtype}")
+    data = write_two_class_images(base / "images")
+    store = base / "cache.h5"
+    features.precompute(data, store, BACKBONES, weights="none", input_size=INPUT_SIZE, dtype=dtype,
+                        views="hflip", val_fraction=0.25, test_fraction=0.25, progress=False)
+    run_dir = base / "run"
+    train_run(store, run_dir, units=8, epochs=2, patience=2, batch_size=8, ablation=False, log=lambda *_: None)
+    export_model(run_dir)
+    return data, store, run_dir

@@ -1,0 +1,85 @@
+import argparse
+import json
+
+import pytest
+
+from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, save_options
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="tool")
+    add_config_option(parser)
+    parser.add_argument("data")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--backbones", nargs="+", default=["resnet50"])
+    return parser
+
+
+def test_command_line_without_config():
+    args = parse_args_with_config(_parser(), ["images", "--batch-size", "3"])
+    assert (args.data, args.batch_size, args.backbones) == ("images", 3, ["resnet50"])
+
+
+def test_json_config_gives_defaults_and_command_line_wins(tmp_path):
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps({"data": "from_file", "batch-size": 4, "backbones": ["vgg19", "xception"]}))
+    args = parse_args_with_config(_parser(), ["--config", str(config)])
+    assert (args.data, args.batch_size, args.backbones) == ("from_file", 4, ["vgg19", "xception"])
+    args = parse_args_with_config(_parser(), ["--config", str(config), "cli_data", "--batch-size", "16"])
+    assert (args.data, args.batch_size) == ("cli_data", 16)
+
+
+def test_toml_config_with_underscored_keys(tmp_path):
+    config = tmp_path / "options.toml"
+    config.write_text('data = "x"\nbatch_size = 32\n')
+    args = parse_args_with_config(_parser(), ["--config", str(config)])
+    assert args.batch_size == 32
+
+
+def test_saved_options_load_back_as_config(tmp_path):
+    args = parse_args_with_config(_parser(), ["images", "--batch-size", "5"])
+    saved = save_options(args, tmp_path / "run" / "options.json")
+    assert json.loads(saved.read_text()) == {"data": "images", "batch_size": 5, "backbones": ["resnet50"]}
+    again = parse_args_with_config(_parser(), ["--config", str(saved)])
+    assert (again.data, again.batch_size) == ("images", 5)
+
+
+def test_unknown_config_key_names_valid_options(tmp_path):
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps({"batch-sise": 4}))
+    with pytest.raises(ValueError, match=r"Unknown option 'batch-sise'.*Valid options: backbones, batch-size, data"):
+        parse_args_with_config(_parser(), ["x", "--config", str(config)])
+
+
+def test_missing_config_file_gives_full_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope.json")):
+        parse_args_with_config(_parser(), ["x", "--config", str(tmp_path / "nope.json")])
+
+
+def test_malformed_config_file(tmp_path):
+    config = tmp_path / "options.json"
+    config.write_text("{batch-size: 4")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        parse_args_with_config(_parser(), ["x", "--config", str(config)])
+
+
+def test_user_error_becomes_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as raised:
+        with exit_on_user_error("tool"):
+            raise ValueError("Bad value.\nsecond line")
+    assert raised.value.code == 2
+    assert capsys.readouterr().err == "tool: error: Bad value.\n"
+
+
+def test_interrupt_exits_130_with_a_resume_hint(capsys):
+    with pytest.raises(SystemExit) as raised:
+        with exit_on_user_error("tool"):
+            raise KeyboardInterrupt
+    assert raised.value.code == 130
+    assert "run the same command again" in capsys.readouterr().err
+
+
+def test_bugs_keep_their_traceback():
+    with pytest.raises(ZeroDivisionError):
+        with exit_on_user_error("tool"):
+            1 / 0

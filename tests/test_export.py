@@ -1,0 +1,130 @@
+"""The exported pixels-to-classes model: parity with the store path, safe reloading, errors."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+import features
+from _run_fixtures import BACKBONES, INPUT_SIZE
+from fusion.export import ClassNames, build_pixel_model, class_names_of, export_model, feature_recipes
+
+
+def store_path_probabilities(store, run_dir):
+    """Probabilities of the run's fusion model on the stored features, keyed by image path."""
+    run = __import__("fusion").load_run(run_dir)
+    with h5py.File(store, "r") as handle:
+        paths = [path.decode() if isinstance(path, bytes) else path for path in handle["images/path"][:]]
+        stored = {name: handle[f"features/{name}"][:].astype("float32") for name in BACKBONES}
+    return paths, run.fusion_model.predict(stored, verbose=0)
+
+
+def exported_probabilities(model, data, paths):
+    decode_size = INPUT_SIZE
+    images = [features.load_image(data / path, min_size=decode_size).astype("float32") for path in paths]
+    return np.concatenate([model.predict_on_batch(image[None]) for image in images])
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-4), ("float16", 5e-3)])
+def test_exported_model_matches_store_plus_head(request, dtype, tolerance):
+    data, store, run_dir = request.getfixturevalue(f"{dtype}_run")
+    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    paths, expected = store_path_probabilities(store, run_dir)
+    actual = exported_probabilities(model, data, paths)
+    assert actual.shape == (len(paths), 2)
+    np.testing.assert_allclose(actual, expected, atol=tolerance)
+    # The tolerance is tight enough to notice a wrong preprocessing or a missing resize.
+    assert np.abs(actual - expected).max() < tolerance
+
+
+def test_exported_model_carries_class_names_and_no_lambda(float32_run):
+    _, _, run_dir = float32_run
+    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    assert class_names_of(model) == ("class_0", "class_1")
+    layer_types = {type(layer).__name__ for layer in model._flatten_layers()}
+    assert "Lambda" not in layer_types
+    assert {"Resizing", "PreprocessInput", "ClassNames"} <= layer_types
+
+
+def test_exported_model_reloads_in_a_fresh_process(float32_run, tmp_path):
+    data, _, run_dir = float32_run
+    model_path = run_dir / "exported.keras"
+    image_path = next((data / "class_1").glob("*.png"))
+    here = keras.saving.load_model(model_path, safe_mode=True).predict_on_batch(
+        features.load_image(image_path).astype("float32")[None]
+    )
+    script = (
+        "import json, sys, keras, features, fusion.export\n"
+        f"model = keras.saving.load_model({str(model_path)!r}, safe_mode=True)\n"
+        f"image = features.load_image({str(image_path)!r}).astype('float32')[None]\n"
+        "print(json.dumps(model.predict_on_batch(image).tolist()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                            env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    there = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(there, here, atol=1e-6)
+
+
+def test_recipes_come_from_the_store(float32_run):
+    _, store, _ = float32_run
+    recipes = feature_recipes(store, BACKBONES)
+    assert {name: (recipes[name]["input_size"], recipes[name]["pooling"], recipes[name]["weights"])
+            for name in BACKBONES} == {name: (INPUT_SIZE, "avg", "none") for name in BACKBONES}
+
+
+def test_missing_store_is_named(float32_run, tmp_path):
+    _, _, run_dir = float32_run
+    with pytest.raises(FileNotFoundError, match=r"Feature store not found: .*moved\.h5.*--store"):
+        export_model(run_dir, tmp_path / "x.keras", store=tmp_path / "moved.h5")
+
+
+def test_store_without_the_backbone_is_refused(float32_run, tmp_path):
+    _, store, _ = float32_run
+    with pytest.raises(ValueError, match="has no features for backbone 'xception'"):
+        feature_recipes(store, ["xception"])
+
+
+def test_foreign_store_without_recipes_is_refused(tmp_path):
+    store = tmp_path / "foreign.h5"
+    with h5py.File(store, "w") as handle:
+        handle["features/resnet50"] = np.zeros((2, 4), "float16")
+    with pytest.raises(ValueError, match="do not record input_size, pooling, weights"):
+        feature_recipes(store, ["resnet50"])
+
+
+def test_export_file_must_be_keras_format(float32_run, tmp_path):
+    _, _, run_dir = float32_run
+    with pytest.raises(ValueError, match=r"name the file \*\.keras. Received: out="):
+        export_model(run_dir, tmp_path / "model.h5")
+
+
+def test_unfinished_run_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Not a finished run"):
+        export_model(tmp_path)
+
+
+def test_class_names_of_a_plain_model_is_an_error():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs), name="plain")
+    with pytest.raises(ValueError, match="Model 'plain' carries no class names"):
+        class_names_of(model)
+
+
+def test_class_names_layer_round_trips_its_config():
+    layer = ClassNames(["a", "b"])
+    assert ClassNames.from_config(layer.get_config()).class_names == ("a", "b")
+
+
+def test_build_pixel_model_takes_images_of_any_size(float32_run):
+    _, store, run_dir = float32_run
+    run = __import__("fusion").load_run(run_dir)
+    model = build_pixel_model(run.fusion_model, feature_recipes(store, BACKBONES), run.class_names)
+    for shape in ((40, 50, 3), (64, 33, 3)):
+        probabilities = model.predict_on_batch(np.full((2,) + shape, 128, "float32"))
+        assert probabilities.shape == (2, 2)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,162 @@
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import sys
+
+import features  # noqa: F401 - loads features.precompute
+
+pipeline = sys.modules["features.precompute"]  # the module; features.precompute is the function
+from features import create_backbone, load_image, load_store, precompute, resize_image
+from features.views import apply_view
+from tests._features_fixtures import make_class_folders
+
+FAST = dict(weights="none", input_size=32, batch_size=4, progress=False)
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = tmp_path / "data"
+    make_class_folders(root, classes=("cat", "dog"), per_class=6)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+def test_precompute_writes_the_documented_layout(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    summary = precompute(data, out, ["resnet50", "vgg16"], val_fraction=0.25, test_fraction=0.25, **FAST)
+    assert summary.computed == {"resnet50": 12, "vgg16": 12}
+    assert summary.reused == {"resnet50": 0, "vgg16": 0}
+    assert summary.skipped == (("cat/broken.jpg", "corrupt or truncated (cannot identify image file)"),) \
+        or summary.skipped[0][0] == "cat/broken.jpg"
+    assert any("cat/broken.jpg" in line for line in summary.lines())
+    with h5py.File(out, "r") as store:
+        assert store["images/path"].shape == (12,)
+        assert store["images/label"].dtype == np.int64
+        assert [c.decode() if isinstance(c, bytes) else c for c in store.attrs["class_names"]] == ["cat", "dog"]
+        assert store["features/resnet50"].shape == (12, 2048)
+        assert store["features/resnet50"].dtype == np.float16
+        assert store["features/vgg16"].shape == (12, 512)
+        attrs = store["features/resnet50"].attrs
+        assert attrs["input_size"] == 32 and attrs["pooling"] == "avg" and attrs["weights"] == "none"
+        assert attrs["preprocessing"] == "keras.applications.resnet.preprocess_input"
+        assert attrs["keras_version"] and attrs["backend"] in ("tensorflow", "jax", "torch")
+        assert store["features/resnet50"].chunks[1] == 2048
+    loaded = load_store(out)
+    assert loaded.class_names == ("cat", "dog")
+    assert "cat/broken.jpg" not in loaded.paths.tolist()
+    # The stored features are those of the backbone on the decoded, resized image.
+    model = create_backbone("resnet50", input_size=32, weights="none", seed=0)
+    row = 3
+    image = resize_image(load_image(data / loaded.paths[row], min_size=32), 32)
+    expected = model.predict_on_batch(image[None])[0]
+    np.testing.assert_allclose(loaded.features["resnet50"][row], expected, rtol=2e-2, atol=2e-2)
+    train = loaded.select("train")
+    assert set(train.splits) == {"train"} and len(train.features["vgg16"]) == len(train)
+    assert sorted(np.unique(loaded.splits)) == ["test", "train", "val"]
+    with pytest.raises(ValueError, match="Unknown split 'dev'"):
+        loaded.select("dev")
+    with pytest.raises(ValueError, match=r"Backbone\(s\) xception not in store"):
+        load_store(out, backbones=["xception"])
+
+
+def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, monkeypatch):
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], **FAST)
+    before = load_store(out).features["vgg16"]
+    again = precompute(data, out, ["vgg16"], **FAST)
+    assert again.computed == {"vgg16": 0} and again.reused == {"vgg16": 12}
+    decoded = []
+    original = pipeline.load_image
+    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None: decoded.append(path) or original(path, min_size))
+    more = precompute(data, out, ["vgg16", "resnet50"], **FAST)
+    assert more.computed == {"vgg16": 0, "resnet50": 0 + 12}
+    assert len(decoded) == 12  # the known-bad file is not decoded again
+    loaded = load_store(out)
+    np.testing.assert_array_equal(loaded.features["vgg16"], before)
+    assert loaded.features["resnet50"].shape == (12, 2048)
+
+
+def test_each_image_decoded_once_for_several_sizes(data, tmp_path, monkeypatch):
+    decoded, resized = [], []
+    original_load, original_resize = pipeline.load_image, pipeline.resize_image
+    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None: decoded.append(min_size) or original_load(path, min_size))
+    monkeypatch.setattr(pipeline, "resize_image", lambda image, size: resized.append(size) or original_resize(image, size))
+    summary = precompute(data, tmp_path / "c.h5", ["mobilenet", "mobilenet_v2", "inception_v3"], weights="none",
+                         input_size=None, batch_size=4, progress=False)
+    assert len(decoded) == 13 and set(decoded) == {299}
+    assert sorted(set(resized)) == [224, 299] and len(resized) == 24
+    assert summary.computed == {"mobilenet": 12, "mobilenet_v2": 12, "inception_v3": 12}
+
+
+def test_views_pooling_dtype_and_precision(data, tmp_path):
+    out = tmp_path / "views.h5"
+    precompute(data, out, ["vgg16"], views="dihedral", pooling="max", dtype="float32", **FAST)
+    loaded = load_store(out, views=True)
+    assert loaded.features["vgg16"].dtype == np.float32
+    assert loaded.views["vgg16"].shape == (12, 7, 512)
+    assert loaded.view_names["vgg16"][0] == "hflip"
+    model = create_backbone("vgg16", input_size=32, weights="none", pooling="max", seed=0)
+    image = load_image(data / loaded.paths[0], min_size=32)
+    flipped = resize_image(apply_view(image, "rot90"), 32)
+    np.testing.assert_allclose(loaded.views["vgg16"][0, 2], model.predict_on_batch(flipped[None])[0], rtol=1e-4, atol=1e-4)
+    spatial = precompute(data, tmp_path / "spatial.h5", ["vgg16"], pooling="none", input_size=64,
+                         weights="none", progress=False)
+    assert load_store(spatial.store_path).features["vgg16"].shape == (12, 2, 2, 512)
+    mixed = precompute(data, tmp_path / "mixed.h5", ["vgg16"], pooling="max", dtype="float32",
+                       precision="mixed_bfloat16", **{k: v for k, v in FAST.items()})
+    reference = loaded.features["vgg16"]
+    approx = load_store(mixed.store_path).features["vgg16"]
+    assert np.abs(approx - reference).mean() / np.abs(reference).mean() < 0.05
+    assert pipeline.keras.config.dtype_policy().name == "float32"
+
+
+def test_changed_images_refuse_or_add(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], **FAST)
+    make_class_folders(data, classes=("dog", "eel"), per_class=1, seed=5, prefix="")
+    os.rename(data / "dog" / "dog_000.jpg", data / "dog" / "dog_new.jpg")
+    make_class_folders(data, classes=("dog",), per_class=1, seed=9)  # rewrites dog_000.jpg
+    os.utime(data / "dog" / "dog_000.jpg", ns=(1, 1))
+    with pytest.raises(ValueError, match=r"1 image\(s\) changed on disk since they were stored"):
+        precompute(data, out, ["vgg16"], on_change="add", **FAST)
+    (data / "dog" / "dog_000.jpg").unlink()
+    with pytest.raises(ValueError, match=r"no longer match store .*: 2 new image\(s\).* and 1 stored image\(s\) missing on disk.*--on-change add"):
+        precompute(data, out, ["vgg16"], **FAST)
+    before = load_store(out)
+    summary = precompute(data, out, ["vgg16"], on_change="add", **FAST)
+    assert summary.added_images == 2 and summary.missing_on_disk == 1
+    assert summary.computed == {"vgg16": 2}
+    after = load_store(out)
+    assert after.class_names == ("cat", "dog", "eel")
+    assert len(after) == 14
+    np.testing.assert_array_equal(after.features["vgg16"][:12], before.features["vgg16"])
+    assert after.labels[after.paths.tolist().index("eel/eel_000.jpg")] == 2
+
+
+def test_settings_that_differ_from_the_store_are_refused(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], **FAST)
+    with pytest.raises(ValueError, match="already holds 'vgg16' features made with input_size=32, but this run asks for input_size=48"):
+        precompute(data, out, ["vgg16"], **{**FAST, "input_size": 48})
+    with pytest.raises(ValueError, match="made with pooling=avg"):
+        precompute(data, out, ["vgg16"], pooling="max", **FAST)
+
+
+def test_option_errors(data, tmp_path):
+    out = tmp_path / "c.h5"
+    cases = [
+        (dict(dtype="int8"), "Unknown dtype 'int8'. Valid values: float16, float32"),
+        (dict(precision="half"), "Unknown precision 'half'"),
+        (dict(on_change="merge"), "Unknown on_change 'merge'. Valid values: refuse, add"),
+        (dict(views="all"), "Unknown views 'all'"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            precompute(data, out, ["vgg16"], **{**FAST, **options})
+    with pytest.raises(ValueError, match=r"Unknown backbone 'vgg1'"):
+        precompute(data, out, ["vgg1"], **FAST)
+    assert not out.exists()

@@ -1,0 +1,111 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from features import load_store, precompute
+from features.store import store_lock
+from run_precompute import main
+from tests._features_fixtures import make_class_folders
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr()
+
+
+def test_cli_writes_store_options_and_summary(tmp_path, capsys):
+    make_class_folders(tmp_path / "data", per_class=3)
+    (tmp_path / "data" / "dog" / "bad.png").write_bytes(b"nope")
+    out = tmp_path / "cache.h5"
+    (tmp_path / "opts.json").write_text(json.dumps({"input-size": 32, "weights": "none"}))
+    code = main([str(tmp_path / "data"), "--out", str(out), "--backbones", "vgg16", "--config",
+                 str(tmp_path / "opts.json"), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "vgg16: computed 6, reused 0" in printed
+    assert "skipped 1 unreadable image(s)" in printed and "dog/bad.png" in printed
+    options = json.loads((tmp_path / "cache.h5.options.json").read_text())
+    assert options["input_size"] == 32 and options["backbones"] == ["vgg16"]
+    assert load_store(out).features["vgg16"].shape == (6, 512)
+
+
+def test_cli_offline_imagenet_stops_before_any_work(tmp_path, capsys, monkeypatch):
+    make_class_folders(tmp_path / "data", per_class=2)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_home"))
+    code, output = _run_main([str(tmp_path / "data"), "--out", str(tmp_path / "c.h5"), "--backbones",
+                              "xception", "--input-size", "71"], capsys)
+    assert code == 2
+    assert output.err.count("\n") == 1
+    assert "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in output.err
+    assert str(tmp_path / "empty_home" / "models") in output.err
+    assert "Traceback" not in output.err
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    make_class_folders(tmp_path / "data", per_class=2)
+    code, output = _run_main([str(tmp_path / "data"), "--backbones", "resnet5", "--weights", "none"], capsys)
+    assert code == 2 and "Unknown backbone 'resnet5'. Valid names:" in output.err
+    code, output = _run_main([str(tmp_path / "nowhere"), "--weights", "none", "--input-size", "32"], capsys)
+    assert code == 2 and "Data folder not found:" in output.err
+    with store_lock(tmp_path / "busy.h5"):
+        code, output = _run_main([str(tmp_path / "data"), "--out", str(tmp_path / "busy.h5"), "--weights",
+                                  "none", "--input-size", "32"], capsys)
+    assert code == 2 and "Another run is writing" in output.err
+
+
+def test_list_backbones(capsys):
+    assert main(["--list-backbones"]) == 0
+    assert "densenet201" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_to_the_same_features(tmp_path):
+    data = tmp_path / "data"
+    make_class_folders(data, classes=("a", "b"), per_class=30, size=(64, 48))
+    (data / "a" / "bad.jpg").write_bytes(b"broken")
+    out = tmp_path / "killed.h5"
+    command = [sys.executable, str(REPO_ROOT / "run_precompute.py"), str(data), "--out", str(out),
+               "--backbones", "resnet50", "--weights", "none", "--input-size", "32", "--batch-size", "2",
+               "--no-progress"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done_rows = 0
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            with h5py.File(out, "r", locking=False) as store:
+                done_rows = int(store["progress/resnet50"][()].sum())
+        except (OSError, KeyError):
+            continue
+        if done_rows >= 6:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    with h5py.File(out, "r") as store:  # readable after kill -9
+        partial = int(store["progress/resnet50"][()].sum())
+    assert 6 <= partial < 60
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resnet50: computed {60 - partial}, reused {partial}" in resumed.stdout
+    reference = precompute(data, tmp_path / "reference.h5", ["resnet50"], weights="none", input_size=32,
+                           batch_size=8, progress=False)
+    resumed_store, reference_store = load_store(out), load_store(reference.store_path)
+    assert resumed_store.paths.tolist() == reference_store.paths.tolist()
+    assert resumed_store.skipped == reference_store.skipped and len(resumed_store.skipped) == 1
+    np.testing.assert_array_equal(resumed_store.splits, reference_store.splits)
+    np.testing.assert_allclose(resumed_store.features["resnet50"].astype(np.float32),
+                               reference_store.features["resnet50"].astype(np.float32), rtol=1e-2, atol=1e-3)
+    assert np.abs(reference_store.features["resnet50"]).max() > 0.01
