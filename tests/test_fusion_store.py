@@ -1,4 +1,4 @@
-"""The store reader: layout, string encodings, ignored extras, and every error a bad store gives."""
+"""fusion.store (the store reader of stage 2; tests/test_store.py tests features.store): layout, encodings, errors."""
 
 import h5py
 import numpy as np
