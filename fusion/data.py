@@ -124,7 +124,8 @@ class FeatureBatches(keras.utils.PyDataset):
         labels: the labels of those rows.
         batch_size: rows per batch (default: 32).
         shuffle: shuffle the block order each epoch (default: False).
-        block_rows: rows per contiguous block when shuffling; 1 shuffles single rows
+        block_rows: rows per contiguous block when shuffling; 1 shuffles single rows. A batch is
+            ceil(batch_size / block_rows) blocks, so batch_size rounded up to whole blocks
             (default: 1).
         view_augment: pick a random view per row each epoch, the identity included (default: False).
         view_index: feed this view to every row: 0 is `/features`, k is `/views[:, k-1]`
