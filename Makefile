@@ -15,7 +15,7 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	touch $@
 
 demo: $(VENV)/.runtime-installed
-	$(PY) -m examples.demo
+	$(PY) examples/demo.py
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q

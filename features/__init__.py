@@ -5,6 +5,7 @@ from features.backbones import (
     PreprocessInput,
     create_backbone,
     get_backbone_spec,
+    has_imagenet_weights,
     list_backbones,
     resolve_weights,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "create_backbone",
     "discover_images",
     "get_backbone_spec",
+    "has_imagenet_weights",
     "list_backbones",
     "load_image",
     "load_store",

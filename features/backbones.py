@@ -241,6 +241,20 @@ def resolve_weights(name, weights="imagenet"):
     )
 
 
+def has_imagenet_weights(name):
+    """Whether Keras's ImageNet weight file for backbone `name` is on this machine (see `resolve_weights`).
+
+    Example:
+        >>> has_imagenet_weights("resnet50")
+        False
+    """
+    try:
+        resolve_weights(name, "imagenet")
+    except FileNotFoundError:
+        return False
+    return True
+
+
 @keras.saving.register_keras_serializable(package="fusionpipe")
 class PreprocessInput(keras.layers.Layer):
     """Apply `keras.applications.<module>.preprocess_input` to RGB images in 0..255.

@@ -8,6 +8,7 @@ from features.backbones import (
     PreprocessInput,
     create_backbone,
     get_backbone_spec,
+    has_imagenet_weights,
     list_backbones,
     resolve_weights,
 )
@@ -103,6 +104,7 @@ def test_imagenet_weights_missing_offline_names_file_and_folder(tmp_path, monkey
     monkeypatch.setattr("features.backbones.Path.home", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match=r"Keras wants the file xception_weights_tf_dim_ordering_tf_kernels_notop\.h5 in .*empty_keras_home/models"):
         resolve_weights("xception", "imagenet")
+    assert not has_imagenet_weights("xception")
 
 
 def test_weights_from_keras_home_or_a_folder_of_hand_copied_files(tmp_path, monkeypatch):
@@ -121,6 +123,7 @@ def test_weights_from_keras_home_or_a_folder_of_hand_copied_files(tmp_path, monk
     np.testing.assert_allclose(from_folder.predict_on_batch(images), expected, rtol=1e-5, atol=1e-5)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     assert resolve_weights("vgg16", "imagenet") == str(models_folder / spec.weights_file)
+    assert has_imagenet_weights("vgg16") and not has_imagenet_weights("resnet50")
     from_cache = create_backbone("vgg16", input_size=32, weights="imagenet", seed=99)
     np.testing.assert_allclose(from_cache.predict_on_batch(images), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match=r"has no file resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):

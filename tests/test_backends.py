@@ -1,0 +1,74 @@
+"""The pipeline speaks Keras 3 only, so it runs under any backend: checked under JAX."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+JAX_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [{root!r}, {tests!r}]
+import keras, numpy as np, features, fusion
+from _run_fixtures import write_two_class_images
+base = Path({base!r})
+data = write_two_class_images(base / "images", per_class=6)
+summary = features.precompute(data, base / "cache.h5", ["mobilenet_v2", "resnet50"], weights="none",
+                              input_size=32, views="hflip", val_fraction=0.25, test_fraction=0.25, progress=False)
+store = features.load_store(base / "cache.h5")
+run = fusion.train_run(base / "cache.h5", base / "run", units=8, epochs=2, batch_size=4, ablation=False,
+                       log=lambda *_: None)
+reloaded = fusion.load_run(base / "run")
+features_now = {{name: store.features[name].astype("float32") for name in run.backbones}}
+print(json.dumps({{
+    "backend": keras.backend.backend(),
+    "computed": summary.computed,
+    "shapes": {{name: list(array.shape) for name, array in store.features.items()}},
+    "finite": bool(all(np.isfinite(array).all() for array in store.features.values())),
+    "models": sorted(run.models),
+    "reload_difference": float(np.abs(run.fusion_model.predict(features_now, verbose=0)
+                                      - reloaded.fusion_model.predict(features_now, verbose=0)).max()),
+}}))
+"""
+
+
+def _imported_modules(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+@pytest.mark.parametrize("package", ["features", "fusion"])
+def test_packages_import_keras_not_tensorflow(package):
+    offenders = {
+        str(path.relative_to(REPO_ROOT)): module
+        for path in sorted((REPO_ROOT / package).glob("*.py"))
+        for module in _imported_modules(path)
+        if module.split(".")[0] in ("tensorflow", "tf_keras")
+    }
+    assert offenders == {}
+
+
+def test_precompute_and_training_run_under_jax(tmp_path):
+    pytest.importorskip("jax")
+    script = JAX_SCRIPT.format(root=str(REPO_ROOT), tests=str(REPO_ROOT / "tests"), base=str(tmp_path))
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["backend"] == "jax"
+    assert outcome["computed"] == {"mobilenet_v2": 12, "resnet50": 12}
+    assert outcome["shapes"] == {"mobilenet_v2": [12, 1280], "resnet50": [12, 2048]}
+    assert outcome["finite"]
+    assert outcome["models"] == ["fusion", "mobilenet_v2", "resnet50"]
+    assert outcome["reload_difference"] < 1e-5
