@@ -105,8 +105,8 @@ def test_tta_averages_the_identity_and_every_view(xor_run):
     ]
     saved = np.load(xor_run.run_dir / "predictions" / "test_probabilities.npz")
     np.testing.assert_allclose(saved["fusion_plus_tta"], np.mean(per_view, axis=0), rtol=1e-5, atol=1e-6)
-    # The views carry fresh noise, so averaging them is no worse than the identity view alone.
-    assert xor_run.report["test"]["fusion+tta"]["log_loss"] <= xor_run.report["test"]["fusion"]["log_loss"]
+    # The views carry fresh noise, so averaging them decides at least as many images right.
+    assert xor_run.report["test"]["fusion+tta"]["accuracy"] >= xor_run.report["test"]["fusion"]["accuracy"]
 
 
 def test_run_folder_holds_models_histories_plots_and_config(xor_run):
