@@ -76,7 +76,7 @@ def main(argv=None):
         if not args.out:
             # Checked here rather than with required=True so that a --config file may give it.
             parser.error("the following arguments are required: --out (the run folder, e.g. runs/exp1)")
-        # Imported here so that --help and argument errors answer without loading Keras.
+        # Imported after parsing: argument errors answer before the training package loads.
         from fusion import train_run
 
         options = {key: value for key, value in vars(args).items() if key != "config"}

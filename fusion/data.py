@@ -124,12 +124,15 @@ class FeatureBatches(keras.utils.PyDataset):
         labels: the labels of those rows.
         batch_size: rows per batch (default: 32).
         shuffle: shuffle the block order each epoch (default: False).
-        block_rows: rows per contiguous block when shuffling; 1 shuffles single rows
+        block_rows: rows per contiguous block when shuffling; 1 shuffles single rows. A batch is
+            ceil(batch_size / block_rows) blocks, so batch_size rounded up to whole blocks
             (default: 1).
         view_augment: pick a random view per row each epoch, the identity included (default: False).
         view_index: feed this view to every row: 0 is `/features`, k is `/views[:, k-1]`
             (default: 0).
         seed: seed of the block order and view choice (default: 0).
+        class_weight: dict class -> weight; batches then carry per-row sample weights, e.g. for
+            a validation loss weighted like the training loss (default: None).
 
     Example:
         >>> batches = FeatureBatches(source, ["resnet50"], rows, labels, batch_size=32, shuffle=True)
@@ -148,6 +151,7 @@ class FeatureBatches(keras.utils.PyDataset):
         view_augment=False,
         view_index=0,
         seed=0,
+        class_weight=None,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         if batch_size < 1 or block_rows < 1:
@@ -165,6 +169,7 @@ class FeatureBatches(keras.utils.PyDataset):
         self.view_augment = view_augment
         self.view_index = int(view_index)
         self.seed = int(seed)
+        self.class_weight = class_weight
         self._num_views = {name: view.shape[1] for name, view in source.views.items()}
         self._epoch = 0
         self._plan_epoch()
@@ -211,4 +216,6 @@ class FeatureBatches(keras.utils.PyDataset):
         blocks = self._batches[index]
         inputs = {backbone: self._features(backbone, blocks) for backbone in self.backbones}
         labels = self.labels[np.concatenate([np.arange(start, stop) for start, stop in blocks])]
+        if self.class_weight is not None:
+            return inputs, labels, np.array([self.class_weight[int(label)] for label in labels], "float32")
         return inputs, labels

@@ -92,6 +92,7 @@ def plot_training_curves(histories, path):
     for axis, title in zip(axes, ("validation loss", "validation accuracy")):
         axis.set_xlabel("epoch")
         axis.set_title(title)
+    axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -116,7 +117,7 @@ def render_markdown(report):
     lines = [
         "# Fusion report",
         "",
-        f"Store `{report['store']}`: {len(backbones)} backbones ({', '.join(backbones)}), "
+        f"Store `{report['store']}`: {len(backbones)} backbone{'' if len(backbones) == 1 else 's'} ({', '.join(backbones)}), "
         f"{len(report['class_names'])} classes, images per split: "
         + ", ".join(f"{split} {count}" for split, count in report["images_per_split"].items())
         + ".",

@@ -100,7 +100,7 @@ def _check_view_options(info, backbones, view_augment, tta):
     if (view_augment or tta) and not any(info.view_names[name] for name in backbones):
         flags = [flag for flag, on in (("--view-augment", view_augment), ("--tta", tta)) if on]
         raise ValueError(
-            f"{' and '.join(flags)} need extra views in the store (/views/<backbone>), but {info.path} has "
+            f"{' and '.join(flags)} {'need' if len(flags) > 1 else 'needs'} extra views in the store (/views/<backbone>), but {info.path} has "
             f"none for backbones {list(backbones)}. Precompute views (e.g. hflip) or drop the option. "
             f"Received: view_augment={view_augment}, tta={tta}"
         )
@@ -187,10 +187,11 @@ def train_run(
     backbones = select_backbones(info, backbones)
     class_weight_mode = class_weight
     _check_view_options(info, backbones, view_augment, tta)
-    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience), ("block_rows", block_rows or 1)):
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience), ("block_rows", 1 if block_rows is None else block_rows)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
-    # Fail on bad model options before any folder is touched or data is read.
+    # Fail on bad options before any folder is touched or data is read.
+    class_weights([0], 1, class_weight_mode)
     build_fusion_model(
         {name: info.feature_shapes[name] for name in backbones}, len(info.class_names), units=units,
         dropout=dropout, l2=l2, pooling=pooling, head_units=head_units, learning_rate=learning_rate,
@@ -238,7 +239,7 @@ def train_run(
         history = train_model(
             model,
             batches("train", names, shuffle=True, block_rows=block_rows, view_augment=view_augment),
-            batches("val", names),
+            batches("val", names, class_weight=weights),
             epochs=epochs, patience=patience, class_weight=weights,
             checkpoint_path=run_dir / "models" / f"{name}.keras", history_path=run_dir / "history" / f"{name}.csv",
         )

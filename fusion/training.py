@@ -59,7 +59,9 @@ def train_model(
         val_data: validation batches or tuple, for early stopping.
         epochs: most epochs (default: 60).
         patience: epochs without a better validation loss before stopping (default: 10).
-        class_weight: dict class -> loss weight (default: None).
+        class_weight: dict class -> loss weight; give `val_data` the same weights (a
+            `FeatureBatches(class_weight=...)`; tuples are weighted here) so that early stopping
+            judges the weighted loss (default: None).
         checkpoint_path: `.keras` file for the best model (default: None, no checkpoint).
         history_path: CSV file of the per-epoch history (default: None).
         verbose: Keras verbosity (default: 0).
@@ -79,7 +81,10 @@ def train_model(
     if history_path is not None:
         Path(history_path).parent.mkdir(parents=True, exist_ok=True)
         callbacks.append(keras.callbacks.CSVLogger(str(history_path)))
-    fit_arguments = {}
+    if class_weight is not None and isinstance(val_data, tuple) and len(val_data) == 2:
+        # Early stopping must judge the objective being trained: weigh the validation loss alike.
+        val_inputs, val_labels = val_data
+        val_data = (val_inputs, val_labels, np.array([class_weight[int(label)] for label in val_labels], "float32"))
     if isinstance(train_data, tuple):
         train_inputs, train_labels = train_data
         fit_arguments = {"x": train_inputs, "y": train_labels, "shuffle": True}

@@ -1,0 +1,75 @@
+"""Fusion-model training speed from memory and streamed from HDF5, measured side by side in one run.
+
+    python benchmarks/bench_train.py            # 20k rows, backbones of 2048/1024/512 dims, float16
+    python benchmarks/bench_train.py --rows 5000 --epochs 1
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from features.cli import add_config_option, exit_on_user_error, parse_args_with_config  # noqa: E402
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_option(parser)
+    store = parser.add_argument_group("synthetic store")
+    store.add_argument("--rows", type=int, default=20000, help="images in the store (default: 20000)")
+    store.add_argument("--dims", type=int, nargs="+", default=[2048, 1024, 512],
+                       help="feature size of each backbone (default: 2048 1024 512)")
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=int, default=2, help="timed epochs per data source (default: 2)")
+    training.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    training.add_argument("--block-rows", type=int, default=8,
+                          help="consecutive rows per shuffled block when streaming (default: 8)")
+    return parser
+
+
+def _samples_per_second(source, info, rows, batch_size, block_rows, epochs):
+    import keras
+
+    from fusion import FeatureBatches, build_fusion_model
+
+    keras.utils.set_random_seed(0)
+    model = build_fusion_model({name: info.feature_shapes[name] for name in info.backbones}, len(info.class_names))
+    batches = FeatureBatches(source, info.backbones, rows, info.labels[rows], batch_size=batch_size, shuffle=True,
+                             block_rows=block_rows)
+    model.fit(batches, epochs=1, verbose=0, shuffle=False)  # traces the step function; not timed
+    started = time.perf_counter()
+    model.fit(batches, epochs=epochs, verbose=0, shuffle=False)
+    return epochs * len(rows) / (time.perf_counter() - started)
+
+
+def main(argv=None):
+    args = parse_args_with_config(_build_parser(), argv)
+    with exit_on_user_error("bench_train.py"):
+        from fusion import open_feature_source, read_store_info, write_synthetic_store
+
+        with tempfile.TemporaryDirectory() as folder:
+            backbones = [f"backbone{index}_{dim}" for index, dim in enumerate(args.dims)]
+            started = time.perf_counter()
+            path = write_synthetic_store(Path(folder) / "bench.h5", kind="noisy_views", num_rows=args.rows,
+                                         backbones=backbones, feature_dims=args.dims, num_classes=10,
+                                         split_fractions=(0.98, 0.01, 0.01), dtype="float16")
+            info = read_store_info(path)
+            rows = info.split_rows("train")
+            print(f"store: {args.rows} rows, dims {args.dims}, float16, {path.stat().st_size / 2**20:.0f} MiB, "
+                  f"written in {time.perf_counter() - started:.1f} s; {len(rows)} training rows, "
+                  f"batch {args.batch_size}, {args.epochs} timed epochs each")
+            memory = _samples_per_second(open_feature_source(path, info.backbones, stream=False), info, rows,
+                                         args.batch_size, 1, args.epochs)
+            print(f"in memory (rows shuffled):                 {memory:9.0f} samples/s")
+            streamed = _samples_per_second(open_feature_source(path, info.backbones, stream=True), info, rows,
+                                           args.batch_size, args.block_rows, args.epochs)
+            print(f"streamed from HDF5 (blocks of {args.block_rows:>3} rows): {streamed:9.0f} samples/s")
+            print(f"streamed / in memory: {streamed / memory:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Batches from memory and streamed from HDF5: coverage, contiguous blocks, views, and equal training."""
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+import fusion.data
+from fusion.data import FeatureBatches, open_feature_source
+from fusion.model import build_fusion_model
+from fusion.store import read_store_info
+from fusion.synthetic import write_synthetic_store
+from fusion.training import train_model
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "store.h5"
+    return write_synthetic_store(path, kind="noisy_views", num_rows=300, feature_dims=8, num_views=2, seed=1)
+
+
+def _batches(source, info, split="train", **kwargs):
+    rows = info.split_rows(split)
+    return FeatureBatches(source, info.backbones, rows, info.labels[rows], **kwargs)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_row_once_per_epoch_in_shuffled_contiguous_blocks(store, stream):
+    info = read_store_info(store)
+    source = open_feature_source(store, info.backbones, stream=stream)
+    assert source.streamed is stream
+    batches = _batches(source, info, batch_size=16, shuffle=True, block_rows=4, seed=3)
+    rows = info.split_rows("train")
+    with h5py.File(store) as store_file:
+        alpha = store_file["features/alpha"][()].astype("float32")
+    orders = []
+    for _ in range(2):
+        seen = []
+        for index in range(len(batches)):
+            inputs, labels = batches[index]
+            assert inputs["alpha"].dtype == np.float32 and len(labels) <= 16
+            # Recover each row's position from its features: they are unique per row.
+            positions = [int(np.flatnonzero((alpha[rows] == row).all(axis=1))[0]) for row in inputs["alpha"]]
+            np.testing.assert_array_equal(labels, info.labels[rows[positions]])
+            # Whole blocks of 4 consecutive split rows (the split's last block may be shorter).
+            blocks = []
+            for position in positions:
+                if position % 4 == 0 or position != blocks[-1][-1] + 1:
+                    blocks.append([])
+                blocks[-1].append(position)
+            assert all(block[0] % 4 == 0 and len(block) == min(4, len(rows) - block[0]) for block in blocks), blocks
+            seen += positions
+        assert sorted(seen) == list(range(len(rows)))
+        orders.append(seen)
+        batches.on_epoch_end()
+    assert orders[0] != orders[1], "the block order must change between epochs"
+
+
+def test_unshuffled_batches_keep_store_order(store):
+    info = read_store_info(store)
+    batches = _batches(open_feature_source(store, info.backbones, stream=True), info, "test", batch_size=32)
+    features = np.concatenate([batches[i][0]["beta"] for i in range(len(batches))])
+    with h5py.File(store) as store_file:
+        np.testing.assert_array_equal(features, store_file["features/beta"][()][info.split_rows("test")])
+
+
+def test_view_index_and_view_augment_pick_views(store):
+    info = read_store_info(store)
+    source = open_feature_source(store, info.backbones, stream=False, with_views=True)
+    rows = info.split_rows("val")
+    with h5py.File(store) as store_file:
+        identity = store_file["features/alpha"][()][rows].astype("float32")
+        views = store_file["views/alpha"][()][rows].astype("float32")
+    second = _batches(source, info, "val", batch_size=1000, view_index=2)[0][0]["alpha"]
+    np.testing.assert_array_equal(second, views[:, 1])
+    augmented = _batches(source, info, "val", batch_size=1000, view_augment=True, seed=0)[0][0]["alpha"]
+    picked = [
+        next(v for v, candidate in enumerate([identity[i], views[i, 0], views[i, 1]]) if np.array_equal(candidate, row))
+        for i, row in enumerate(augmented)
+    ]
+    counts = np.bincount(picked, minlength=3)
+    # Identity and both views, each about a third of the time.
+    assert counts.min() > len(rows) / 6, counts
+
+
+def test_memory_or_stream_decided_by_available_memory(store, monkeypatch):
+    info = read_store_info(store)
+    monkeypatch.setattr(fusion.data, "available_memory_bytes", lambda: 10**12)
+    assert open_feature_source(store, info.backbones).streamed is False
+    monkeypatch.setattr(fusion.data, "available_memory_bytes", lambda: 1000)
+    assert open_feature_source(store, info.backbones).streamed is True
+    assert open_feature_source(store, info.backbones, stream=False).streamed is False
+
+
+def test_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size and block_rows must be at least 1. Received: batch_size=0"):
+        FeatureBatches(None, ["a"], [0], [0], batch_size=0)
+
+
+def _train_and_predict(store, info, stream, seed):
+    source = open_feature_source(store, info.backbones, stream=stream)
+    keras.utils.set_random_seed(seed)
+    model = build_fusion_model({name: info.feature_shapes[name] for name in info.backbones}, 4, units=16)
+    history = train_model(
+        model, _batches(source, info, batch_size=32, shuffle=True, block_rows=4, seed=seed),
+        _batches(source, info, "val", batch_size=32), epochs=4, patience=4,
+    )
+    return history["loss"], model.predict(_batches(source, info, "test", batch_size=32), verbose=0)
+
+
+def test_streamed_training_gives_the_same_model_as_in_memory(store):
+    info = read_store_info(store)
+    memory_loss, memory_predictions = _train_and_predict(store, info, stream=False, seed=0)
+    stream_loss, stream_predictions = _train_and_predict(store, info, stream=True, seed=0)
+    np.testing.assert_allclose(stream_loss, memory_loss, rtol=1e-6)
+    np.testing.assert_allclose(stream_predictions, memory_predictions, rtol=1e-5, atol=1e-7)
+    # Another seed trains another model, so the comparison above could have failed.
+    _, other_predictions = _train_and_predict(store, info, stream=False, seed=1)
+    assert np.abs(other_predictions - memory_predictions).max() > 1e-3

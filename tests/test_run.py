@@ -1,0 +1,176 @@
+"""A whole run: the XOR and noisy-views answers, every output file, TTA, and reloading in a fresh process."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from fusion.evaluation import mcnemar_test
+from fusion.model import build_fusion_model
+from fusion.run import load_run, train_run
+from fusion.store import read_store_info
+from fusion.synthetic import write_synthetic_store
+
+QUIET = {"log": lambda *args: None}
+SMALL = {"units": 32, "epochs": 20, "patience": 5, **QUIET}
+
+
+@pytest.fixture(scope="module")
+def xor_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("xor")
+    store = write_synthetic_store(folder / "xor.h5", kind="xor", num_rows=400, feature_dims=16, num_views=2, seed=1)
+    return train_run(store, folder / "run", head_units=[32], tta=True, seed=1, **SMALL)
+
+
+def _accuracy(run, name):
+    return run.report["test"][name]["accuracy"]
+
+
+def test_xor_fusion_with_head_units_clearly_beats_every_backbone_and_the_average(xor_run):
+    fusion = _accuracy(xor_run, "fusion")
+    others = {name: _accuracy(xor_run, name) for name in ("alpha", "beta", "average")}
+    assert fusion > 0.8 and all(fusion - accuracy > 0.2 for accuracy in others.values()), (fusion, others)
+    assert xor_run.report["summary"]["winner"].startswith("fusion")
+    assert xor_run.report["mcnemar"]["fusion_vs_average"]["p_value"] < 0.001
+    # Without either backbone the XOR is undecidable: the ablation shows what each adds.
+    assert all(fusion - _accuracy(xor_run, f"fusion_without_{name}") > 0.2 for name in ("alpha", "beta"))
+
+
+def test_xor_fusion_without_head_units_does_not_beat_them(xor_run):
+    # The additive model on the same store, split and budget as the run above.
+    from fusion.data import FeatureBatches, open_feature_source
+    from fusion.training import train_model
+    import keras
+
+    info = read_store_info(xor_run.report["store"])
+    source = open_feature_source(info.path, info.backbones, stream=False)
+
+    def batches(split, **kwargs):
+        rows = info.split_rows(split)
+        return FeatureBatches(source, info.backbones, rows, info.labels[rows], seed=1, **kwargs)
+
+    keras.utils.set_random_seed(1)
+    model = build_fusion_model({name: info.feature_shapes[name] for name in info.backbones}, 2, units=32)
+    train_model(model, batches("train", shuffle=True), batches("val"), epochs=20, patience=5)
+    accuracy = np.mean(model.predict(batches("test"), verbose=0).argmax(1) == info.labels[info.split_rows("test")])
+    best_other = max(_accuracy(xor_run, name) for name in ("alpha", "beta", "average"))
+    assert accuracy < best_other + 0.1 and accuracy < 0.7, (accuracy, best_other)
+
+
+def test_noisy_views_averaging_beats_every_single_backbone(tmp_path):
+    store = write_synthetic_store(
+        tmp_path / "noisy.h5", kind="noisy_views", num_rows=500, backbones=("a", "b", "c"), feature_dims=16,
+        noise=2.0, split_fractions=(0.5, 0.2, 0.3), seed=2,
+    )
+    run = train_run(store, tmp_path / "run", ablation=False, seed=2, **{**SMALL, "epochs": 12})
+    average = _accuracy(run, "average")
+    singles = [_accuracy(run, name) for name in ("a", "b", "c")]
+    # Measured: average 0.78 against 0.70 / 0.54 / 0.60 (seed 2), 0.79 against 0.51-0.54 (seed 3).
+    assert all(average - single > 0.05 for single in singles), (average, singles)
+    assert not any(name.startswith("fusion_without_") for name in run.report["test"])
+
+
+def test_report_json_holds_every_model_and_matches_the_predictions(xor_run):
+    test = xor_run.report["test"]
+    expected = {"fusion", "average", "weighted_average", "stacking", "alpha", "beta", "fusion_without_alpha",
+                "fusion_without_beta", "fusion+tta", "alpha+tta", "beta+tta", "average+tta"}
+    assert set(test) == expected
+    on_disk = json.loads((xor_run.run_dir / "report.json").read_text())
+    assert on_disk["test"].keys() == test.keys()
+    for name, metrics in on_disk["test"].items():
+        assert {"accuracy", "log_loss", "macro_f1", "per_class", "confusion_matrix"} <= set(metrics)
+        with open(xor_run.run_dir / "predictions" / f"{name}.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == metrics["num_images"] == on_disk["images_per_split"]["test"]
+        assert np.mean([row["label"] == row["predicted"] for row in rows]) == pytest.approx(metrics["accuracy"])
+    saved = np.load(xor_run.run_dir / "predictions" / "test_probabilities.npz")
+    recomputed = mcnemar_test(saved["labels"], saved["fusion"].argmax(1), saved["average"].argmax(1))
+    assert recomputed["p_value"] == pytest.approx(on_disk["mcnemar"]["fusion_vs_average"]["p_value"])
+
+
+def test_tta_averages_the_identity_and_every_view(xor_run):
+    info = read_store_info(xor_run.report["store"])
+    rows = info.split_rows("test")
+    with h5py.File(info.path) as store_file:
+        identity = {name: store_file["features"][name][()][rows].astype("float32") for name in info.backbones}
+        views = {name: store_file["views"][name][()][rows].astype("float32") for name in info.backbones}
+    model = xor_run.fusion_model
+    per_view = [model.predict(identity, verbose=0)] + [
+        model.predict({name: views[name][:, v] for name in info.backbones}, verbose=0) for v in range(2)
+    ]
+    saved = np.load(xor_run.run_dir / "predictions" / "test_probabilities.npz")
+    np.testing.assert_allclose(saved["fusion_plus_tta"], np.mean(per_view, axis=0), rtol=1e-5, atol=1e-6)
+    # The views carry fresh noise, so averaging them decides at least as many images right.
+    assert xor_run.report["test"]["fusion+tta"]["accuracy"] >= xor_run.report["test"]["fusion"]["accuracy"]
+
+
+def test_run_folder_holds_models_histories_plots_and_config(xor_run):
+    run_dir = xor_run.run_dir
+    models = sorted(path.name for path in (run_dir / "models").iterdir())
+    assert models == ["alpha.keras", "beta.keras", "fusion.keras", "fusion_without_alpha.keras",
+                      "fusion_without_beta.keras", "stacking.json", "weighted_average.json"]
+    for name, training in xor_run.report["training"].items():
+        with open(run_dir / "history" / f"{name}.csv") as handle:
+            assert len(list(csv.DictReader(handle))) == training["epochs_run"] <= 20
+    markdown = (run_dir / "report.md").read_text()
+    for relative in xor_run.report["plots"].values():
+        assert (run_dir / relative).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({relative})" in markdown
+    config = json.loads((run_dir / "config.json").read_text())
+    assert set(config["versions"]) == {"python", "keras", "backend", "numpy", "h5py", "sklearn"}
+    assert config["arguments"]["head_units"] == [32] and config["arguments"]["streamed"] is False
+
+
+def test_loaded_run_predicts_the_same_in_a_fresh_process(xor_run, tmp_path):
+    script = (
+        "import sys, h5py, numpy as np\n"
+        "from fusion import load_run, read_store_info\n"
+        "run = load_run(sys.argv[1])\n"
+        "info = read_store_info(run.report['store'])\n"
+        "rows = info.split_rows('test')\n"
+        "with h5py.File(info.path) as f:\n"
+        "    features = {b: f['features'][b][()][rows] for b in run.backbones}\n"
+        "np.save(sys.argv[2], run.predict_proba(features))\n"
+        "print(run.class_names, run.backbones, sorted(run.models))\n"
+    )
+    output = tmp_path / "reloaded.npy"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", script, str(xor_run.run_dir), str(output)],
+                            capture_output=True, text=True, env=environment, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "('class_0', 'class_1') ('alpha', 'beta')" in result.stdout
+    saved = np.load(xor_run.run_dir / "predictions" / "test_probabilities.npz")
+    np.testing.assert_allclose(np.load(output), saved["fusion"], rtol=1e-5, atol=1e-6)
+
+
+def test_load_run_of_an_unfinished_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"Not a finished run: {tmp_path / 'config.json'} is missing"):
+        load_run(tmp_path)
+
+
+def test_errors_come_before_any_work(tmp_path):
+    store = write_synthetic_store(tmp_path / "plain.h5", kind="xor", num_rows=60)
+    out = tmp_path / "run"
+    cases = [
+        ({"tta": True}, r"--tta needs extra views in the store \(/views/<backbone>\)"),
+        ({"view_augment": True}, "--view-augment needs extra views"),
+        ({"backbones": ["gamma"]}, r"Unknown backbone 'gamma'.*Valid names: alpha, beta"),
+        ({"units": 0}, "units must be at least 1"),
+        ({"epochs": 0}, "epochs must be at least 1. Received: epochs=0"),
+        ({"block_rows": 0}, "block_rows must be at least 1"),
+        ({"class_weight": "auto"}, "Unknown class weight mode 'auto'"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train_run(store, out, **kwargs, **QUIET)
+        assert not out.exists()
+    (out / "notes").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"is not empty. Choose a new --out, or pass --overwrite"):
+        train_run(store, out, **QUIET)
+    with pytest.raises(FileExistsError, match="holds no config.json, so it is not a run folder"):
+        train_run(store, out, overwrite=True, **QUIET)
+    assert (out / "notes").is_dir()

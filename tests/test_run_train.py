@@ -1,0 +1,94 @@
+"""run_train.py: every option reaches the run, final options are saved, user errors exit 2 with one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+import run_train
+from fusion.run import load_run
+from fusion.synthetic import write_synthetic_store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def spatial_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "spatial.h5"
+    return write_synthetic_store(path, kind="noisy_views", num_rows=80, backbones=("a", "b", "c"), feature_dims=4,
+                                 spatial_size=2, num_views=1, num_classes=3)
+
+
+def _fail(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        run_train.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_every_option_reaches_the_run_and_options_reload_with_config(spatial_store, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [str(spatial_store), "--out", str(out), "--backbones", "c", "a", "--units", "8", "--dropout", "0.2",
+            "--l2", "0", "--head-units", "6", "5", "--pooling", "max", "--learning-rate", "0.02", "--batch-size", "16",
+            "--epochs", "2", "--patience", "1", "--class-weight", "balanced", "--seed", "3", "--stream",
+            "--block-rows", "4", "--view-augment", "--tta", "--no-ablation"]
+    assert run_train.main(argv) == 0
+    assert "report: " in capsys.readouterr().out
+    run = load_run(out)
+    arguments = run.config["arguments"]
+    assert arguments["streamed"] is True and arguments["block_rows"] == 4 and arguments["class_weight"] == "balanced"
+    assert run.backbones == ("c", "a") and sorted(run.models) == ["a", "c", "fusion"]
+    model = run.fusion_model
+    assert [tensor.name for tensor in model.inputs] == ["c", "a"]
+    assert type(model.get_layer("c_max_pool")).__name__ == "GlobalMaxPooling2D"
+    assert model.get_layer("a_dense").units == 8 and model.get_layer("a_dropout").rate == 0.2
+    assert model.get_layer("a_dense").kernel_regularizer is None
+    assert [model.get_layer(f"head_dense_{i}").units for i in (0, 1)] == [6, 5]
+    assert all(training["epochs_run"] <= 2 for training in run.report["training"].values())
+    assert {"fusion+tta", "average+tta"} <= set(run.report["test"])
+    assert not any(name.startswith("fusion_without_") for name in run.report["test"])
+    with open(out / "history" / "fusion.csv") as handle:
+        assert float(handle.read().splitlines()[1].split(",")[2]) == pytest.approx(0.02)  # learning_rate column
+    options = json.loads((out / "options.json").read_text())
+    assert options["head_units"] == [6, 5] and options["seed"] == 3 and options["batch_size"] == 16
+    # The saved options run again as a config file; the command line still wins.
+    assert run_train.main(["--config", str(out / "options.json"), "--overwrite", "--epochs", "1"]) == 0
+    rerun = load_run(out)
+    assert rerun.config["arguments"]["epochs"] == 1 and rerun.backbones == ("c", "a")
+    assert all(training["epochs_run"] == 1 for training in rerun.report["training"].values())
+
+
+def test_user_errors_exit_2_with_one_line(spatial_store, tmp_path, capsys):
+    missing = tmp_path / "missing.h5"
+    assert _fail(capsys, [str(missing), "--out", str(tmp_path / "r")]) == (
+        f"run_train.py: error: Feature store not found: {missing.resolve()}"
+    )
+    error = _fail(capsys, [str(spatial_store), "--out", str(tmp_path / "r"), "--backbones", "resnet5"])
+    assert error.startswith("run_train.py: error: Unknown backbone 'resnet5'") and "Valid names: a, b, c" in error
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    assert "is not empty. Choose a new --out, or pass --overwrite" in _fail(capsys, [str(spatial_store), "--out", str(tmp_path / "full")])
+    assert "--out" in _fail(capsys, [str(spatial_store)])
+    assert "invalid choice: 'sum'" in _fail(capsys, [str(spatial_store), "--out", "x", "--pooling", "sum"])
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"head_unit": [8]}))
+    assert "Unknown option 'head_unit' in config file" in _fail(capsys, ["--config", str(config), str(spatial_store), "--out", "x"])
+    plain = write_synthetic_store(tmp_path / "plain.h5", kind="xor", num_rows=40)
+    assert "--view-augment needs extra views" in _fail(capsys, [str(plain), "--out", str(tmp_path / "r"), "--view-augment"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_script_exit_code_and_single_stderr_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_train.py"), str(tmp_path / "none.h5"), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("run_train.py")]
+    assert lines == [f"run_train.py: error: Feature store not found: {tmp_path / 'none.h5'}"]
+    assert "Traceback" not in result.stderr

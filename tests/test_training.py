@@ -1,0 +1,62 @@
+"""Training the Keras way: early stopping with best weights, checkpoint, CSV history, class weights."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+from fusion.model import build_fusion_model
+from fusion.training import class_weights, train_model
+
+
+def test_class_weights_balance_the_classes():
+    weights = class_weights([0, 0, 0, 1], num_classes=3, mode="balanced")
+    # n / (C * count): 4 / (3 * 3), 4 / (3 * 1); an absent class keeps 1.
+    assert weights == pytest.approx({0: 4 / 9, 1: 4 / 3, 2: 1.0})
+    assert class_weights([0, 1], 2, mode="none") is None
+    with pytest.raises(ValueError, match="Unknown class weight mode 'auto'. Valid values: none, balanced"):
+        class_weights([0, 1], 2, mode="auto")
+
+
+def _noise(seed, rows=64, minority=0.5):
+    rng = np.random.default_rng(seed)
+    return {"a": rng.normal(size=(rows, 4)).astype("float32")}, (rng.random(rows) < minority).astype("int64")
+
+
+def test_early_stopping_restores_the_best_epoch_and_writes_checkpoint_and_history(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_fusion_model({"a": (4,)}, 2, units=8, learning_rate=0.05)
+    # Pure noise: validation loss soon stops improving, so training stops early.
+    history = train_model(model, _noise(0), _noise(1), epochs=40, patience=3,
+                          checkpoint_path=tmp_path / "best.keras", history_path=tmp_path / "history.csv")
+    epochs_run, best = len(history["val_loss"]), int(np.argmin(history["val_loss"]))
+    assert epochs_run == best + 1 + 3 < 40
+    val_inputs, val_labels = _noise(1)
+    restored_loss = model.evaluate(val_inputs, val_labels, verbose=0)[0]
+    assert restored_loss == pytest.approx(history["val_loss"][best], rel=1e-4)
+    checkpoint = keras.saving.load_model(tmp_path / "best.keras")
+    assert checkpoint.evaluate(val_inputs, val_labels, verbose=0)[0] == pytest.approx(restored_loss, rel=1e-4)
+    with open(tmp_path / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == epochs_run and {"loss", "val_loss", "learning_rate"} <= set(rows[0])
+    # ReduceLROnPlateau halved the rate on the plateau before stopping.
+    assert float(rows[-1]["learning_rate"]) < 0.05
+
+
+def test_balanced_class_weight_shifts_predictions_to_the_minority_class():
+    inputs, labels = _noise(2, rows=200, minority=0.1)
+    minority_share = {}
+    for mode in ("none", "balanced"):
+        keras.utils.set_random_seed(0)
+        model = build_fusion_model({"a": (4,)}, 2, units=8, learning_rate=0.1)
+        train_model(model, (inputs, labels), (inputs, labels), epochs=8, patience=8,
+                    class_weight=class_weights(labels, 2, mode))
+        minority_share[mode] = float(model.predict(inputs, verbose=0)[:, 1].mean())
+    assert minority_share["none"] < 0.15 < 0.25 < minority_share["balanced"], minority_share
+
+
+def test_bad_epochs_or_patience():
+    model = build_fusion_model({"a": (4,)}, 2)
+    with pytest.raises(ValueError, match="epochs and patience must be at least 1. Received: epochs=0, patience=3"):
+        train_model(model, _noise(0), _noise(1), epochs=0, patience=3)
