@@ -42,6 +42,14 @@ class ClassNames(keras.layers.Layer):
         return {**super().get_config(), "class_names": list(self.class_names)}
 
 
+# What the export needs to know to rebuild a backbone exactly as precompute ran it.
+_RECIPE_KEYS = ("input_size", "pooling", "weights")
+
+
+def _is_complete(recipe):
+    return bool(recipe) and all(key in recipe for key in _RECIPE_KEYS)
+
+
 def _decoded(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
@@ -72,7 +80,7 @@ def feature_recipes(store_path, backbones):
                     f"Pass the store the run was trained on with --store. Received: store={str(store_path)!r}"
                 )
             attrs = {key: _decoded(value) for key, value in store[f"features/{backbone}"].attrs.items()}
-            missing = [key for key in ("input_size", "pooling", "weights") if key not in attrs]
+            missing = [key for key in _RECIPE_KEYS if key not in attrs]
             if missing:
                 raise ValueError(
                     f"Features of '{backbone}' in {store_path} do not record {', '.join(missing)}, so the export "
@@ -121,16 +129,18 @@ def export_model(run_dir, out=None, store=None):
     Args:
         run_dir: a folder written by `run_train.py`.
         out: the `.keras` file to write (default: `RUN_DIR/exported.keras`).
-        store: the feature store the run was trained on (default: the one in the run's config).
+        store: read the recipes from this feature store instead of the run's config.json
+            (default: None, the run's own record, else the store it names).
 
     Example:
         >>> model_path = export_model("runs/exp1")
     """
     run = load_run(run_dir)
-    store = store or run.config.get("options", {}).get("store") or run.report.get("store")
-    if not store:
-        raise ValueError(f"Run {run_dir} does not name its feature store. Pass it with --store.")
-    recipes = feature_recipes(store, run.backbones)
+    recipes = run.config.get("feature_recipes")
+    if store or not recipes or not all(_is_complete(recipes.get(name)) for name in run.backbones):
+        # Runs trained on stores of another tool record no recipes; the store may still have them.
+        store = store or run.config.get("arguments", {}).get("store") or run.report.get("store")
+        recipes = feature_recipes(store, run.backbones)
     model = build_pixel_model(run.fusion_model, recipes, run.class_names)
     out = Path(out) if out else Path(run_dir) / EXPORT_FILE_NAME
     if out.suffix != ".keras":

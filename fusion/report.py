@@ -122,6 +122,7 @@ def render_markdown(report):
         + ", ".join(f"{split} {count}" for split, count in report["images_per_split"].items())
         + ".",
         "",
+        *[f"> **Warning:** {warning}\n" for warning in report.get("warnings", [])],
         "## Verdict",
         "",
     ]

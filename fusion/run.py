@@ -75,6 +75,18 @@ def _versions():
     }
 
 
+def _store_warnings(info, backbones):
+    """Warnings a reader of the report must see, about how the store's features were made."""
+    random = [name for name in backbones if str(info.feature_recipes[name].get("weights", "")) == "none"]
+    if not random:
+        return []
+    return [
+        f"The backbones {', '.join(random)} were randomly initialised (precompute --weights none), not "
+        f"ImageNet-trained: these numbers show the pipeline working and are not representative of what "
+        f"ImageNet features achieve."
+    ]
+
+
 def _prepare_run_dir(out_dir, overwrite):
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -219,6 +231,8 @@ def train_run(
         "class_names": list(info.class_names),
         "backbones": list(backbones),
         "feature_shapes": {name: list(info.feature_shapes[name]) for name in backbones},
+        # How each backbone's features were made, so the run can be exported without the store.
+        "feature_recipes": {name: info.feature_recipes[name] for name in backbones},
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     weights = class_weights(labels["train"], len(info.class_names), class_weight_mode)
@@ -310,6 +324,7 @@ def train_run(
         "summary": summarize(test_metrics, backbones, mcnemar),
         "weighted_average_weights": dict(zip(backbones, weighted.weights_.tolist())),
         "training": training,
+        "warnings": _store_warnings(info, backbones),
     }
     _write_predictions(run_dir, info, rows["test"], labels["test"], test_probabilities)
     markdown_path = write_report(run_dir, report, histories)

@@ -20,6 +20,8 @@ class StoreInfo:
         feature_shapes: dict backbone -> per-image feature shape, `(D,)` or `(H, W, D)`.
         feature_dtypes: dict backbone -> numpy dtype name of the stored features.
         view_names: dict backbone -> tuple of extra view names (empty when no `/views/<backbone>`).
+        feature_recipes: dict backbone -> the attributes of `/features/<backbone>` that say how its
+            features were made (input size, pooling, weights, ...); empty for stores that record none.
         paths: (N,) image paths, relative to the data root.
         labels: (N,) int64 class indices, `-1` when unlabeled.
         splits: (N,) split names.
@@ -31,6 +33,7 @@ class StoreInfo:
     feature_shapes: dict
     feature_dtypes: dict
     view_names: dict
+    feature_recipes: dict
     paths: np.ndarray
     labels: np.ndarray
     splits: np.ndarray
@@ -95,6 +98,17 @@ def open_store(path):
         ) from None
 
 
+def _plain_attribute(value):
+    """An HDF5 attribute as a JSON-ready value: str, int, float or a list of them."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_plain_attribute(item) for item in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def read_store_info(path):
     """Read and check the labels, splits, class names and feature shapes of a feature store.
 
@@ -152,7 +166,7 @@ def read_store_info(path):
                 f"Feature store {path}: unknown split names in /images/split. Expected only "
                 f"{', '.join(SPLITS)}. Received: splits={unknown}"
             )
-        feature_shapes, feature_dtypes, view_names = {}, {}, {}
+        feature_shapes, feature_dtypes, view_names, feature_recipes = {}, {}, {}, {}
         for backbone in backbones:
             dataset = features[backbone]
             if dataset.ndim not in (2, 4) or dataset.shape[0] != num_rows:
@@ -163,6 +177,7 @@ def read_store_info(path):
                 )
             feature_shapes[backbone] = tuple(int(size) for size in dataset.shape[1:])
             feature_dtypes[backbone] = dataset.dtype.name
+            feature_recipes[backbone] = {key: _plain_attribute(value) for key, value in dataset.attrs.items()}
             view_names[backbone] = ()
             if "views" in store_file and backbone in store_file["views"]:
                 views = store_file["views"][backbone]
@@ -190,6 +205,7 @@ def read_store_info(path):
         feature_shapes=feature_shapes,
         feature_dtypes=feature_dtypes,
         view_names=view_names,
+        feature_recipes=feature_recipes,
         paths=paths,
         labels=labels,
         splits=splits,

@@ -128,3 +128,16 @@ def test_build_pixel_model_takes_images_of_any_size(float32_run):
         probabilities = model.predict_on_batch(np.full((2,) + shape, 128, "float32"))
         assert probabilities.shape == (2, 2)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_export_needs_no_store_when_the_run_recorded_the_recipes(float32_run, tmp_path):
+    data, store, run_dir = float32_run
+    moved = tmp_path / "elsewhere.h5"
+    store.rename(moved)
+    try:
+        model = keras.saving.load_model(export_model(run_dir, tmp_path / "again.keras"), safe_mode=True)
+    finally:
+        moved.rename(store)
+    expected = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    image = features.load_image(next((data / "class_0").glob("*.png"))).astype("float32")[None]
+    np.testing.assert_allclose(model.predict_on_batch(image), expected.predict_on_batch(image), atol=1e-6)
