@@ -402,8 +402,7 @@ def _extractor_key(name, input_size, weights_file, pooling, seed, precision):
     if weights_file:
         status = os.stat(weights_file)
         weights_id = (str(Path(weights_file).resolve()), status.st_size, status.st_mtime_ns)
-    return (name, input_size, weights_id, pooling, seed, precision,
-            keras.backend.backend())
+    return (name, input_size, weights_id, pooling, seed, precision, keras.backend.backend())
 
 
 def _feature_extractor(name, input_size, weights_file, pooling, seed, precision):
