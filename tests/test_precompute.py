@@ -160,3 +160,15 @@ def test_option_errors(data, tmp_path):
     with pytest.raises(ValueError, match=r"Unknown backbone 'vgg1'"):
         precompute(data, out, ["vgg1"], **FAST)
     assert not out.exists()
+
+
+def test_second_run_in_a_process_reuses_built_backbones(data, tmp_path):
+    first = precompute(data, tmp_path / "one.h5", ["vgg16"], seed=5, **FAST)
+    second = precompute(data, tmp_path / "two.h5", ["vgg16"], seed=5, **FAST)
+    other_seed = precompute(data, tmp_path / "three.h5", ["vgg16"], seed=6, **FAST)
+    assert first.timings["build"] > 0 and second.timings["build"] == 0.0 and other_seed.timings["build"] > 0
+    assert set(second.timings) == {"build", "compute", "decode_wait", "write_wait", "prepare"}
+    assert second.timings["compute"] > 0 and second.timings["prepare"] > 0
+    features = [load_store(tmp_path / f"{name}.h5").features["vgg16"] for name in ("one", "two", "three")]
+    np.testing.assert_array_equal(features[0], features[1])
+    assert not np.allclose(features[0], features[2])  # a new seed is a new model, not the cached one
