@@ -80,19 +80,37 @@ def _check_choice(name, value, choices):
         raise ValueError(f"Unknown {name} '{value}'. Valid values: {', '.join(choices)}. Received: {name}={value!r}")
 
 
-def predict_in_batches(model, images, batch_size):
-    """Run `model` on `images` in batches of exactly `batch_size` (the last one padded).
+def _trace_for_any_batch_size(model):
+    """TensorFlow-only fast path: make `model`'s compiled predict step accept any batch size.
 
-    A fixed batch shape means the compiled predict step is traced once and reused.
+    Keras's predict step is a `tf.function` with `reduce_retracing=True`: a second call with a
+    new batch size traces it once more with the batch dimension unknown, and no batch size
+    traces again. The last, short batch of a run then needs no padding (up to a whole batch of
+    wasted compute). Other backends compile one program per shape and keep padding.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    shape = tuple(model.input_shape[1:])
+    for batch_size in (1, 2):
+        model.predict_on_batch(np.zeros((batch_size,) + shape, np.float32))
+    model._fusionpipe_any_batch_size = True
+
+
+def predict_in_batches(model, images, batch_size):
+    """Run `model` on `images` in batches of `batch_size`, through its compiled predict step.
+
+    The last batch is padded to `batch_size` so that the step keeps one shape and is not
+    traced again, unless the model went through `_trace_for_any_batch_size` (TensorFlow).
 
     Example:
         >>> features = predict_in_batches(model, images, batch_size=32)
     """
+    pad = not getattr(model, "_fusionpipe_any_batch_size", False)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         count = len(batch)
-        if count < batch_size:
+        if pad and count < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:], batch.dtype)])
         outputs.append(np.asarray(model.predict_on_batch(batch))[:count])
     return np.concatenate(outputs) if outputs else np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
@@ -413,6 +431,7 @@ def _feature_extractor(name, input_size, weights_file, pooling, seed, precision)
             _EXTRACTORS.move_to_end(key)
             return _EXTRACTORS[key], False
         model = _build(name, input_size, weights_file, pooling, seed, precision)
+        _trace_for_any_batch_size(model)
         _EXTRACTORS[key] = model
         while len(_EXTRACTORS) > _EXTRACTORS_MAX:
             _EXTRACTORS.popitem(last=False)

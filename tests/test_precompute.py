@@ -1,17 +1,16 @@
 import os
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-import sys
-
 import features  # noqa: F401 - loads features.precompute
-
-pipeline = sys.modules["features.precompute"]  # the module; features.precompute is the function
 from features import create_backbone, load_image, load_store, precompute, resize_image
 from features.views import apply_view
 from tests._features_fixtures import make_class_folders
+
+pipeline = sys.modules["features.precompute"]  # the module; features.precompute is the function
 
 FAST = dict(weights="none", input_size=32, batch_size=4, progress=False)
 
@@ -172,3 +171,15 @@ def test_second_run_in_a_process_reuses_built_backbones(data, tmp_path):
     features = [load_store(tmp_path / f"{name}.h5").features["vgg16"] for name in ("one", "two", "three")]
     np.testing.assert_array_equal(features[0], features[1])
     assert not np.allclose(features[0], features[2])  # a new seed is a new model, not the cached one
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="TensorFlow fast path")
+def test_short_last_batch_runs_unpadded_without_tracing_again():
+    model, _ = pipeline._feature_extractor("mobilenet_v2", 32, None, "avg", 0, "float32")
+    traces = model.predict_function.experimental_get_tracing_count()
+    images = np.random.default_rng(3).uniform(0, 255, (11, 32, 32, 3)).astype("float32")
+    batched = pipeline.predict_in_batches(model, images, batch_size=4)  # 4 + 4 + 3
+    assert model.predict_function.experimental_get_tracing_count() == traces
+    one_by_one = np.concatenate([model.predict_on_batch(image[None]) for image in images])
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4)
+    assert model.predict_function.experimental_get_tracing_count() == traces
