@@ -3,6 +3,7 @@
 import collections
 import concurrent.futures
 import dataclasses
+import logging
 import os
 import queue
 import sys
@@ -91,8 +92,15 @@ def _trace_for_any_batch_size(model):
     if keras.backend.backend() != "tensorflow":
         return
     shape = tuple(model.input_shape[1:])
-    for batch_size in (1, 2):
-        model.predict_on_batch(np.zeros((batch_size,) + shape, np.float32))
+    # The second trace is on purpose; TensorFlow's logger would warn about "excessive retracing".
+    tensorflow_logger = logging.getLogger("tensorflow")
+    level = tensorflow_logger.level
+    tensorflow_logger.setLevel(logging.ERROR)
+    try:
+        for batch_size in (1, 2):
+            model.predict_on_batch(np.zeros((batch_size,) + shape, np.float32))
+    finally:
+        tensorflow_logger.setLevel(level)
     model._fusionpipe_any_batch_size = True
 
 
