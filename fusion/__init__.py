@@ -9,6 +9,7 @@ from fusion.model import build_fusion_model
 from fusion.predict import Predictions, load_classifier, predict_images, write_predictions_csv
 from fusion.report import write_report
 from fusion.run import FusionRun, load_run, train_run
+from fusion.statistics import feature_statistics
 from fusion.store import StoreInfo, read_store_info, select_backbones
 from fusion.synthetic import write_synthetic_store
 from fusion.training import class_weights, train_model
@@ -28,6 +29,7 @@ __all__ = [
     "class_weights",
     "evaluate_probabilities",
     "export_model",
+    "feature_statistics",
     "gather_image_paths",
     "load_classifier",
     "load_run",

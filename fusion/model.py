@@ -1,6 +1,7 @@
 """The fusion model: one named input per backbone, a small branch each, concatenated into a softmax."""
 
 import keras
+import numpy as np
 
 POOLINGS = ("avg", "max", "avgmax")
 
@@ -38,7 +39,10 @@ def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, hea
 
 
 def _branch(inputs, backbone, units, dropout, regularizer, pooling):
-    tensor = inputs
+    # Backbones give features on scales that differ by orders of magnitude; standardised per
+    # channel they train in a few epochs, where raw ones leave BatchNormalization's moving
+    # statistics lagging and the validation loss erratic. Per channel it commutes with pooling.
+    tensor = keras.layers.Normalization(axis=-1, name=f"{backbone}_standardize")(inputs)
     if len(inputs.shape) == 4:
         # Spatial maps (N, H, W, D) are pooled to vectors; pooled features pass as they are.
         if pooling == "avg":
@@ -59,6 +63,27 @@ def _branch(inputs, backbone, units, dropout, regularizer, pooling):
     return keras.layers.Dropout(dropout, name=f"{backbone}_dropout")(tensor)
 
 
+def _set_standardization(model, feature_shapes, feature_statistics):
+    for backbone, statistics in feature_statistics.items():
+        if backbone not in feature_shapes:
+            raise ValueError(
+                f"feature_statistics names {backbone!r}, which is not a model input. Inputs: "
+                f"{', '.join(feature_shapes)}. Received: feature_statistics keys={list(feature_statistics)}"
+            )
+        channels = (tuple(feature_shapes[backbone])[-1],)
+        mean, variance = statistics
+        if np.shape(mean) != channels or np.shape(variance) != channels:
+            raise ValueError(
+                f"feature_statistics[{backbone!r}] must be (mean, variance), each of shape {channels}: one value "
+                f"per feature channel. Received: shapes {np.shape(mean)} and {np.shape(variance)}"
+            )
+        layer = model.get_layer(f"{backbone}_standardize")
+        layer.adapt_mean.assign(np.asarray(mean, "float32"))
+        layer.adapt_variance.assign(np.asarray(variance, "float32"))
+        # The layer caches its broadcast mean and variance; this refreshes them from the weights.
+        layer.finalize_state()
+
+
 def build_fusion_model(
     feature_shapes,
     num_classes,
@@ -69,12 +94,14 @@ def build_fusion_model(
     pooling="avg",
     head_units=(),
     learning_rate=1e-3,
+    feature_statistics=None,
     name="fusion",
 ):
     """Build and compile the fusion model; with one backbone it is that backbone's classifier.
 
-    Each backbone gets `keras.Input(name=backbone)` and a branch: pooling (spatial maps only)
-    -> Dense(units, relu) -> BatchNormalization -> Dropout(dropout). The branches are
+    Each backbone gets `keras.Input(name=backbone)` and a branch: per-channel standardisation
+    (a `Normalization` layer holding the training split's mean and variance) -> pooling
+    (spatial maps only) -> Dense(units, relu) -> BatchNormalization -> Dropout(dropout). The branches are
     concatenated, passed through the optional `head_units` Dense layers, and into
     Dense(num_classes, softmax). Without head layers each branch adds its own logits, so the
     model cannot use interactions between backbones; head layers let it.
@@ -90,10 +117,15 @@ def build_fusion_model(
         head_units: sizes of Dense(relu) layers between the concatenation and the softmax
             (default: (), none).
         learning_rate: Adam's learning rate (default: 1e-3).
+        feature_statistics: dict backbone -> (mean, variance) per feature channel, from
+            `feature_statistics` on the training rows; a backbone left out is not rescaled
+            (default: None, none rescaled).
         name: the model's name (default: "fusion").
 
     Example:
-        >>> model = build_fusion_model({"resnet50": (2048,), "vgg16": (7, 7, 512)}, num_classes=10)
+        >>> statistics = feature_statistics({"resnet50": x1, "vgg16": x2})
+        >>> model = build_fusion_model({"resnet50": (2048,), "vgg16": (7, 7, 512)}, num_classes=10,
+        ...                            feature_statistics=statistics)
         >>> model.fit({"resnet50": x1, "vgg16": x2}, labels)
     """
     head_units = tuple(int(size) for size in (head_units or ()))
@@ -114,6 +146,7 @@ def build_fusion_model(
         tensor
     )
     model = keras.Model(inputs=inputs, outputs=outputs, name=name)
+    _set_standardization(model, feature_shapes, feature_statistics or {})
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",

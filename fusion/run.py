@@ -18,6 +18,7 @@ from fusion.data import FeatureBatches, open_feature_source
 from fusion.evaluation import evaluate_probabilities, mcnemar_test
 from fusion.model import build_fusion_model
 from fusion.report import summarize, write_report
+from fusion.statistics import feature_statistics
 from fusion.store import SPLITS, read_store_info, select_backbones
 from fusion.training import class_weights, train_model
 
@@ -236,6 +237,9 @@ def train_run(
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     weights = class_weights(labels["train"], len(info.class_names), class_weight_mode)
+    # Measured on the training rows only, so validation and test stay unseen.
+    with h5py.File(info.path, "r") as store_file:
+        statistics = feature_statistics({name: store_file["features"][name] for name in backbones}, rows["train"])
 
     def batches(split, names, **kwargs):
         return FeatureBatches(source, names, rows[split], labels[split], batch_size=batch_size, seed=seed, **kwargs)
@@ -248,7 +252,8 @@ def train_run(
         started = time.perf_counter()
         model = build_fusion_model(
             {n: info.feature_shapes[n] for n in names}, len(info.class_names), units=units, dropout=dropout,
-            l2=l2, pooling=pooling, head_units=heads, learning_rate=learning_rate, name=name,
+            l2=l2, pooling=pooling, head_units=heads, learning_rate=learning_rate,
+            feature_statistics={n: statistics[n] for n in names}, name=name,
         )
         history = train_model(
             model,

@@ -15,11 +15,11 @@ def test_named_inputs_branch_order_and_dict_fit():
     model = build_fusion_model({"alpha": (6,), "beta": (4,)}, num_classes=3, units=8, dropout=0.25, l2=0.01)
     assert [tensor.name for tensor in model.inputs] == ["alpha", "beta"]
     assert model.output.shape == (None, 3)
-    branch = [model.get_layer(f"alpha_{part}") for part in ("dense", "batchnorm", "dropout")]
-    assert [type(layer).__name__ for layer in branch] == ["Dense", "BatchNormalization", "Dropout"]
-    assert branch[0].units == 8 and branch[0].activation.__name__ == "relu"
-    assert branch[2].rate == 0.25
-    assert branch[0].kernel_regularizer.l2 == pytest.approx(0.01)
+    branch = [model.get_layer(f"alpha_{part}") for part in ("standardize", "dense", "batchnorm", "dropout")]
+    assert [type(layer).__name__ for layer in branch] == ["Normalization", "Dense", "BatchNormalization", "Dropout"]
+    assert branch[1].units == 8 and branch[1].activation.__name__ == "relu"
+    assert branch[3].rate == 0.25
+    assert branch[1].kernel_regularizer.l2 == pytest.approx(0.01)
     # No head layers by default: the concatenation goes straight into the softmax.
     assert model.get_layer("softmax").input.shape == (None, 16)
     rng = np.random.default_rng(0)
@@ -30,7 +30,27 @@ def test_named_inputs_branch_order_and_dict_fit():
 
 def test_single_backbone_model_is_branch_then_softmax():
     model = build_fusion_model({"alpha": (6,)}, num_classes=2, units=4)
-    assert _layer_classes(model) == ["InputLayer", "Dense", "BatchNormalization", "Dropout", "Dense"]
+    assert _layer_classes(model) == ["InputLayer", "Normalization", "Dense", "BatchNormalization", "Dropout", "Dense"]
+
+
+def _standardized(model, backbone, inputs):
+    probe = keras.Model(model.inputs, model.get_layer(f"{backbone}_standardize").output)
+    return keras.ops.convert_to_numpy(probe(inputs))
+
+
+def test_feature_statistics_standardize_each_channel_and_survive_reloading(tmp_path):
+    rng = np.random.default_rng(0)
+    inputs = {"maps": rng.normal(3.0, 5.0, size=(4, 2, 2, 3)).astype("float32"),
+              "vector": rng.normal(size=(4, 2)).astype("float32")}
+    mean, variance = np.array([1.0, -2.0, 0.5], "float32"), np.array([4.0, 0.25, 9.0], "float32")
+    model = build_fusion_model({"maps": (2, 2, 3), "vector": (2,)}, 2, feature_statistics={"maps": (mean, variance)})
+    expected = (inputs["maps"] - mean) / np.sqrt(variance)
+    np.testing.assert_allclose(_standardized(model, "maps", inputs), expected, rtol=1e-5, atol=1e-5)
+    # A backbone without statistics passes unscaled.
+    np.testing.assert_allclose(_standardized(model, "vector", inputs), inputs["vector"], rtol=1e-6)
+    model.save(tmp_path / "fusion.keras")
+    reloaded = keras.saving.load_model(tmp_path / "fusion.keras", safe_mode=True)
+    np.testing.assert_allclose(_standardized(reloaded, "maps", inputs), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_head_units_learning_rate_and_no_l2():
@@ -77,6 +97,10 @@ def test_saved_model_reloads_in_safe_mode_and_predicts_the_same(tmp_path):
         ({"num_classes": 1}, "num_classes must be at least 2"),
         ({"feature_shapes": {}}, "must name at least one backbone"),
         ({"feature_shapes": {"x": (3, 3)}}, r"must be \(D,\) pooled or \(H, W, D\) spatial. Received: feature_shapes\['x'\]=\(3, 3\)"),
+        ({"feature_statistics": {"b": (np.zeros(3), np.ones(3))}},
+         r"feature_statistics names 'b', which is not a model input. Inputs: a. Received: feature_statistics keys=\['b'\]"),
+        ({"feature_statistics": {"a": (np.zeros(4), np.ones(4))}},
+         r"feature_statistics\['a'\] must be \(mean, variance\), each of shape \(3,\).*Received: shapes \(4,\) and \(4,\)"),
     ],
 )
 def test_bad_options_give_clear_errors(kwargs, message):

@@ -75,6 +75,28 @@ def test_noisy_views_averaging_beats_every_single_backbone(tmp_path):
     assert not any(name.startswith("fusion_without_") for name in run.report["test"])
 
 
+def test_features_on_any_scale_train_the_same_model(tmp_path):
+    # Backbones give features on scales orders of magnitude apart; each branch standardises its
+    # input with the training rows' statistics, so rescaling a backbone changes nothing.
+    plain = write_synthetic_store(tmp_path / "plain.h5", kind="noisy_views", num_rows=300, backbones=("a", "b"),
+                                  dtype="float32", seed=4)
+    scaled = tmp_path / "scaled.h5"
+    scaled.write_bytes(plain.read_bytes())
+    with h5py.File(scaled, "r+") as store:
+        store["features/a"][...] = store["features/a"][()] * 1e-3 + 0.01
+        store["features/b"][...] = store["features/b"][()] * 40.0 + 100.0
+    settings = {**SMALL, "epochs": 8, "ablation": False}
+    runs = [train_run(path, tmp_path / path.stem, **settings) for path in (plain, scaled)]
+    standardize = runs[1].models["fusion"].get_layer("a_standardize")
+    info = read_store_info(scaled)
+    with h5py.File(scaled, "r") as store:
+        train_features = store["features/a"][()][info.split_rows("train")]
+    np.testing.assert_allclose(np.asarray(standardize.adapt_mean), train_features.mean(0), rtol=1e-4)
+    for name in ("fusion", "a", "b"):
+        assert _accuracy(runs[0], name) == pytest.approx(_accuracy(runs[1], name), abs=0.02), name
+    assert _accuracy(runs[1], "fusion") > 0.6
+
+
 def test_report_json_holds_every_model_and_matches_the_predictions(xor_run):
     test = xor_run.report["test"]
     expected = {"fusion", "average", "weighted_average", "stacking", "alpha", "beta", "fusion_without_alpha",

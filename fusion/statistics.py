@@ -1,0 +1,63 @@
+"""Per-channel means and the overall variance of stored features, read in bounded chunks so any store fits."""
+
+import numpy as np
+
+# Bytes of features read at once; the statistics of a store larger than memory are still exact.
+CHUNK_BYTES = 64 * 1024**2
+
+def _channel_moments(array, mask):
+    """Count, mean and summed squared deviation per last-axis channel of `array[mask]`."""
+    channels = array.shape[-1]
+    row_bytes = max(1, int(np.prod(array.shape[1:])) * array.dtype.itemsize)
+    chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+    count, mean, squares = 0, np.zeros(channels), np.zeros(channels)
+    for start in range(0, len(array), chunk_rows):
+        keep = mask[start : start + chunk_rows]
+        if not keep.any():
+            continue
+        # Contiguous reads (fast on HDF5), then the wanted rows; spatial positions count as samples.
+        chunk = np.asarray(array[start : start + chunk_rows])[keep].reshape(-1, channels).astype(np.float64)
+        chunk_mean = chunk.mean(axis=0)
+        chunk_squares = ((chunk - chunk_mean) ** 2).sum(axis=0)
+        # Chan et al.'s pairwise merge: exact and stable, whatever the chunking.
+        total = count + len(chunk)
+        delta = chunk_mean - mean
+        mean = mean + delta * len(chunk) / total
+        squares = squares + chunk_squares + delta**2 * count * len(chunk) / total
+        count = total
+    return count, mean, squares
+
+
+def feature_statistics(features, rows=None):
+    """Mean of each feature channel and the mean channel variance over the given rows, for `build_fusion_model`.
+
+    Args:
+        features: dict backbone -> array of shape (N, D) or (N, H, W, D): numpy arrays or
+            h5py datasets, e.g. `store["features"]`; h5py datasets are read in chunks.
+        rows: the row indices to measure, normally the training split (default: None, all rows).
+
+    Example:
+        >>> with h5py.File("cache.h5") as store:
+        ...     statistics = feature_statistics(store["features"], rows=train_rows)
+        >>> statistics["resnet50"][0].shape
+        (2048,)
+    """
+    statistics = {}
+    for backbone, array in features.items():
+        mask = np.ones(len(array), bool)
+        if rows is not None:
+            mask = np.zeros(len(array), bool)
+            mask[np.asarray(rows, dtype=np.int64)] = True
+        count, mean, squares = _channel_moments(array, mask)
+        if count == 0:
+            raise ValueError(
+                f"No rows to measure the features of {backbone!r}: feature statistics need at least one row. "
+                f"Received: {len(array)} rows in the array, rows={'all' if rows is None else len(rows)}"
+            )
+        # One variance for all channels (their mean): the backbone's scale is standardised, while
+        # its channels keep their relative scales. Per-channel variances would lift near-silent,
+        # noisy channels to the level of informative ones: on the XOR store that dropped fusion
+        # with head units from above 0.8 to 0.6 test accuracy.
+        variance = np.full_like(mean, (squares / count).mean())
+        statistics[backbone] = (mean.astype(np.float32), variance.astype(np.float32))
+    return statistics
