@@ -44,6 +44,21 @@ class _ArraySource:
         return array[np.concatenate([rows[start:stop] for start, stop in blocks])]
 
 
+# A block is read as one contiguous range when that range holds at most this many rows per row
+# wanted; a split spread thinly over the store (a 1% test split) is read row by row instead, so
+# memory stays bounded by the batch, not by the distance between its rows.
+MAX_READ_SPAN = 2
+
+
+def _read_rows(dataset, block_rows):
+    """Rows `block_rows` (sorted, unique) of an HDF5 dataset, reading little beyond them."""
+    first, last = int(block_rows[0]), int(block_rows[-1]) + 1
+    if last - first <= MAX_READ_SPAN * len(block_rows):
+        # One contiguous read, then the rows of this split inside it.
+        return dataset[first:last][block_rows - first]
+    return dataset[block_rows]
+
+
 class _HDF5Source:
     """Rows read from the store on demand, one contiguous range per block."""
 
@@ -71,13 +86,7 @@ class _HDF5Source:
     def gather(self, backbone, blocks, rows, views=False):
         store_file = self._open()
         dataset = store_file["views"][backbone] if views else store_file["features"][backbone]
-        parts = []
-        for start, stop in blocks:
-            block_rows = rows[start:stop]
-            first, last = int(block_rows[0]), int(block_rows[-1]) + 1
-            # One contiguous read per block, then keep the rows of this split inside it.
-            parts.append(dataset[first:last][block_rows - first])
-        return np.concatenate(parts)
+        return np.concatenate([_read_rows(dataset, rows[start:stop]) for start, stop in blocks])
 
     def close(self):
         if self._file is not None:

@@ -28,14 +28,19 @@ def rank_models(test_metrics):
 
 
 def summarize(test_metrics, backbones, mcnemar):
-    """The winner, its margins over the averaging baseline and the best single backbone, and significance."""
+    """The winner and its margin over the runner-up; fusion's margins over the average and the best backbone, and significance."""
     contenders = [name for name in rank_models(test_metrics) if not name.startswith("fusion_without_")]
     winner = contenders[0]
     singles = [name for name in contenders if name in backbones]
     best_single = singles[0] if singles else None
+    runner_up = contenders[1] if len(contenders) > 1 else None
     summary = {
         "winner": winner,
         "winner_accuracy": test_metrics[winner]["accuracy"],
+        "runner_up": runner_up,
+        "winner_minus_runner_up": (
+            test_metrics[winner]["accuracy"] - test_metrics[runner_up]["accuracy"] if runner_up else None
+        ),
         "best_single_backbone": best_single,
         "fusion_minus_average": test_metrics["fusion"]["accuracy"] - test_metrics["average"]["accuracy"],
         "fusion_minus_best_single_backbone": (
@@ -127,7 +132,16 @@ def render_markdown(report):
         "",
     ]
     winner = summary["winner"]
-    lines.append(f"Best model on the test split: **{winner}** (accuracy {test[winner]['accuracy']:.3f}).")
+    runner_up = summary.get("runner_up")
+    lines.append(
+        f"Best model on the test split: **{winner}** (accuracy {test[winner]['accuracy']:.3f})"
+        + (
+            f", {_signed(summary['winner_minus_runner_up'])} ahead of the runner-up, {runner_up} "
+            f"({test[runner_up]['accuracy']:.3f})."
+            if runner_up
+            else "."
+        )
+    )
     difference = summary["fusion_minus_average"]
     verdict = "worth it" if difference > 0 and summary["fusion_vs_average_significant"] else "not shown to be worth it"
     lines.append(

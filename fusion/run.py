@@ -119,6 +119,20 @@ def _check_view_options(info, backbones, view_augment, tta):
         )
 
 
+def _check_split_classes(info, labels):
+    # Models learn from train; the weighted average and stacking are fitted on val. Both need
+    # two classes, and finding out after every model has trained would waste the run.
+    for split in ("train", "val"):
+        present = np.unique(labels[split])
+        if len(present) < 2:
+            raise ValueError(
+                f"The {split} split of {info.path} holds only class {info.class_names[present[0]]!r} "
+                f"({len(labels[split])} labeled rows): training and the fitted baselines need at least 2 classes "
+                f"in train and in val. Re-run precompute with a larger --val-fraction, or give a split with "
+                f"more classes. Received: classes in {split}={[info.class_names[c] for c in present]}"
+            )
+
+
 def _write_predictions(run_dir, info, test_rows, test_labels, probabilities_by_model):
     folder = run_dir / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,6 +223,9 @@ def train_run(
         {name: info.feature_shapes[name] for name in backbones}, len(info.class_names), units=units,
         dropout=dropout, l2=l2, pooling=pooling, head_units=head_units, learning_rate=learning_rate,
     )
+    rows = {split: info.split_rows(split) for split in SPLITS}
+    labels = {split: info.labels[rows[split]] for split in SPLITS}
+    _check_split_classes(info, labels)
     run_dir = _prepare_run_dir(out_dir, overwrite)
     with_views = view_augment or tta
     source = open_feature_source(
@@ -217,8 +234,6 @@ def train_run(
     )
     if block_rows is None:
         block_rows = STREAM_BLOCK_ROWS if source.streamed else 1
-    rows = {split: info.split_rows(split) for split in SPLITS}
-    labels = {split: info.labels[rows[split]] for split in SPLITS}
     config = {
         "options": dict(options or {}),
         "arguments": {

@@ -64,6 +64,33 @@ def test_unshuffled_batches_keep_store_order(store):
         np.testing.assert_array_equal(features, store_file["features/beta"][()][info.split_rows("test")])
 
 
+class _CountingDataset:
+    """An HDF5 dataset stand-in that counts the rows each read returns."""
+
+    def __init__(self, array):
+        self.array, self.rows_read = array, []
+
+    def __getitem__(self, key):
+        values = self.array[key]
+        self.rows_read.append(len(values))
+        return values
+
+
+def test_streamed_reads_of_a_sparse_split_stay_near_the_rows_wanted():
+    dataset = _CountingDataset(np.arange(10_000, dtype=np.float32)[:, None])
+    dense = np.arange(100, 132)  # consecutive rows: one contiguous read
+    np.testing.assert_array_equal(fusion.data._read_rows(dataset, dense)[:, 0], dense)
+    assert dataset.rows_read == [32]
+    # A 1% split: 32 rows spread over 3,200 store rows are read as 32 rows, not 3,200.
+    sparse = np.arange(0, 3200, 100) + 7
+    np.testing.assert_array_equal(fusion.data._read_rows(dataset, sparse)[:, 0], sparse)
+    assert dataset.rows_read == [32, 32]
+    # Gaps up to MAX_READ_SPAN rows per wanted row still read as one range.
+    half = np.arange(200, 264, 2)
+    np.testing.assert_array_equal(fusion.data._read_rows(dataset, half)[:, 0], half)
+    assert dataset.rows_read[-1] == 63
+
+
 def test_view_index_and_view_augment_pick_views(store):
     info = read_store_info(store)
     source = open_feature_source(store, info.backbones, stream=False, with_views=True)

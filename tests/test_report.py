@@ -28,6 +28,7 @@ def _report(fusion_accuracy, p_value):
 def test_summary_names_winner_margins_and_significance():
     summary = _report(0.90, 0.01)["summary"]
     assert summary["winner"] == "fusion" and summary["best_single_backbone"] == "a"
+    assert summary["runner_up"] == "stacking" and np.isclose(summary["winner_minus_runner_up"], 0.08)
     assert np.isclose(summary["fusion_minus_average"], 0.10) and np.isclose(summary["fusion_minus_best_single_backbone"], 0.15)
     assert summary["fusion_vs_average_significant"] is True
     # Ablations never win: they are diagnostics of the fusion model.
@@ -38,7 +39,7 @@ def test_markdown_says_who_wins_by_how_much_and_whether_it_is_significant(tmp_pa
     histories = {name: {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "val_accuracy": [0.5, 0.8]} for name in ("fusion", "a", "b")}
     report = _report(0.90, 0.01)
     markdown = write_report(tmp_path, report, histories).read_text()
-    assert "Best model on the test split: **fusion** (accuracy 0.900)" in markdown
+    assert "Best model on the test split: **fusion** (accuracy 0.900), +0.080 ahead of the runner-up, stacking (0.820)." in markdown
     assert "+0.100 against the averaging baseline (0.800)" in markdown
     assert "+0.150 against the best single backbone, a (0.750)" in markdown
     assert "p = 0.01: the difference is significant at the 5% level" in markdown
@@ -53,6 +54,6 @@ def test_markdown_says_who_wins_by_how_much_and_whether_it_is_significant(tmp_pa
 def test_markdown_when_fusion_does_not_pay():
     report = _report(0.79, 0.6)
     markdown = render_markdown({**report, "plots": {}})
-    assert "Best model on the test split: **stacking**" in markdown
+    assert "Best model on the test split: **stacking** (accuracy 0.820), +0.010 ahead of the runner-up, weighted_average (0.810)." in markdown
     assert "-0.010 against the averaging baseline" in markdown
     assert "is not significant at the 5% level. A learned fusion is not shown to be worth it here." in markdown

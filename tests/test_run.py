@@ -185,6 +185,8 @@ def test_errors_come_before_any_work(tmp_path):
         ({"epochs": 0}, "epochs must be at least 1. Received: epochs=0"),
         ({"block_rows": 0}, "block_rows must be at least 1"),
         ({"class_weight": "auto"}, "Unknown class weight mode 'auto'"),
+        ({"batch_size": 0}, "batch_size must be at least 1. Received: batch_size=0"),
+        ({"patience": 0}, "patience must be at least 1. Received: patience=0"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -196,3 +198,19 @@ def test_errors_come_before_any_work(tmp_path):
     with pytest.raises(FileExistsError, match="holds no config.json, so it is not a run folder"):
         train_run(store, out, overwrite=True, **QUIET)
     assert (out / "notes").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match=r"Run folder .*file is a file. Expected a folder"):
+        train_run(store, tmp_path / "file", **QUIET)
+
+
+def test_a_split_with_one_class_is_refused_before_training(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="xor", num_rows=60)
+    with h5py.File(store, "r+") as store_file:
+        labels = store_file["images/label"][()]
+        splits = store_file["images/split"].asstr()[()]
+        labels[splits == "val"] = 1
+        store_file["images/label"][...] = labels
+    with pytest.raises(ValueError, match=r"The val split of .* holds only class 'class_1' \(\d+ labeled rows\): "
+                                         r"training and the fitted baselines need at least 2 classes"):
+        train_run(store, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
