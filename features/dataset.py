@@ -175,6 +175,10 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
     if label_column != "label" and not has_labels:
         raise ValueError(f"CSV file {csv_path} has no label column '{label_column}'. Its columns: "
                          f"{', '.join(header)}. Received: csv_label_column={label_column!r}")
+    if not has_labels:
+        warnings.warn(f"CSV file {csv_path} has no column '{label_column}', so every image is unlabeled (-1). "
+                      f"Its columns: {', '.join(header)}. Pass --csv-label-column NAME if one holds the labels.",
+                      stacklevel=3)
     if split_column != "split" and not has_splits:
         raise ValueError(f"CSV file {csv_path} has no split column '{split_column}'. Its columns: "
                          f"{', '.join(header)}. Received: csv_split_column={split_column!r}")
@@ -257,6 +261,14 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
             layout = "split_folders"
             _warn_ignored_root_images(root, len(_images_in(root)))
         elif subdirs:
+            for folder in subdirs:
+                nested = [d.name for d in _visible_dirs(folder) if d.name.lower() in SPLIT_ALIASES]
+                if nested:
+                    # DATA one level too high: the split folders would become parts of a class.
+                    raise ValueError(
+                        f"Class folder {folder} holds split folders ({', '.join(nested)}): a split folder is "
+                        f"never a class. If {folder.name} is your data set, pass {folder} as DATA. "
+                        f"Received: data={data}")
             class_names = [d.name for d in subdirs]
             paths, labels = [], []
             for class_index, folder in enumerate(subdirs):

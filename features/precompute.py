@@ -150,16 +150,18 @@ def _backend_version():
     return getattr(sys.modules.get(module), "__version__", "unknown")
 
 
-# Attributes that must match for a stored backbone to be reused; the others (versions,
-# precision) are recorded for the record only.
-_MATCHING_ATTRS = ("input_size", "pooling", "weights", "seed", "dtype", "views")
+# Attributes that must match for a stored backbone to be reused or resumed: any of them changes
+# the features, so rows made with another value would be mixed in silently. The versions are
+# recorded for the record only.
+_MATCHING_ATTRS = ("input_size", "pooling", "weights", "seed", "dtype", "views", "precision", "backend")
 
 
 def _check_stored_backbone(dataset, wanted, store_path):
     for key in _MATCHING_ATTRS:
         stored = dataset.attrs.get(key)
         stored = stored.decode() if isinstance(stored, bytes) else stored
-        if key == "seed" and wanted["weights"] != "none":
+        # The seed and the backend's random generator only make the network with random weights.
+        if key in ("seed", "backend") and wanted["weights"] != "none":
             continue
         if str(stored) != str(wanted[key]):
             raise ValueError(
@@ -333,6 +335,9 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
     extra_views = get_view_names(views)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    if decode_workers is not None and (not isinstance(decode_workers, int) or decode_workers < 1):
+        raise ValueError(f"decode_workers must be a positive integer, or None for the default. "
+                         f"Received: decode_workers={decode_workers!r}")
     input_sizes = {name: check_input_size(name, input_size) for name in backbones}
     # Weights are checked before anything else, so a missing file costs no work.
     weight_files = {name: resolve_weights(name, weights) for name in backbones}
@@ -389,8 +394,6 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                     feature_store.add_backbone(store, name, models[name].output_shape[1:], dtype,
                                                wanted[name], extra_views)
         with h5py.File(out, "r") as store:
-            root = store.attrs["data_root"]
-            root = root.decode() if isinstance(root, bytes) else str(root)
             paths = feature_store.read_strings(store["images/path"])
             unreadable = store["pending/unreadable"][()].astype(bool)
             done = {name: store["progress"][name][()].astype(bool) for name in backbones}
@@ -403,7 +406,9 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         skipped_now = 0
         timings = {}
         if len(todo_rows):
-            computed, skipped_now, timings = _run(out, root, paths, todo_rows, done, models, active, input_sizes,
+            # Images are read from DATA as given now, not from the stored data_root: a data
+            # folder moved since the store was made (same files, same fingerprints) still reads.
+            computed, skipped_now, timings = _run(out, table.root, paths, todo_rows, done, models, active, input_sizes,
                                                   extra_views, batch_size, decode_workers, progress)
         timings = {"build": build_seconds, **timings}
         _finish(out, backbones)
@@ -544,6 +549,14 @@ def _finish(out, backbones):
         bad_rows = np.flatnonzero(unreadable)
         paths = feature_store.read_strings(store["images/path"])
         reasons = [value.decode("utf-8", "replace") for value in store["pending/reason"][()][bad_rows]]
+        if np.all(unreadable):
+            # Nothing was computed, so nothing is lost by removing the store; keeping it would pin
+            # every file as unreadable for the next run, which may name the right DATA.
+            out.unlink()
+            raise ValueError(
+                f"None of the {len(paths)} image(s) could be read, so no store was written ({out} removed). "
+                f"E.g. {paths[0]}: {reasons[0]}. Check DATA (paths in --csv are relative to it). "
+                f"Received: {len(paths)} unreadable image(s)")
         old_paths, old_reasons, old_prints = feature_store.read_skipped(store)
         prints = store["images/fingerprint"][()][bad_rows]
     skipped = (old_paths + [paths[i] for i in bad_rows], old_reasons + reasons,

@@ -65,6 +65,12 @@ def test_mixing_split_and_class_folders_is_an_error(tmp_path):
     make_class_folders(tmp_path / "two", classes=("cat",), per_class=1, prefix="validation")
     with pytest.raises(ValueError, match="name the same split 'val'"):
         discover_images(tmp_path / "two")
+    # DATA one level above the data set: its split folders must not become parts of a class.
+    make_class_folders(tmp_path / "above" / "flowers", classes=("rose",), per_class=1, prefix="train")
+    make_class_folders(tmp_path / "above" / "flowers", classes=("rose",), per_class=1, prefix="test")
+    with pytest.raises(ValueError, match=r"Class folder .*above/flowers holds split folders \(test, train\): a split "
+                                         r"folder is never a class. If flowers is your data set, pass .*above/flowers as DATA"):
+        discover_images(tmp_path / "above")
 
 
 def test_csv_with_ids_labels_and_splits(tmp_path):
@@ -97,6 +103,11 @@ def test_csv_errors(tmp_path):
         discover_images(tmp_path, csv_path=tmp_path / "a.csv")
     with pytest.raises(ValueError, match="has no label column 'kind'"):
         discover_images(tmp_path, csv_path=tmp_path / "a.csv", csv_path_column="name", csv_label_column="kind")
+    (tmp_path / "unlabeled.csv").write_text("path,class\nx.jpg,cat\n")
+    with pytest.warns(UserWarning, match=r"has no column 'label', so every image is unlabeled \(-1\). Its columns: "
+                                         r"path, class. Pass --csv-label-column NAME"):
+        table = discover_images(tmp_path, csv_path=tmp_path / "unlabeled.csv")
+    assert table.labels.tolist() == [-1] and table.class_names == ()
     (tmp_path / "b.csv").write_text("path,label,split\nx.jpg,cat,holdout\n")
     with pytest.raises(ValueError, match="line 2: unknown split 'holdout'"):
         discover_images(tmp_path, csv_path=tmp_path / "b.csv")

@@ -142,6 +142,40 @@ def test_settings_that_differ_from_the_store_are_refused(data, tmp_path):
         precompute(data, out, ["vgg16"], **{**FAST, "input_size": 48})
     with pytest.raises(ValueError, match="made with pooling=avg"):
         precompute(data, out, ["vgg16"], pooling="max", **FAST)
+    # Another compute precision gives other features: resuming with it would mix the two.
+    with pytest.raises(ValueError, match="made with precision=float32, but this run asks for precision=mixed_bfloat16"):
+        precompute(data, out, ["vgg16"], precision="mixed_bfloat16", **FAST)
+    # Random weights depend on the backend's generator, so another backend is another network.
+    with h5py.File(out, "r+") as store:
+        store["features/vgg16"].attrs["backend"] = "torch"
+    with pytest.raises(ValueError, match="made with backend=torch"):
+        precompute(data, out, ["vgg16"], **FAST)
+
+
+def test_a_moved_data_folder_is_read_from_where_it_is_now(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], **FAST)
+    moved = tmp_path / "moved"
+    os.rename(data, moved)  # keeps sizes and modification times: the same images
+    summary = precompute(moved, out, ["vgg16", "resnet50"], **FAST)
+    assert summary.computed == {"vgg16": 0, "resnet50": 12}
+    assert summary.skipped == (("cat/broken.jpg", summary.skipped[0][1]),)
+    assert load_store(out).features["resnet50"].shape == (12, 2048)
+
+
+def test_no_readable_image_is_a_clear_error_and_leaves_no_store(tmp_path):
+    data = tmp_path / "bad"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        (data / name / "a.jpg").write_bytes(b"not an image")
+    out = tmp_path / "cache.h5"
+    with pytest.raises(ValueError, match=r"None of the 2 image\(s\) could be read, so no store was written .*"
+                                         r"E\.g\. cat/a\.jpg: not an image file PIL can identify"):
+        precompute(data, out, ["vgg16"], **FAST)
+    assert not out.exists()
+    make_class_folders(data, classes=("cat", "dog"), per_class=3)  # the user fixes the data
+    summary = precompute(data, out, ["vgg16"], **FAST)
+    assert summary.images == 6 and summary.computed == {"vgg16": 6} and len(summary.skipped) == 2
 
 
 def test_option_errors(data, tmp_path):
@@ -152,6 +186,7 @@ def test_option_errors(data, tmp_path):
         (dict(on_change="merge"), "Unknown on_change 'merge'. Valid values: refuse, add"),
         (dict(views="all"), "Unknown views 'all'"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(decode_workers=0), r"decode_workers must be a positive integer, or None for the default. Received: decode_workers=0"),
     ]
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
