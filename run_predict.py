@@ -56,7 +56,9 @@ def main(argv=None):
         if args.export_only:
             if not Path(args.model).is_dir():
                 raise ValueError(f"--export-only needs a run folder. Received: model={args.model!r}")
-            print(f"exported model: {export_model(args.model, args.export_to, store=args.store)}")
+            exported = export_model(args.model, args.export_to, store=args.store)
+            save_options(args, Path(str(exported) + ".options.json"))
+            print(f"exported model: {exported}")
             return 0
         image_paths = gather_image_paths(args.images, path_column=args.path_column)
         model = load_classifier(args.model, store=args.store)

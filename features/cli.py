@@ -64,14 +64,17 @@ def parse_args_with_config(parser, argv=None):
     config_finder.add_argument("--config")
     pre_args, _ = config_finder.parse_known_args(argv)
     if pre_args.config:
-        file_options = _read_config_file(pre_args.config)
+        try:
+            file_options = _read_config_file(pre_args.config)
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))  # one line and exit status 2, like any bad option
         known = {action.dest: action for action in parser._actions}
         defaults = {}
         for key, value in file_options.items():
             dest = key.replace("-", "_")
             if dest not in known or dest in ("help", "config"):
                 valid = sorted(name.replace("_", "-") for name in known if name not in ("help", "config"))
-                raise ValueError(
+                parser.error(
                     f"Unknown option '{key}' in config file {pre_args.config}. "
                     f"Valid options: {', '.join(valid)}. Received: {key}={value!r}"
                 )
@@ -82,7 +85,8 @@ def parse_args_with_config(parser, argv=None):
             if action.dest in defaults and not action.option_strings:
                 action.nargs = "*" if action.nargs in ("+", "*") else "?"
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    # Intermixed: positionals may follow options, as in `run_predict.py RUN --out p.csv a.jpg`.
+    return parser.parse_intermixed_args(argv)
 
 
 def _jsonable(value):

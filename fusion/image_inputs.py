@@ -49,4 +49,9 @@ def gather_image_paths(sources, path_column="path"):
             image_paths.extend(_csv_image_paths(source, path_column))
         else:
             image_paths.append(source)
+    if not image_paths:
+        raise ValueError(
+            f"No images found in {', '.join(str(source) for source in sources)}: the folders hold no file ending in "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} and the CSV files list none. Received: images={list(map(str, sources))}"
+        )
     return image_paths

@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 
 import pytest
 
@@ -44,23 +45,38 @@ def test_saved_options_load_back_as_config(tmp_path):
     assert (again.data, again.batch_size) == ("images", 5)
 
 
-def test_unknown_config_key_names_valid_options(tmp_path):
+def _config_error(capsys, argv):
+    """The one stderr line and exit status of a parse that fails on its config file."""
+    with pytest.raises(SystemExit) as raised:
+        parse_args_with_config(_parser(), argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert raised.value.code == 2
+    return lines[-1]
+
+
+def test_unknown_config_key_names_valid_options(tmp_path, capsys):
     config = tmp_path / "options.json"
     config.write_text(json.dumps({"batch-sise": 4}))
-    with pytest.raises(ValueError, match=r"Unknown option 'batch-sise'.*Valid options: backbones, batch-size, data"):
-        parse_args_with_config(_parser(), ["x", "--config", str(config)])
+    line = _config_error(capsys, ["x", "--config", str(config)])
+    assert re.fullmatch(r"tool: error: Unknown option 'batch-sise'.*Valid options: backbones, batch-size, data.*", line)
 
 
-def test_missing_config_file_gives_full_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope.json")):
-        parse_args_with_config(_parser(), ["x", "--config", str(tmp_path / "nope.json")])
+def test_missing_config_file_gives_full_path(tmp_path, capsys):
+    line = _config_error(capsys, ["x", "--config", str(tmp_path / "nope.json")])
+    assert line == f"tool: error: Config file not found: {tmp_path / 'nope.json'}"
 
 
-def test_malformed_config_file(tmp_path):
+def test_malformed_config_file(tmp_path, capsys):
     config = tmp_path / "options.json"
     config.write_text("{batch-size: 4")
-    with pytest.raises(ValueError, match="is not valid JSON"):
-        parse_args_with_config(_parser(), ["x", "--config", str(config)])
+    assert "is not valid JSON" in _config_error(capsys, ["x", "--config", str(config)])
+
+
+def test_positionals_may_follow_options():
+    parser = _parser()
+    parser.add_argument("images", nargs="*")
+    args = parse_args_with_config(parser, ["run", "--batch-size", "2", "a.jpg", "b.jpg"])
+    assert (args.data, args.batch_size, args.images) == ("run", 2, ["a.jpg", "b.jpg"])
 
 
 def test_user_error_becomes_one_line_and_exit_2(capsys):

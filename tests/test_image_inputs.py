@@ -26,3 +26,12 @@ def test_csv_without_the_path_column(tmp_path):
 def test_no_images_given():
     with pytest.raises(ValueError, match="No images given"):
         gather_image_paths([])
+
+
+def test_folders_and_lists_without_images(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no pictures here")
+    (tmp_path / "none.csv").write_text("path\n")
+    with pytest.raises(ValueError, match=r"No images found in .*empty, .*none\.csv: the folders hold no file ending in "
+                                         r"\.bmp, .*and the CSV files list none"):
+        gather_image_paths([tmp_path / "empty", tmp_path / "none.csv"])

@@ -1,6 +1,7 @@
 """Classifying image files with an exported model, and the CSV a user gets."""
 
 import csv
+import json
 
 import keras
 import numpy as np
@@ -112,7 +113,8 @@ def test_cli_classifies_a_folder_and_a_csv_list(classifier, tmp_path, capsys):
     first = image_paths(data)[0]
     listing.write_text(f"path\n{first}\nmissing.png\n")
     out = tmp_path / "predictions.csv"
-    code = run_predict.main([str(run_dir), str(data / "class_0"), str(listing), "--out", str(out), "--top-k", "1",
+    # Options may stand between the model and the images.
+    code = run_predict.main([str(run_dir), "--out", str(out), str(data / "class_0"), "--top-k", "1", str(listing),
                              "--no-progress", "--all-probabilities"])
     assert code == 0
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
@@ -129,6 +131,7 @@ def test_cli_export_only_writes_a_loadable_model(classifier, tmp_path):
     target = tmp_path / "model.keras"
     assert run_predict.main([str(run_dir), "--export-only", "--export-to", str(target)]) == 0
     assert keras.saving.load_model(target, safe_mode=True).output_shape == (None, 2)
+    assert json.loads((tmp_path / "model.keras.options.json").read_text())["export_to"] == str(target)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -136,9 +139,11 @@ def test_cli_export_only_writes_a_loadable_model(classifier, tmp_path):
     (["{tmp}/nothing", "x.png"], "run_predict.py: error: Model not found: "),
     (["{tmp}/nothing", "{tmp}/list.csv"], "run_predict.py: error: CSV file not found: "),
     (["{tmp}/file.keras", "--export-only"], "run_predict.py: error: --export-only needs a run folder"),
+    (["{tmp}/file.keras", "{tmp}/empty"], "run_predict.py: error: No images found in "),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "file.keras").write_text("")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as raised:
         run_predict.main([arg.format(tmp=tmp_path) for arg in argv])
     assert raised.value.code == 2
