@@ -12,6 +12,8 @@ from pathlib import Path
 
 import keras
 
+from features import downloads
+
 _BACKBONES = {}
 
 POOLINGS = ("avg", "max", "none")
@@ -198,9 +200,11 @@ def resolve_weights(name, weights="imagenet"):
     """The weights argument to give the `keras.applications` constructor of `name`.
 
     Returns None for `weights="none"` or None, else the full path of an existing weights file:
-    for `"imagenet"` it is looked up in the Keras cache folders (see `keras_weights_folders`),
-    for a folder it is the Keras file name inside it, and a file path is used as it is.
-    Nothing is ever downloaded here, so a missing file is a FileNotFoundError at once.
+    for `"imagenet"` it is looked up in the Keras cache folders (see `keras_weights_folders`)
+    and, when missing, downloaded into the first of them as Keras would (unless the variable
+    `FUSIONPIPE_OFFLINE` is set); for a folder it is the Keras file name inside it, and a file
+    path is used as it is. A file that cannot be had is a FileNotFoundError naming the file and
+    where to put it; there is never a fallback to random weights.
 
     Args:
         name: registry name of the backbone.
@@ -219,10 +223,17 @@ def resolve_weights(name, weights="imagenet"):
         for folder in folders:
             if (folder / spec.weights_file).is_file():
                 return str(folder / spec.weights_file)
+        if downloads.downloads_allowed():
+            try:
+                return str(downloads.download_file(spec.weights_url, folders[0] / spec.weights_file))
+            except OSError as error:
+                attempt = f"downloading it failed ({error})"
+        else:
+            attempt = f"downloads are off ({downloads.OFFLINE_VARIABLE} is set)"
         raise FileNotFoundError(
             f"ImageNet weights for '{name}' are not on this machine: Keras wants the file "
-            f"{spec.weights_file} in {folders[0]} (the folder $KERAS_HOME/models when KERAS_HOME is set). "
-            f"Download it from {spec.weights_url} and put it there, or pass --weights FOLDER "
+            f"{spec.weights_file} in {folders[0]} (the folder $KERAS_HOME/models when KERAS_HOME is set), "
+            f"and {attempt}. Download it from {spec.weights_url} and put it there, or pass --weights FOLDER "
             f"holding it, or --weights none for random weights. Received: weights='imagenet'"
         )
     path = Path(weights).expanduser()
@@ -242,17 +253,14 @@ def resolve_weights(name, weights="imagenet"):
 
 
 def has_imagenet_weights(name):
-    """Whether Keras's ImageNet weight file for backbone `name` is on this machine (see `resolve_weights`).
+    """Whether Keras's ImageNet weight file for backbone `name` is on this machine; never downloads.
 
     Example:
         >>> has_imagenet_weights("resnet50")
         False
     """
-    try:
-        resolve_weights(name, "imagenet")
-    except FileNotFoundError:
-        return False
-    return True
+    weights_file = get_backbone_spec(name).weights_file
+    return any((folder / weights_file).is_file() for folder in keras_weights_folders())
 
 
 @keras.saving.register_keras_serializable(package="fusionpipe")

@@ -1,4 +1,4 @@
-"""Test settings: quiet TensorFlow, deterministic seeds, the repository root on sys.path."""
+"""Test settings: quiet TensorFlow, no weight downloads, the repository root on sys.path."""
 
 import os
 import sys
@@ -8,6 +8,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Never download ImageNet weights from the tests, also on a machine that could.
+os.environ["FUSIONPIPE_OFFLINE"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
