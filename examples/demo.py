@@ -3,8 +3,8 @@
     python examples/demo.py            # what `make demo` runs
     python examples/demo.py --help
 
-Uses ImageNet weights when Keras's weight files are on this machine; otherwise it says so at the
-start and in the report, and runs with randomly initialised backbones.
+Uses ImageNet weights when Keras's weight files are on this machine or can be downloaded; otherwise
+it says so at the start and in the report, and runs with randomly initialised backbones.
 """
 
 import argparse
@@ -40,27 +40,37 @@ def build_parser():
                            help="input size for every backbone; smaller than native to finish in minutes on a "
                            "CPU (default: 128)")
     backbones.add_argument("--weights", choices=["auto", "imagenet", "none"], default="auto",
-                           help="auto: imagenet when its files are on this machine, else random weights with a "
-                           "warning (default: auto)")
+                           help="auto: imagenet when its files are on this machine or can be downloaded, else "
+                           "random weights with a warning (default: auto)")
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=60, help="most epochs per model (default: 60)")
     return parser
 
 
 def choose_weights(requested, backbones):
-    """Return ("imagenet" or "none", the reason to tell the user) for the demo's `--weights` choice."""
-    from features import get_backbone_spec, has_imagenet_weights, resolve_weights
+    """Return ("imagenet" or "none", the reason to tell the user) for the demo's `--weights` choice.
+
+    ImageNet weights missing on this machine are downloaded when it is online (see
+    `features.resolve_weights`); `auto` falls back to random weights, loudly, only when that fails.
+    """
+    from features import get_backbone_spec, resolve_weights
     from features.backbones import keras_weights_folders
 
     if requested == "none":
         return "none", "random weights were asked for (--weights none)"
-    missing = [name for name in backbones if not has_imagenet_weights(name)]
+    missing = []
+    for name in backbones:
+        try:
+            resolve_weights(name, "imagenet")
+        except FileNotFoundError:
+            if requested == "imagenet":
+                raise  # the error names the file and the folder to put it in
+            missing.append(name)
     if not missing:
         return "imagenet", "ImageNet weights found"
-    if requested == "imagenet":
-        resolve_weights(missing[0], "imagenet")  # raises the error that names the file and folder
     files = ", ".join(get_backbone_spec(name).weights_file for name in missing)
-    return "none", f"ImageNet weights are not on this machine ({files} not in {keras_weights_folders()[0]})"
+    return "none", (f"ImageNet weights are not on this machine ({files} not in {keras_weights_folders()[0]}) "
+                    f"and could not be downloaded")
 
 
 def main(argv=None):
@@ -80,11 +90,14 @@ def main(argv=None):
             print("ImageNet features. Put Keras's weight files in ~/.keras/models (see README,")
             print("'Weights offline') and run again for real numbers.")
             print("=" * 78, flush=True)
-        save_options({**vars(args), "weights_used": weights}, out / "demo_options.json")
-        count = write_digits_dataset(out / "digits", limit=args.limit)
-        print(f"[1/3] data: {count} digit images in {out / 'digits'}", flush=True)
-        store = out / "digits.h5"
-        summary = features.precompute(out / "digits", store, args.backbones, weights=weights,
+        save_options(args, out / "demo_options.json")
+        # One images folder per --limit and one store per setting that changes the features, so
+        # running again with other options computes what is new instead of hitting a stored mismatch.
+        digits = out / ("digits" if args.limit is None else f"digits_first{args.limit}")
+        count = write_digits_dataset(digits, limit=args.limit)
+        print(f"[1/3] data: {count} digit images in {digits}", flush=True)
+        store = out / f"{digits.name}_{args.input_size}px_{weights}.h5"
+        summary = features.precompute(digits, store, args.backbones, weights=weights,
                                       input_size=args.input_size, progress=True)
         computed = sum(summary.computed.values())
         print(f"[2/3] features: {store} ({computed} backbone-image pairs computed, "

@@ -31,7 +31,23 @@ def test_offline_demo_says_weights_are_random_and_writes_the_report(tmp_path, ca
     report = (out / "run" / "report.md").read_text()
     assert "randomly initialised" in report.split("## Verdict")[0]  # and in the report, before the verdict
     assert json.loads((out / "run" / "report.json").read_text())["warnings"]
-    assert json.loads((out / "demo_options.json").read_text())["weights_used"] == "none"
+    assert json.loads((out / "run" / "config.json").read_text())["feature_recipes"]["resnet50"]["weights"] == "none"
+    assert (out / "digits_first100_32px_none.h5").is_file()
+
+
+def test_demo_runs_again_with_other_settings_and_its_saved_options(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no_weights_here"))
+    out = tmp_path / "demo"
+    demo = _demo_module()
+    common = ["--out", str(out), "--backbones", "mobilenet_v2", "--epochs", "1"]
+    assert demo.main(common + ["--limit", "60", "--input-size", "32"]) == 0
+    # Another slice of the digits and another input size: new stores, not a refused mismatch.
+    assert demo.main(common + ["--limit", "80", "--input-size", "40"]) == 0
+    assert sorted(path.name for path in out.glob("*.h5")) == ["digits_first60_32px_none.h5", "digits_first80_40px_none.h5"]
+    capsys.readouterr()
+    # The saved options are a valid --config: the same run again reuses every stored feature.
+    assert demo.main(["--config", str(out / "demo_options.json")]) == 0
+    assert "(0 backbone-image pairs computed, 80 reused)" in capsys.readouterr().out
 
 
 def test_demo_asked_for_imagenet_offline_stops_naming_the_file(tmp_path, capsys, monkeypatch):
@@ -42,4 +58,4 @@ def test_demo_asked_for_imagenet_offline_stops_naming_the_file(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.startswith("demo.py: error: ImageNet weights for 'vgg16' are not on this machine: Keras wants "
                           "the file vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
-    assert not (tmp_path / "demo" / "digits.h5").exists()
+    assert not list((tmp_path / "demo").glob("*.h5"))
