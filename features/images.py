@@ -75,7 +75,10 @@ def load_image(path, min_size=None):
         raise UnreadableImageError(path, "file not found") from None
     except Image.UnidentifiedImageError:
         raise UnreadableImageError(path, "not an image file PIL can identify") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        # PIL refuses images of more than twice its MAX_IMAGE_PIXELS before _MAX_PIXELS is checked.
+        raise UnreadableImageError(path, f"too large ({error})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnreadableImageError(path, f"corrupt or truncated ({reason})") from None
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:

@@ -4,6 +4,7 @@ from PIL import Image, features as pil_features
 
 import keras
 
+import features.images
 from features.images import UnreadableImageError, load_image, resize_image
 from tests._features_fixtures import smooth_image
 
@@ -98,6 +99,19 @@ def test_unreadable_files_raise_with_a_short_reason(tmp_path, rgb):
         load_image(tmp_path / "truncated.jpg")
     with pytest.raises(UnreadableImageError, match="file not found"):
         load_image(tmp_path / "missing.png")
+
+
+def test_too_large_images_are_refused_as_too_large(tmp_path, rgb, monkeypatch):
+    Image.fromarray(rgb).save(tmp_path / "image.png")  # 40x30 = 1,200 pixels
+    monkeypatch.setattr(features.images, "_MAX_PIXELS", 1000)
+    with pytest.raises(UnreadableImageError) as error:
+        load_image(tmp_path / "image.png")
+    assert error.value.reason == "too large (40x30 pixels)"
+    # PIL's own limit (twice MAX_IMAGE_PIXELS) may strike first; the reason still says why.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(UnreadableImageError) as error:
+        load_image(tmp_path / "image.png")
+    assert error.value.reason.startswith("too large (Image size (1200 pixels) exceeds limit")
 
 
 def test_resize_matches_keras_resizing_layer(rgb):
