@@ -39,9 +39,10 @@ def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, hea
 
 
 def _branch(inputs, backbone, units, dropout, regularizer, pooling):
-    # Backbones give features on scales that differ by orders of magnitude; standardised per
-    # channel they train in a few epochs, where raw ones leave BatchNormalization's moving
-    # statistics lagging and the validation loss erratic. Per channel it commutes with pooling.
+    # Backbones give features on scales that differ by orders of magnitude; centred and brought
+    # to one scale they train in a few epochs, where raw ones leave BatchNormalization's moving
+    # statistics lagging and the validation loss erratic. A per-channel shift and a positive
+    # scale commute with average and max pooling, so standardising before pooling is exact.
     tensor = keras.layers.Normalization(axis=-1, name=f"{backbone}_standardize")(inputs)
     if len(inputs.shape) == 4:
         # Spatial maps (N, H, W, D) are pooled to vectors; pooled features pass as they are.
@@ -99,8 +100,8 @@ def build_fusion_model(
 ):
     """Build and compile the fusion model; with one backbone it is that backbone's classifier.
 
-    Each backbone gets `keras.Input(name=backbone)` and a branch: per-channel standardisation
-    (a `Normalization` layer holding the training split's mean and variance) -> pooling
+    Each backbone gets `keras.Input(name=backbone)` and a branch: standardisation (a
+    `Normalization` layer holding the statistics given in `feature_statistics`) -> pooling
     (spatial maps only) -> Dense(units, relu) -> BatchNormalization -> Dropout(dropout). The branches are
     concatenated, passed through the optional `head_units` Dense layers, and into
     Dense(num_classes, softmax). Without head layers each branch adds its own logits, so the
@@ -117,9 +118,9 @@ def build_fusion_model(
         head_units: sizes of Dense(relu) layers between the concatenation and the softmax
             (default: (), none).
         learning_rate: Adam's learning rate (default: 1e-3).
-        feature_statistics: dict backbone -> (mean, variance) per feature channel, from
-            `feature_statistics` on the training rows; a backbone left out is not rescaled
-            (default: None, none rescaled).
+        feature_statistics: dict backbone -> (mean, variance), arrays of one value per feature
+            channel, e.g. from `fusion.feature_statistics` on the training rows (per-channel means,
+            one variance per backbone); a backbone left out is not rescaled (default: None, none rescaled).
         name: the model's name (default: "fusion").
 
     Example:
