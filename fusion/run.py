@@ -76,16 +76,24 @@ def _versions():
     }
 
 
-def _store_warnings(info, backbones):
+def _store_warnings(info, backbones, statistics):
     """Warnings a reader of the report must see, about how the store's features were made."""
+    warnings = []
     random = [name for name in backbones if str(info.feature_recipes[name].get("weights", "")) == "none"]
-    if not random:
-        return []
-    return [
-        f"The backbones {', '.join(random)} were randomly initialised (precompute --weights none), not "
-        f"ImageNet-trained: these numbers show the pipeline working and are not representative of what "
-        f"ImageNet features achieve."
-    ]
+    if random:
+        warnings.append(
+            f"The backbones {', '.join(random)} were randomly initialised (precompute --weights none), not "
+            f"ImageNet-trained: these numbers show the pipeline working and are not representative of what "
+            f"ImageNet features achieve."
+        )
+    constant = [name for name in backbones if not np.any(statistics[name][1] > 0)]
+    if constant:
+        warnings.append(
+            f"The features of {', '.join(constant)} are the same for every training image, so "
+            f"{'this backbone carries' if len(constant) == 1 else 'these backbones carry'} no information here: "
+            f"a randomly initialised network can collapse like this; with ImageNet weights, check the weight file."
+        )
+    return warnings
 
 
 def _prepare_run_dir(out_dir, overwrite):
@@ -344,7 +352,7 @@ def train_run(
         "summary": summarize(test_metrics, backbones, mcnemar),
         "weighted_average_weights": dict(zip(backbones, weighted.weights_.tolist())),
         "training": training,
-        "warnings": _store_warnings(info, backbones),
+        "warnings": _store_warnings(info, backbones, statistics),
     }
     _write_predictions(run_dir, info, rows["test"], labels["test"], test_probabilities)
     markdown_path = write_report(run_dir, report, histories)

@@ -97,6 +97,18 @@ def test_features_on_any_scale_train_the_same_model(tmp_path):
     assert _accuracy(runs[1], "fusion") > 0.6
 
 
+def test_report_warns_about_a_backbone_whose_features_never_change(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=120, backbones=("a", "b"), seed=2)
+    with h5py.File(store, "r+") as store_file:
+        store_file["features/b"][...] = 0.0  # a collapsed backbone, as random MobileNetV2 weights give
+    run = train_run(store, tmp_path / "run", units=8, epochs=2, ablation=False, **QUIET)
+    assert run.report["warnings"] == [
+        "The features of b are the same for every training image, so this backbone carries no information here: "
+        "a randomly initialised network can collapse like this; with ImageNet weights, check the weight file."
+    ]
+    assert "The features of b are the same for every training image" in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_report_json_holds_every_model_and_matches_the_predictions(xor_run):
     test = xor_run.report["test"]
     expected = {"fusion", "average", "weighted_average", "stacking", "alpha", "beta", "fusion_without_alpha",
