@@ -243,15 +243,48 @@ def _prepare_image(path, decode_size, sizes, views):
     return {size: np.stack(arrays) for size, arrays in prepared.items()}
 
 
+def _open_store(out):
+    """Open an existing `out` for reading, refusing any file that is not a feature store (it stays untouched)."""
+    try:
+        store = h5py.File(out, "r")
+    except OSError as error:
+        raise ValueError(f"{out} exists but is not an HDF5 file ({error}); it is left untouched. Choose another "
+                         f"--out. Received: out={out}") from None
+    if "format_version" not in store.attrs or "images" not in store:
+        store.close()
+        raise ValueError(f"{out} is an HDF5 file but not a feature store written by run_precompute.py (no "
+                         f"format_version attribute or /images group); it is left untouched. Choose another --out. "
+                         f"Received: out={out}")
+    return store
+
+
+def _check_labels_unchanged(store_path, table, stored_paths, stored_labels, class_names):
+    """Refuse a run whose data gives a stored image another label, as an edited CSV can."""
+    def name(label, names):
+        return names[label] if label >= 0 else None
+
+    now = {path: name(label, table.class_names) for path, label in zip(table.paths, table.labels)}
+    changed = [(path, name(label, class_names), now[path])
+               for path, label in zip(stored_paths, stored_labels) if path in now and now[path] != name(label, class_names)]
+    if changed:
+        path, before, after = changed[0]
+        raise ValueError(
+            f"{len(changed)} image(s) have another label than in store {store_path}, e.g. {path}: stored "
+            f"{before or 'unlabeled'}, now {after or 'unlabeled'}. The store keeps the labels it was made with; write "
+            f"to a new --out for the new labels. Received: {len(changed)} relabeled image(s)")
+
+
 def _reconcile(store_path, table, on_change):
     """Compare the images on disk with the store; add new ones when allowed. Returns (added, missing)."""
     disk_prints = fingerprints(table.root, table.paths)
     with h5py.File(store_path, "r") as store:
         stored_paths = feature_store.read_strings(store["images/path"])
         stored_prints = store["images/fingerprint"][()]
+        stored_labels = store["images/label"][()]
         skipped_paths, _, skipped_prints = feature_store.read_skipped(store)
         class_names = list(store.attrs["class_names"].tolist()) if "class_names" in store.attrs else []
         class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in class_names]
+    _check_labels_unchanged(store_path, table, stored_paths, stored_labels, class_names)
     known = dict(zip(stored_paths, map(tuple, stored_prints)))
     known.update(zip(skipped_paths, map(tuple, skipped_prints)))
     on_disk = dict(zip(table.paths, map(tuple, disk_prints)))
@@ -354,7 +387,8 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
     with feature_store.store_lock(out):
         feature_store.remove_stale_temporary(out)
         added, missing = 0, 0
-        if not out.exists():
+        created = not out.exists()
+        if created:
             with feature_store.rewrite_store(out, copy=False) as store:
                 store.attrs["format_version"] = feature_store.FORMAT_VERSION
                 store.attrs["data_root"] = table.root
@@ -364,15 +398,16 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                 feature_store.write_images(store, table.paths, table.labels, table.splits,
                                            fingerprints(table.root, table.paths))
                 feature_store.write_skipped(store, [], [], np.zeros((0, 2), np.int64))
-        else:
-            added, missing = _reconcile(out, table, on_change)
         wanted = {name: _backbone_attrs(name, input_sizes[name], pooling, weights_label, seed, dtype,
                                         precision, extra_views) for name in backbones}
-        with h5py.File(out, "r") as store:
+        with _open_store(out) as store:
             to_add = [name for name in backbones if "features" not in store or name not in store["features"]]
+            # Settings are checked before new images are added, so a refused run changes nothing.
             for name in backbones:
                 if name not in to_add:
                     _check_stored_backbone(store["features"][name], wanted[name], out)
+        if not created:
+            added, missing = _reconcile(out, table, on_change)
         models = {}
         build_seconds = 0.0
 

@@ -138,8 +138,11 @@ def test_changed_images_refuse_or_add(data, tmp_path):
 def test_settings_that_differ_from_the_store_are_refused(data, tmp_path):
     out = tmp_path / "cache.h5"
     precompute(data, out, ["vgg16"], **FAST)
+    make_class_folders(data, classes=("eel",), per_class=1, seed=3)  # a new image too
     with pytest.raises(ValueError, match="already holds 'vgg16' features made with input_size=32, but this run asks for input_size=48"):
-        precompute(data, out, ["vgg16"], **{**FAST, "input_size": 48})
+        precompute(data, out, ["vgg16"], on_change="add", **{**FAST, "input_size": 48})
+    with h5py.File(out, "r") as store:
+        assert store["images/path"].shape == (12,)  # the refused run added nothing
     with pytest.raises(ValueError, match="made with pooling=avg"):
         precompute(data, out, ["vgg16"], pooling="max", **FAST)
     # Another compute precision gives other features: resuming with it would mix the two.
@@ -150,6 +153,34 @@ def test_settings_that_differ_from_the_store_are_refused(data, tmp_path):
         store["features/vgg16"].attrs["backend"] = "torch"
     with pytest.raises(ValueError, match="made with backend=torch"):
         precompute(data, out, ["vgg16"], **FAST)
+
+
+def test_an_out_that_is_not_a_store_is_refused_and_left_untouched(data, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as handle:
+        handle["weights"] = np.arange(3)
+    text = tmp_path / "notes.h5"
+    text.write_text("my notes")
+    with pytest.raises(ValueError, match=r"other\.h5 is an HDF5 file but not a feature store written by run_precompute\.py"):
+        precompute(data, other, ["vgg16"], **FAST)
+    with pytest.raises(ValueError, match=r"notes\.h5 exists but is not an HDF5 file \(.*\); it is left untouched"):
+        precompute(data, text, ["vgg16"], **FAST)
+    assert text.read_text() == "my notes"
+    with h5py.File(other, "r") as handle:
+        assert list(handle) == ["weights"]
+
+
+def test_a_relabeled_image_is_refused_not_mixed(data, tmp_path):
+    rows = ["path,label"] + [f"{kind}/{kind}_{i:03d}.jpg,{kind}" for kind in ("cat", "dog") for i in range(6)]
+    listing = tmp_path / "labels.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], csv=listing, **FAST)
+    listing.write_text("\n".join(rows).replace("cat/cat_002.jpg,cat", "cat/cat_002.jpg,dog") + "\n")
+    with pytest.raises(ValueError, match=r"1 image\(s\) have another label than in store .*, e\.g\. cat/cat_002\.jpg: "
+                                         r"stored cat, now dog\. .*write to a new --out"):
+        precompute(data, out, ["vgg16"], csv=listing, on_change="add", **FAST)
+    assert load_store(out).labels[2] == 0
 
 
 def test_a_moved_data_folder_is_read_from_where_it_is_now(data, tmp_path):
