@@ -10,7 +10,8 @@ on tensors already in memory. All three are timed in steady state: every model i
 predict step traced beforehand (on 3 photos), and those one-time seconds are printed on their
 own. Wall and CPU seconds of the process are printed: the cores may be shared, so note the
 load average printed at the start and end. Prints a/b, a/c, the per-image cost of decoding, where the pipeline's time went, and the
-gain of mixed_bfloat16. Weights are random (`none`): speed does not depend on them.
+gain of reduced precision (`--mixed-precision`: mixed_bfloat16 on CPUs, mixed_float16 on GPUs).
+Weights are random (`none`): speed does not depend on them.
 """
 
 import argparse
@@ -166,7 +167,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32, help="batch size for all three (default: 32)")
     parser.add_argument("--decode-workers", type=int, default=None,
                         help="pipeline decode threads (default: None, 4 or the CPU count if fewer)")
-    parser.add_argument("--skip-mixed", action="store_true", help="skip the mixed_bfloat16 run (default: off)")
+    parser.add_argument("--mixed-precision", choices=["mixed_bfloat16", "mixed_float16"], default="mixed_bfloat16",
+                        help="reduced precision to measure against float32: mixed_bfloat16 for CPUs, "
+                        "mixed_float16 for GPUs (default: mixed_bfloat16)")
+    parser.add_argument("--skip-mixed", action="store_true", help="skip the reduced-precision run (default: off)")
     args = parser.parse_args(argv)
 
     import logging
@@ -241,13 +245,13 @@ def main(argv=None):
         print(f"a/c share of compute bound: {bound / pipeline:.2f} (target >= 0.90)", flush=True)
         if not args.skip_mixed:
             warm = time.perf_counter()
-            precompute(tiny, os.path.join(scratch, "warm_mixed.h5"), args.backbones, precision="mixed_bfloat16",
+            precompute(tiny, os.path.join(scratch, "warm_mixed.h5"), args.backbones, precision=args.mixed_precision,
                        **common)
-            print(f"one-time build + trace of mixed_bfloat16, all backbones: {time.perf_counter() - warm:.1f} s",
+            print(f"one-time build + trace of {args.mixed_precision}, all backbones: {time.perf_counter() - warm:.1f} s",
                   flush=True)
             mixed = precompute(data, os.path.join(scratch, "mixed.h5"), args.backbones,
-                               precision="mixed_bfloat16", **common)
-            print(f"(a) mixed_bfloat16: {mixed.seconds:7.1f} s  {count / mixed.seconds:6.2f} img/s  "
+                               precision=args.mixed_precision, **common)
+            print(f"(a) {args.mixed_precision}: {mixed.seconds:7.1f} s  {count / mixed.seconds:6.2f} img/s  "
                   f"(compute {mixed.timings['compute']:.1f} s; gain over float32 (a): "
                   f"{pipeline / mixed.seconds:.2f}x)", flush=True)
         print(_load())

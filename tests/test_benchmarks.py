@@ -1,0 +1,41 @@
+"""The README's benchmark commands run, on tiny inputs, and print the ratios they promise."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(name, *args):
+    """Run a benchmark script as a user would; returns what it printed."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def _number(pattern, text):
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in:\n{text}"
+    return float(match.group(1))
+
+
+def test_bench_precompute_prints_both_ratios_and_the_precision_gain():
+    printed = _run("bench_precompute", "--images", "6", "--size", "320x240", "--backbones", "mobilenet_v2",
+                   "--batch-size", "4")
+    for label in (r"\(a\) pipeline", r"\(b\) naive recipe", r"\(c\) compute bound", r"\(a\) mixed_bfloat16"):
+        assert _number(label + r": +[\d.]+ s +([\d.]+) img/s", printed) > 0
+    assert _number(r"a/b speed-up over naive: ([\d.]+)x", printed) > 0
+    assert _number(r"a/c share of compute bound: ([\d.]+)", printed) > 0
+    assert _number(r"gain over float32 \(a\): ([\d.]+)x", printed) > 0
+
+
+def test_bench_train_prints_memory_and_streamed_speed():
+    printed = _run("bench_train", "--rows", "400", "--dims", "16", "8", "--epochs", "1")
+    memory = _number(r"in memory \(rows shuffled\): +(\d+) samples/s", printed)
+    streamed = _number(r"streamed from HDF5 \(blocks of +8 rows\): +(\d+) samples/s", printed)
+    assert memory > 0 and streamed > 0
+    assert abs(_number(r"streamed / in memory: ([\d.]+)", printed) - streamed / memory) < 0.02
