@@ -99,3 +99,26 @@ def test_bugs_keep_their_traceback():
     with pytest.raises(ZeroDivisionError):
         with exit_on_user_error("tool"):
             1 / 0
+
+
+def _script_parsers():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for relative in ("run_precompute.py", "run_train.py", "run_predict.py", "examples/demo.py"):
+        spec = importlib.util.spec_from_file_location(f"script_{Path(relative).stem}", root / relative)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield relative, module.build_parser()
+
+
+def test_every_script_groups_its_options_and_states_each_default():
+    for script, parser in _script_parsers():
+        groups = [group for group in parser._action_groups if group.title not in ("positional arguments", "options")]
+        assert len(groups) >= 2, f"{script}: options are not grouped"
+        help_text = parser.format_help()
+        assert "--config FILE" in help_text, script
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert "default: " in (action.help or ""), f"{script} {action.option_strings[0]}: no default in its help"

@@ -97,6 +97,16 @@ def test_features_on_any_scale_train_the_same_model(tmp_path):
     assert _accuracy(runs[1], "fusion") > 0.6
 
 
+def test_the_same_seed_repeats_a_run_exactly(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=150, backbones=("a", "b"), seed=6)
+    settings = {"units": 8, "epochs": 3, "ablation": False, **QUIET}
+    runs = [train_run(store, tmp_path / name, seed=seed, **settings) for name, seed in (("one", 1), ("two", 1), ("three", 2))]
+    probabilities = [np.load(run.run_dir / "predictions" / "test_probabilities.npz") for run in runs]
+    for name in ("fusion", "a", "b", "stacking"):
+        np.testing.assert_array_equal(probabilities[0][name], probabilities[1][name])
+    assert not np.array_equal(probabilities[0]["fusion"], probabilities[2]["fusion"])
+
+
 def test_report_warns_about_a_backbone_whose_features_never_change(tmp_path):
     store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=120, backbones=("a", "b"), seed=2)
     with h5py.File(store, "r+") as store_file:
