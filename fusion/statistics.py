@@ -5,6 +5,7 @@ import numpy as np
 # Bytes of features read at once; the statistics of a store larger than memory are still exact.
 CHUNK_BYTES = 64 * 1024**2
 
+
 def _channel_moments(array, mask):
     """Count, mean and summed squared deviation per last-axis channel of `array[mask]`."""
     channels = array.shape[-1]
