@@ -77,6 +77,11 @@ class _HDF5Source:
         return self._file
 
     @property
+    def features(self):
+        # h5py datasets, read on demand: the same mapping `_ArraySource.features` holds in memory.
+        return {name: self._open()["features"][name] for name in self.backbones}
+
+    @property
     def views(self):
         store_file = self._open()
         if not self.with_views or "views" not in store_file:

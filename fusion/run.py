@@ -260,9 +260,9 @@ def train_run(
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     weights = class_weights(labels["train"], len(info.class_names), class_weight_mode)
-    # Measured on the training rows only, so validation and test stay unseen.
-    with h5py.File(info.path, "r") as store_file:
-        statistics = feature_statistics({name: store_file["features"][name] for name in backbones}, rows["train"])
+    # Measured on the training rows only, so validation and test stay unseen; from the source, so
+    # features already in memory are not read from the store again (streamed ones in chunks).
+    statistics = feature_statistics(source.features, rows["train"])
 
     def batches(split, names, **kwargs):
         return FeatureBatches(source, names, rows[split], labels[split], batch_size=batch_size, seed=seed, **kwargs)
