@@ -196,6 +196,12 @@ def keras_weights_folders():
     return [home / "models", Path("/tmp/.keras/models")]
 
 
+def _local_imagenet_file(spec):
+    """The path of `spec`'s ImageNet weight file in the first Keras folder holding it, else None."""
+    return next((folder / spec.weights_file for folder in keras_weights_folders()
+                 if (folder / spec.weights_file).is_file()), None)
+
+
 def resolve_weights(name, weights="imagenet"):
     """The weights argument to give the `keras.applications` constructor of `name`.
 
@@ -219,10 +225,10 @@ def resolve_weights(name, weights="imagenet"):
     if weights is None or weights == "none":
         return None
     if weights == "imagenet":
+        found = _local_imagenet_file(spec)
+        if found:
+            return str(found)
         folders = keras_weights_folders()
-        for folder in folders:
-            if (folder / spec.weights_file).is_file():
-                return str(folder / spec.weights_file)
         if downloads.downloads_allowed():
             try:
                 return str(downloads.download_file(spec.weights_url, folders[0] / spec.weights_file))
@@ -259,8 +265,7 @@ def has_imagenet_weights(name):
         >>> has_imagenet_weights("resnet50")
         False
     """
-    weights_file = get_backbone_spec(name).weights_file
-    return any((folder / weights_file).is_file() for folder in keras_weights_folders())
+    return _local_imagenet_file(get_backbone_spec(name)) is not None
 
 
 @keras.saving.register_keras_serializable(package="fusionpipe")
