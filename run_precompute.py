@@ -16,7 +16,8 @@ def build_parser():
         description="Run frozen ImageNet backbones over DATA once and store their features in one "
         "HDF5 file. Run the same command again to resume, or with more backbones to add them.")
     parser.add_argument("data", metavar="DATA", help="data root: class folders, split folders "
-                        "(train/ val/ test/), or the folder that --csv paths are relative to (required)")
+                        "under any name that says train, val or test (train/, Training/, seg_train/, ...), or the "
+                        "folder that --csv paths are relative to (required)")
     add_config_option(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--out", default="cache.h5", help="HDF5 feature store to create or complete "
@@ -69,6 +70,17 @@ def build_parser():
                         help="CSV column of the class name (default: label)")
     splits.add_argument("--csv-split-column", default="split",
                         help="CSV column of the split (train/val/test), used when present (default: split)")
+    splits.add_argument("--split-map", nargs="+", default=None, metavar="FOLDER=SPLIT",
+                        help="the top folders of DATA are splits, mapped by hand to train, val, test or skip, e.g. "
+                        "fold_a=train fold_b=test pred=skip; needed only when their names do not say it "
+                        "(default: read from names and structure)")
+    splits.add_argument("--recursive", action="store_true",
+                        help="read images in folders nested inside a class folder into that class (default: off, "
+                        "such folders are an error)")
+    splits.add_argument("--min-images-per-class", type=int, default=1, metavar="N",
+                        help="leave out classes with fewer images, e.g. 3 for one per split (default: 1)")
+    splits.add_argument("--require-all", action="store_true",
+                        help="a --csv row without a file is an error instead of left out (default: off)")
     return parser
 
 
@@ -88,6 +100,7 @@ def main(argv=None):
         return 0
     with exit_on_user_error(parser.prog):
         args = parse_args_with_config(parser, argv)
+        from features.layout import parse_split_map
         from features.precompute import precompute
 
         summary = precompute(
@@ -96,7 +109,9 @@ def main(argv=None):
             views=args.views, precision=args.precision, val_fraction=args.val_fraction,
             test_fraction=args.test_fraction, csv=args.csv, csv_path_column=args.csv_path_column,
             csv_label_column=args.csv_label_column, csv_split_column=args.csv_split_column,
-            on_change=args.on_change, decode_workers=args.decode_workers, progress=not args.no_progress)
+            on_change=args.on_change, decode_workers=args.decode_workers, progress=not args.no_progress,
+            split_map=parse_split_map(args.split_map), recursive=args.recursive,
+            min_images_per_class=args.min_images_per_class, require_all=args.require_all)
         save_options(args, f"{args.out}.options.json")
         print("\n".join(summary.lines()))
     return 0

@@ -184,8 +184,9 @@ def main(argv=None):
     # The naive warm-up retraces predict on purpose (batches of 2, then 1); TF warns about it.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
+    # The data summary of each precompute would come between the benchmark's own lines.
     common = dict(weights="none", batch_size=args.batch_size, decode_workers=args.decode_workers,
-                  progress=False, val_fraction=0, test_fraction=0)
+                  progress=False, val_fraction=0, test_fraction=0, log=lambda *_: None)
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
         if data is None:

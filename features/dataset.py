@@ -1,5 +1,6 @@
 """Find the images of a data set and their labels and splits: class folders, split folders, or a CSV."""
 
+import collections
 import csv
 import dataclasses
 import os
@@ -9,10 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from features.images import IMAGE_EXTENSIONS
+from features.layout import SPLITS, images_in, read_folder_images, split_by_words
 
-SPLITS = ("train", "val", "test")
+# Classes listed one per line in the summary; past this, the smallest ones.
+SUMMARY_MAX_CLASSES = 30
 
-# Folder names people use for each split; compared in lower case.
+# Split names accepted in a CSV's split column; compared in lower case.
 SPLIT_ALIASES = {
     "train": "train", "training": "train", "trn": "train",
     "val": "val", "valid": "val", "validation": "val", "dev": "val", "development": "val",
@@ -24,15 +27,20 @@ _PATH_COLUMN_FALLBACKS = ("path", "image", "filename", "file", "id", "image_id")
 
 @dataclasses.dataclass(frozen=True)
 class ImageTable:
-    """The images of a data set, in a fixed order.
+    """The images of a data set, in a fixed order, and what was found while reading it.
 
     Args:
         root: the data root; `paths` are relative to it.
         paths: image paths (POSIX, relative to `root`).
         labels: int64 class index per image, -1 when unlabeled.
         splits: "train", "val" or "test" per image.
-        class_names: label `i` is `class_names[i]`.
-        layout: "class_folders", "split_folders", "flat" or "csv".
+        class_names: label `i` is `class_names[i]`; only classes that have images.
+        layout: "class_folders", "split_folders", "splits_in_class_folders", "flat" or "csv".
+        description: how the data was read, one line (default: "").
+        left_out: tuple of (path, reason) of listed or found images that are not in the table:
+            CSV rows without a file, images of classes below `min_images_per_class` (default: ()).
+        notes: tuple of lines the user must read before any compute: empty classes, classes too
+            small to split, a CSV whose rows mostly have no file (default: ()).
     """
 
     root: str
@@ -41,32 +49,62 @@ class ImageTable:
     splits: tuple
     class_names: tuple
     layout: str
+    description: str = ""
+    left_out: tuple = ()
+    notes: tuple = ()
 
     def __len__(self):
         return len(self.paths)
 
+    def class_counts(self):
+        """{class name: {split: images}} of the labeled images."""
+        counts = {name: dict.fromkeys(SPLITS, 0) for name in self.class_names}
+        for label, split in zip(self.labels.tolist(), self.splits):
+            if label >= 0:
+                counts[self.class_names[label]][split] += 1
+        return counts
 
-def _is_image_file(path):
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    def describe(self, left_out_file=None, max_classes=SUMMARY_MAX_CLASSES):
+        """The summary of what was found, as lines for the terminal: layout, classes per split, notes.
+
+        Args:
+            left_out_file: where the full list of left-out images is written, to name it (default: None).
+            max_classes: classes listed one per line; past this, the smallest ones (default: 30).
+
+        Example:
+            >>> print("\n".join(discover_images("flowers/").describe()))
+        """
+        unlabeled = int(np.sum(self.labels < 0))
+        per_split = collections.Counter(self.splits)
+        lines = [f"Data: {self.root}", f"  layout: {self.description or self.layout}",
+                 f"  {len(self.paths)} images, {len(self.class_names)} classes"
+                 + (f", {unlabeled} unlabeled" if unlabeled else "") + "; per split: "
+                 + ", ".join(f"{split} {per_split[split]}" for split in SPLITS)]
+        counts = self.class_counts()
+        if counts:
+            shown = sorted(counts, key=lambda name: (sum(counts[name].values()), name))[:max_classes]
+            if len(counts) <= max_classes:
+                shown = list(counts)
+            else:
+                totals = sorted(sum(split_counts.values()) for split_counts in counts.values())
+                lines.append(f"  {len(counts)} classes of {totals[0]} to {totals[-1]} images (median "
+                             f"{int(np.median(totals))}); the {len(shown)} smallest:")
+            width = max(len("class"), *(len(name) for name in shown))
+            lines.append(f"    {'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}")
+            lines += [f"    {name:<{width}}  " + " ".join(f"{counts[name][split]:>6}" for split in SPLITS)
+                      for name in shown]
+        lines += [f"  {note}" for note in self.notes]
+        if self.left_out:
+            by_reason = collections.Counter(_reason_kind(reason) for _, reason in self.left_out)
+            lines.append(f"  left out {len(self.left_out)} image(s): "
+                         + ", ".join(f"{count} {kind}" for kind, count in by_reason.most_common())
+                         + (f"; all listed in {left_out_file}" if left_out_file else ""))
+        return lines
 
 
-def _visible_dirs(folder):
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _images_under(folder):
-    return sorted(p for p in folder.rglob("*") if _is_image_file(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def _images_in(folder):
-    return sorted(p for p in folder.iterdir() if _is_image_file(p))
-
-
-def _warn_ignored_root_images(root, count):
-    if count:
-        warnings.warn(f"{count} image(s) directly in {root} are ignored: with class folders, every "
-                      "image must be inside a class folder.", stacklevel=3)
+def _reason_kind(reason):
+    # "corrupt or truncated (image file is truncated)" -> "corrupt or truncated": reasons counted by kind.
+    return reason.split(" (")[0]
 
 
 def check_fractions(val_fraction, test_fraction):
@@ -79,25 +117,73 @@ def check_fractions(val_fraction, test_fraction):
                          f"Received: val_fraction={val_fraction}, test_fraction={test_fraction}")
 
 
+def _stratified_take(indices, labels, count, seed):
+    # Take `count` of `indices`, each class in proportion (largest remainders, ties at random), when
+    # scikit-learn refuses: its stratified split wants at least one taken row per class.
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels, return_counts=True)
+    exact = sizes * count / len(indices)
+    take = np.floor(exact).astype(int)
+    order = np.lexsort((rng.random(len(classes)), -(exact - take)))
+    take[order[: count - take.sum()]] += 1
+    taken = []
+    for cls, number in zip(classes, take):
+        members = [index for index, label in zip(indices, labels) if label == cls]
+        taken += rng.choice(members, size=min(number, len(members)), replace=False).tolist()
+    taken = set(taken)
+    return [i for i in indices if i not in taken], sorted(taken)
+
+
 def _split_indices(indices, labels, fraction, seed):
-    # Returns (kept, taken): `fraction` of `indices` taken, stratified by label when possible.
+    # Returns (kept, taken): `fraction` of `indices` taken, stratified by label.
     from sklearn.model_selection import train_test_split
 
     if fraction <= 0 or len(indices) < 2:
         return list(indices), []
     labels = np.asarray(labels)
-    stratify = labels if len(set(labels.tolist())) > 1 else None
     try:
-        kept, taken = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+        kept, taken = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
     except ValueError:
-        warnings.warn("A class has too few images for a stratified split; splitting without "
-                      "stratification instead.", stacklevel=4)
-        kept, taken = train_test_split(indices, test_size=fraction, random_state=seed)
+        # A class with one image left, or more classes than images to take.
+        count = int(np.ceil(round(fraction * len(indices), 6)))  # as scikit-learn counts, without float noise
+        return _stratified_take(list(indices), labels, min(count, len(indices) - 1), seed)
     return sorted(kept), sorted(taken)
+
+
+def _keep_one_train_image_per_class(labels, splits, movable=None):
+    # A class whose images all went to val or test could not be learned: move one back to train.
+    # Only rows in `movable` (default: all) may move; splits the data gives stay as given.
+    for label in np.unique(labels[labels >= 0]):
+        rows = [row for row in np.flatnonzero(labels == label).tolist() if movable is None or row in movable]
+        if rows and not any(splits[row] == "train" for row in np.flatnonzero(labels == label)):
+            splits[rows[0]] = "train"
+
+
+def _make_splits(labels, val_fraction, test_fraction, seed):
+    """(splits, too_small): a stratified split, classes with fewer images than splits all in train."""
+    check_fractions(val_fraction, test_fraction)
+    labels = np.asarray(labels, dtype=np.int64)
+    splits = ["train"] * len(labels)
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    classes, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    too_small = {int(cls): int(size) for cls, size in zip(classes, sizes) if size < needed}
+    indices = [i for i, label in enumerate(labels.tolist()) if label not in too_small]
+    rest, test = _split_indices(indices, labels[indices], test_fraction, seed)
+    rest_val_fraction = val_fraction / (1.0 - test_fraction) if val_fraction else 0.0
+    _, val = _split_indices(rest, labels[rest], rest_val_fraction, seed)
+    for index in test:
+        splits[index] = "test"
+    for index in val:
+        splits[index] = "val"
+    _keep_one_train_image_per_class(labels, splits)
+    return splits, too_small
 
 
 def make_splits(labels, val_fraction=0.1, test_fraction=0.1, seed=0):
     """A stratified, seeded train/val/test assignment (scikit-learn) for images with `labels`.
+
+    Every class with at least one image per split gets one in each; a class with fewer images
+    than there are splits goes to train whole, with a warning.
 
     Args:
         labels: class index per image (-1 for unlabeled counts as one more class).
@@ -109,53 +195,40 @@ def make_splits(labels, val_fraction=0.1, test_fraction=0.1, seed=0):
         >>> make_splits([0] * 10 + [1] * 10, 0.1, 0.1, seed=0).count("test")
         2
     """
-    check_fractions(val_fraction, test_fraction)
-    labels = np.asarray(labels, dtype=np.int64)
-    splits = ["train"] * len(labels)
-    indices = list(range(len(labels)))
-    rest, test = _split_indices(indices, labels, test_fraction, seed)
-    rest_val_fraction = val_fraction / (1.0 - test_fraction) if val_fraction else 0.0
-    _, val = _split_indices(rest, labels[rest], rest_val_fraction, seed)
-    for index in test:
-        splits[index] = "test"
-    for index in val:
-        splits[index] = "val"
+    splits, too_small = _make_splits(labels, val_fraction, test_fraction, seed)
+    if too_small:
+        warnings.warn(f"{len(too_small)} class(es) have too few images to be split, so all their images go to "
+                      f"train: " + ", ".join(f"{label} ({size})" for label, size in too_small.items()), stacklevel=2)
     return splits
+
+
+def _carve(labels, splits, split, fraction, seed):
+    # A split the data does not give (no val/ folder, an unlabeled test/ folder): `fraction` of train.
+    train = [i for i, s in enumerate(splits) if s == "train" and labels[i] >= 0]
+    _, taken = _split_indices(train, labels[train], fraction, seed)
+    for index in taken:
+        splits[index] = split
+    return len(taken)
+
+
+def _complete_given_splits(labels, splits, val_fraction, test_fraction, seed):
+    """Given splits without labeled val or test images get them from train; returns notes for the summary."""
+    notes, given = [], list(splits)
+    for split, fraction, option in (("test", test_fraction, "--test-fraction"), ("val", val_fraction, "--val-fraction")):
+        if fraction > 0 and not any(s == split and label >= 0 for s, label in zip(splits, labels)):
+            taken = _carve(labels, splits, split, fraction, seed)
+            notes.append(f"{split}: {taken} images ({option} {fraction:g}) taken from train, stratified, because the "
+                         f"data gives no labeled {split} images")
+    _keep_one_train_image_per_class(labels, splits, movable={row for row, split in enumerate(given) if split != splits[row]})
+    return notes
 
 
 def _relative(path, root):
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def _from_split_folders(root, split_dirs, val_fraction, seed):
-    split_of = {}
-    for folder in split_dirs:
-        split = SPLIT_ALIASES[folder.name.lower()]
-        if split in split_of:
-            raise ValueError(
-                f"Two folders in {root} name the same split '{split}': {split_of[split].name} and "
-                f"{folder.name}. Keep one. Received: data={root}")
-        split_of[split] = folder
-    class_names = sorted({d.name for folder in split_of.values() for d in _visible_dirs(folder)})
-    paths, labels, splits = [], [], []
-    for split, folder in split_of.items():
-        for class_index, class_name in enumerate(class_names):
-            class_dir = folder / class_name
-            if class_dir.is_dir():
-                for path in _images_under(class_dir):
-                    paths.append(_relative(path, root)), labels.append(class_index), splits.append(split)
-        # Images directly in a split folder are unlabeled (e.g. a competition's test set).
-        for path in _images_in(folder):
-            paths.append(_relative(path, root)), labels.append(-1), splits.append(split)
-    if "val" not in split_of and val_fraction > 0:
-        train = [i for i, split in enumerate(splits) if split == "train"]
-        _, val = _split_indices(train, [labels[i] for i in train], val_fraction, seed)
-        for index in val:
-            splits[index] = "val"
-    return paths, labels, splits, class_names
-
-
 def _read_csv(csv_path, root, path_column, label_column, split_column):
+    """(entries, named_classes, missing): entries (path, label text or None, split or None) of rows with a file."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"CSV file not found: {csv_path.resolve()}")
@@ -182,14 +255,12 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
     if split_column != "split" and not has_splits:
         raise ValueError(f"CSV file {csv_path} has no split column '{split_column}'. Its columns: "
                          f"{', '.join(header)}. Received: csv_split_column={split_column!r}")
-    label_texts = [row[label_column].strip() if has_labels else "" for row in rows]
-    class_names = sorted({text for text in label_texts if text})
-    class_index = {name: i for i, name in enumerate(class_names)}
-    paths, labels, splits, seen = [], [], [], set()
-    for line, (row, label_text) in enumerate(zip(rows, label_texts), start=2):
+    entries, missing, named_classes, seen = [], [], set(), set()
+    for line, row in enumerate(rows, start=2):
         value = (row[path_column] or "").strip()
         if not value:
             raise ValueError(f"CSV file {csv_path} line {line}: empty '{path_column}'. Received: {row}")
+        label_text = (row[label_column] or "").strip() if has_labels else ""
         path = Path(value) if Path(value).is_absolute() else root / value
         if not path.exists() and not path.suffix:
             # An id without extension: find the file it names.
@@ -200,27 +271,63 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
             raise ValueError(f"CSV file {csv_path} line {line}: image '{relative}' is listed twice. "
                              f"Received: {path_column}={value!r}")
         seen.add(relative)
-        paths.append(relative)
-        labels.append(class_index[label_text] if label_text else -1)
+        split = None
         if has_splits:
-            split_text = (row[split_column] or "").strip().lower()
-            if split_text not in SPLIT_ALIASES:
+            split_text = (row[split_column] or "").strip()
+            split = SPLIT_ALIASES.get(split_text.lower()) or split_by_words(split_text)
+            if split is None:
                 raise ValueError(f"CSV file {csv_path} line {line}: unknown split '{row[split_column]}'. "
                                  f"Valid values: {', '.join(sorted(SPLIT_ALIASES))}. "
                                  f"Received: {split_column}={row[split_column]!r}")
-            splits.append(SPLIT_ALIASES[split_text])
-    return paths, labels, (splits if has_splits else None), class_names
+        if label_text:
+            named_classes.add(label_text)
+        if not path.is_file():
+            missing.append((relative, f"no file (listed in {csv_path.name} line {line})"))
+            continue
+        entries.append((relative, label_text or None, split))
+    if not has_splits:
+        entries = [(path, label, None) for path, label, _ in entries]
+    return entries, sorted(named_classes), missing
+
+
+def _csv_notes(csv_path, listed, missing, require_all):
+    """The summary lines about CSV rows without a file; an error when asked for all or none is there."""
+    if not missing:
+        return []
+    examples = ", ".join(path for path, _ in missing[:3])
+    if require_all or len(missing) == listed:
+        raise ValueError(
+            f"{len(missing)} of the {listed} rows of {csv_path} name no file under DATA (e.g. {examples})"
+            + (". --require-all asks for every listed image; drop it to go on with the images present"
+               if require_all and len(missing) < listed else
+               ". Is DATA the folder that the CSV's paths are relative to?")
+            + f" Received: {len(missing)} missing of {listed} listed")
+    notes = [f"{len(missing)} of the {listed} rows of {Path(csv_path).name} name no file under DATA "
+             f"(e.g. {examples}); they are left out"]
+    if len(missing) > listed / 2:
+        notes.append(f"WARNING: most listed rows ({len(missing) / listed:.0%}) have no file: is DATA the folder "
+                     f"that the CSV's paths are relative to, or is this a sample of a larger set? Going on with the "
+                     f"{listed - len(missing)} present; --require-all makes this an error.")
+    return notes
+
+
+def _names(items, limit=10):
+    items = list(items)
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def discover_images(data, csv_path=None, csv_path_column="path", csv_label_column="label",
-                    csv_split_column="split", val_fraction=0.1, test_fraction=0.1, seed=0):
+                    csv_split_column="split", val_fraction=0.1, test_fraction=0.1, seed=0, *,
+                    split_map=None, recursive=False, min_images_per_class=1, require_all=False):
     """List the images of data set `data` with labels and splits, sorted by path.
 
-    Layouts: (a) one folder per class; (b) split folders (`train/`, `val/`, `test/` and the
-    variants in `SPLIT_ALIASES`) each with one folder per class; (c) a CSV of path (or id) and
-    label, optionally split; (d) a folder of images only (unlabeled). Without a given split a
-    stratified, seeded split is made; split folders without `val/` get `val_fraction` of
-    `train/` as validation.
+    Layouts, read from the folder's structure (see `features.layout`): (a) one folder per
+    class; (b) split folders under any name that says train, val or test, or that each hold
+    the same class folders, each with one folder per class; (c) class folders each split into
+    split folders; (d) a CSV of path (or id) and label, optionally split; (e) a folder of
+    images only (unlabeled). A lone wrapper folder (`chest_xray/chest_xray/`) is looked
+    through. Without a given split a stratified, seeded split is made; given splits without
+    labeled val or test images get them from train. Classes are the labels that have images.
 
     Args:
         data: the data root folder.
@@ -231,6 +338,10 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
         val_fraction: share of validation images when no split is given (default: 0.1).
         test_fraction: share of test images when no split is given (default: 0.1).
         seed: random state of the split (default: 0).
+        split_map: dict top folder name -> "train", "val", "test" or "skip" (default: None, detect).
+        recursive: read images in folders nested inside class folders into that class (default: False).
+        min_images_per_class: classes with fewer images are left out, listed in `left_out` (default: 1).
+        require_all: a CSV row without a file is an error rather than left out (default: False).
 
     Example:
         >>> table = discover_images("flowers/")
@@ -238,58 +349,63 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
         ('daisy', 'rose')
     """
     check_fractions(val_fraction, test_fraction)
+    if not isinstance(min_images_per_class, int) or min_images_per_class < 1:
+        raise ValueError(f"min_images_per_class must be a positive integer. "
+                         f"Received: min_images_per_class={min_images_per_class!r}")
     root = Path(data).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"Data folder not found: {root.resolve()}")
     root = root.resolve()
-    splits = None
+    notes, left_out = [], []
     if csv_path is not None:
-        paths, labels, splits, class_names = _read_csv(csv_path, root, csv_path_column,
-                                                       csv_label_column, csv_split_column)
+        entries, named_classes, missing = _read_csv(csv_path, root, csv_path_column, csv_label_column,
+                                                    csv_split_column)
+        notes += _csv_notes(csv_path, len(entries) + len(missing), missing, require_all)
+        left_out += missing
         layout = "csv"
+        description = f"CSV {csv_path}, paths relative to DATA"
     else:
-        subdirs = _visible_dirs(root)
-        split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
-        if split_dirs and len(split_dirs) < len(subdirs):
-            others = [d.name for d in subdirs if d not in split_dirs]
-            raise ValueError(
-                f"Data folder {root} mixes split folders ({', '.join(d.name for d in split_dirs)}) with "
-                f"other folders ({', '.join(others)}). Put every class folder inside the split folders, "
-                f"or rename the split folders if they are classes. Received: data={data}")
-        if split_dirs:
-            paths, labels, splits, class_names = _from_split_folders(root, split_dirs, val_fraction, seed)
-            layout = "split_folders"
-            _warn_ignored_root_images(root, len(_images_in(root)))
-        elif subdirs:
-            for folder in subdirs:
-                nested = [d.name for d in _visible_dirs(folder) if d.name.lower() in SPLIT_ALIASES]
-                if nested:
-                    # DATA one level too high: the split folders would become parts of a class.
-                    raise ValueError(
-                        f"Class folder {folder} holds split folders ({', '.join(nested)}): a split folder is "
-                        f"never a class. If {folder.name} is your data set, pass {folder} as DATA. "
-                        f"Received: data={data}")
-            class_names = [d.name for d in subdirs]
-            paths, labels = [], []
-            for class_index, folder in enumerate(subdirs):
-                for path in _images_under(folder):
-                    paths.append(_relative(path, root)), labels.append(class_index)
-            layout = "class_folders"
-            _warn_ignored_root_images(root, len(_images_in(root)))
-        else:
-            paths = [_relative(path, root) for path in _images_in(root)]
-            labels, class_names, layout = [-1] * len(paths), [], "flat"
-    if not paths:
+        found = read_folder_images(root, split_map=split_map, recursive=recursive)
+        entries, named_classes, layout, description = found.entries, found.class_names, found.layout, found.description
+        loose = images_in(root) if layout != "flat" else []
+        if loose:
+            notes.append(f"{len(loose)} image(s) directly in DATA are ignored: with class or split folders, every "
+                         "image must be inside one")
+    if not entries:
         raise ValueError(f"No images found in {root} (extensions {', '.join(IMAGE_EXTENSIONS)}). "
                          f"Expected class folders, split folders, or --csv. Received: data={data}")
-    order = sorted(range(len(paths)), key=lambda i: paths[i])
-    paths = [paths[i] for i in order]
-    labels = np.asarray([labels[i] for i in order], dtype=np.int64)
-    if splits is None:
-        splits = make_splits(labels, val_fraction, test_fraction, seed)
+    sizes = collections.Counter(label for _, label, _ in entries if label is not None)
+    empty = [name for name in named_classes if name not in sizes]
+    if empty:
+        notes.append(f"{len(empty)} class(es) have no image and are left out: {_names(empty)}")
+    small = sorted(name for name, size in sizes.items() if size < min_images_per_class)
+    if small:
+        notes.append(f"{len(small)} class(es) have fewer than {min_images_per_class} images and are left out "
+                     f"(--min-images-per-class): {_names(f'{name} ({sizes[name]})' for name in small)}")
+        left_out += [(path, f"class below --min-images-per-class ({label}: {sizes[label]} images)")
+                     for path, label, _ in entries if label in small]
+        entries = [entry for entry in entries if entry[1] not in small]
+    class_names = sorted(name for name in sizes if name not in small)
+    class_index = {name: index for index, name in enumerate(class_names)}
+    entries = sorted(entries, key=lambda entry: entry[0])
+    paths = [path for path, _, _ in entries]
+    labels = np.asarray([class_index[label] if label is not None else -1 for _, label, _ in entries], dtype=np.int64)
+    if entries[0][2] is None:
+        splits, too_small = _make_splits(labels, val_fraction, test_fraction, seed)
+        if too_small:
+            notes.append(f"{len(too_small)} class(es) have too few images to be split (one per split needed), so all "
+                         f"their images go to train: {_names(f'{class_names[c]} ({n})' for c, n in too_small.items())}. "
+                         f"--min-images-per-class {1 + (val_fraction > 0) + (test_fraction > 0)} leaves them out instead")
     else:
-        splits = [splits[i] for i in order]
-    return ImageTable(str(root), tuple(paths), labels, tuple(splits), tuple(class_names), layout)
+        splits = [split for _, _, split in entries]
+        notes += _complete_given_splits(labels, splits, val_fraction, test_fraction, seed)
+    table = ImageTable(str(root), tuple(paths), labels, tuple(splits), tuple(class_names), layout, description,
+                       tuple(sorted(left_out)), ())
+    untrained = [name for name, counts in table.class_counts().items() if counts["train"] == 0]
+    if untrained:
+        notes.append(f"WARNING: {len(untrained)} class(es) have no train image, so training will refuse this store: "
+                     f"{_names(untrained)}. Give them train images, or leave them out")
+    return dataclasses.replace(table, notes=tuple(notes))
 
 
 def fingerprints(root, paths):

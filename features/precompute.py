@@ -2,6 +2,7 @@
 
 import collections
 import concurrent.futures
+import csv
 import dataclasses
 import logging
 import os
@@ -27,6 +28,10 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 ON_CHANGE = ("refuse", "add")
 
 
+# Skipped images named one per line in the summary; all of them go to OUT.skipped.csv.
+SUMMARY_MAX_SKIPPED = 5
+
+
 @dataclasses.dataclass(frozen=True)
 class PrecomputeSummary:
     """What a `precompute` run did.
@@ -46,6 +51,11 @@ class PrecomputeSummary:
             "decode_wait" (waiting for decoded images), "write_wait" (waiting for the
             writer's queue), "prepare" (decode+resize, summed over the decode threads)
             (default: empty).
+        left_out: tuple of (path, reason) of images the data names that are not in the store:
+            CSV rows without a file, classes below `min_images_per_class` (default: ()).
+        skipped_csv: the CSV file listing `skipped` and `left_out` in full (default: "").
+        dropped_classes: classes left out because none of their images could be read (default: ()).
+        class_names: the store's classes (default: ()).
     """
 
     store_path: str
@@ -58,21 +68,36 @@ class PrecomputeSummary:
     missing_on_disk: int
     seconds: float
     timings: dict = dataclasses.field(default_factory=dict)
+    left_out: tuple = ()
+    skipped_csv: str = ""
+    dropped_classes: tuple = ()
+    class_names: tuple = ()
 
     def lines(self):
-        """The summary as lines of text for the terminal."""
-        lines = [f"Store: {self.store_path} ({self.images} images)"]
+        """The summary as lines of text for the terminal: counts by reason, never one line per file."""
+        lines = [f"Store: {self.store_path} ({self.images} images, {len(self.class_names)} classes)"]
         for name in self.computed:
             lines.append(f"  {name}: computed {self.computed[name]}, reused {self.reused[name]}")
         if self.added_images:
             lines.append(f"  added {self.added_images} new image(s) to the store")
         if self.missing_on_disk:
             lines.append(f"  {self.missing_on_disk} stored image(s) are no longer on disk; their rows are kept")
+        by_reason = collections.Counter(reason.split(" (")[0] for _, reason in self.skipped)
         lines.append(f"  skipped {len(self.skipped)} unreadable image(s)"
-                     f"{f' ({self.skipped_now} found in this run)' if self.skipped else ''}"
-                     f"{':' if self.skipped else ''}")
-        for path, reason in self.skipped:
+                     + (f" ({self.skipped_now} found in this run): " if self.skipped else "")
+                     + ", ".join(f"{count} {kind}" for kind, count in by_reason.most_common()))
+        for path, reason in self.skipped[:SUMMARY_MAX_SKIPPED]:
             lines.append(f"    {path}: {reason}")
+        if len(self.skipped) > SUMMARY_MAX_SKIPPED:
+            lines.append(f"    ... and {len(self.skipped) - SUMMARY_MAX_SKIPPED} more")
+        if self.dropped_classes:
+            lines.append(f"  {len(self.dropped_classes)} class(es) left out, none of their images could be read: "
+                         + ", ".join(self.dropped_classes))
+        if self.left_out:
+            lines.append(f"  left out {len(self.left_out)} image(s) that the data names (CSV rows without a file, "
+                         "classes below --min-images-per-class)")
+        if self.skipped_csv and (self.skipped or self.left_out):
+            lines.append(f"  every skipped and left-out image, with its reason: {self.skipped_csv}")
         return lines
 
 
@@ -282,8 +307,7 @@ def _reconcile(store_path, table, on_change):
         stored_prints = store["images/fingerprint"][()]
         stored_labels = store["images/label"][()]
         skipped_paths, _, skipped_prints = feature_store.read_skipped(store)
-        class_names = list(store.attrs["class_names"].tolist()) if "class_names" in store.attrs else []
-        class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in class_names]
+        class_names = feature_store.read_strings_attr(store, "class_names")
     _check_labels_unchanged(store_path, table, stored_paths, stored_labels, class_names)
     known = dict(zip(stored_paths, map(tuple, stored_prints)))
     known.update(zip(skipped_paths, map(tuple, skipped_prints)))
@@ -322,7 +346,8 @@ def _reconcile(store_path, table, on_change):
 def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=None, pooling="avg",
                dtype="float16", batch_size=32, views="none", precision="float32", val_fraction=0.1,
                test_fraction=0.1, csv=None, csv_path_column="path", csv_label_column="label",
-               csv_split_column="split", on_change="refuse", decode_workers=None, progress=True):
+               csv_split_column="split", on_change="refuse", decode_workers=None, progress=True,
+               split_map=None, recursive=False, min_images_per_class=1, require_all=False, log=print):
     """Compute the features of every readable image of `data` with each backbone into store `out`.
 
     Resumable: run it again with the same arguments after an interruption and it continues;
@@ -350,6 +375,13 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             ones (default: "refuse").
         decode_workers: threads decoding images (default: None, 4 or the CPU count if fewer).
         progress: show a tqdm progress bar on stderr (default: True).
+        split_map: dict top folder name -> "train", "val", "test" or "skip", for split folders
+            whose names do not say their split (default: None, read from the structure).
+        recursive: read images in folders nested inside class folders into that class
+            (default: False, such folders are an error).
+        min_images_per_class: leave out classes with fewer images (default: 1).
+        require_all: a CSV row without a file is an error instead of left out (default: False).
+        log: function that prints the data summary before any compute (default: print).
 
     Returns:
         A `PrecomputeSummary`.
@@ -377,13 +409,19 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
     weights_label = "none" if weights in (None, "none") else ("imagenet" if weights == "imagenet" else str(Path(weights).resolve()))
     table = discover_images(data, csv_path=csv, csv_path_column=csv_path_column,
                             csv_label_column=csv_label_column, csv_split_column=csv_split_column,
-                            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+                            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                            split_map=split_map, recursive=recursive, min_images_per_class=min_images_per_class,
+                            require_all=require_all)
     out = Path(out)
+    skipped_csv = out.with_name(out.name + ".skipped.csv")
+    for line in table.describe(left_out_file=skipped_csv):
+        log(line)
     out.parent.mkdir(parents=True, exist_ok=True)
     options = dict(data=str(Path(data).resolve()), backbones=backbones, weights=weights_label, seed=seed,
                    input_size=input_size, pooling=pooling, dtype=dtype, batch_size=batch_size, views=views,
                    precision=precision, val_fraction=val_fraction, test_fraction=test_fraction,
-                   csv=str(csv) if csv else None)
+                   csv=str(csv) if csv else None, split_map=dict(split_map or {}), recursive=recursive,
+                   min_images_per_class=min_images_per_class)
     with feature_store.store_lock(out):
         feature_store.remove_stale_temporary(out)
         added, missing = 0, 0
@@ -446,12 +484,29 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             computed, skipped_now, timings = _run(out, table.root, paths, todo_rows, done, models, active, input_sizes,
                                                   extra_views, batch_size, decode_workers, progress)
         timings = {"build": build_seconds, **timings}
-        _finish(out, backbones)
+        dropped_classes = _finish(out, backbones)
         with h5py.File(out, "r") as store:
             skipped_paths, skipped_reasons, _ = feature_store.read_skipped(store)
             image_count = store["images/path"].shape[0]
-    return PrecomputeSummary(str(out), image_count, computed, reused, tuple(zip(skipped_paths, skipped_reasons)),
-                             skipped_now, added, missing, time.perf_counter() - started, timings)
+            class_names = feature_store.read_strings_attr(store, "class_names")
+        skipped = tuple(zip(skipped_paths, skipped_reasons))
+        write_skipped_csv(skipped_csv, skipped + table.left_out)
+    return PrecomputeSummary(str(out), image_count, computed, reused, skipped, skipped_now, added, missing,
+                             time.perf_counter() - started, timings, table.left_out, str(skipped_csv),
+                             dropped_classes, tuple(class_names))
+
+
+def write_skipped_csv(path, rows):
+    """Write (path, reason) rows to the CSV `path` whole or not at all (temporary file, fsync, rename)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 # Built feature extractors of this process, so that a second `precompute` (a notebook cell run
@@ -575,12 +630,15 @@ def _run(out, root, paths, todo_rows, done, models, active, input_sizes, extra_v
 
 
 def _finish(out, backbones):
-    """When every backbone is complete, drop unreadable rows into `/skipped`. Returns how many."""
+    """When every backbone is complete, drop unreadable rows into `/skipped`, and classes left without images.
+
+    Returns the names of the classes dropped.
+    """
     with h5py.File(out, "r") as store:
         unreadable = store["pending/unreadable"][()].astype(bool)
         complete = all(np.all(store["progress"][name][()][~unreadable] == 1) for name in backbones)
         if not complete or not np.any(unreadable):
-            return 0
+            return ()
         bad_rows = np.flatnonzero(unreadable)
         paths = feature_store.read_strings(store["images/path"])
         reasons = [value.decode("utf-8", "replace") for value in store["pending/reason"][()][bad_rows]]
@@ -594,7 +652,19 @@ def _finish(out, backbones):
                 f"Received: {len(paths)} unreadable image(s)")
         old_paths, old_reasons, old_prints = feature_store.read_skipped(store)
         prints = store["images/fingerprint"][()][bad_rows]
+        labels = store["images/label"][()]
+        class_names = feature_store.read_strings_attr(store, "class_names")
     skipped = (old_paths + [paths[i] for i in bad_rows], old_reasons + reasons,
                np.concatenate([old_prints.reshape(-1, 2), prints]))
-    feature_store.rebuild_rows(out, np.flatnonzero(~unreadable), skipped=skipped)
-    return len(bad_rows)
+    # A class whose every image was unreadable is no class of the store: its index would name nothing.
+    kept = set(labels[~unreadable].tolist())
+    dropped = tuple(name for index, name in enumerate(class_names) if index not in kept)
+    relabel = None
+    if dropped:
+        remaining = [index for index in range(len(class_names)) if index in kept]
+        relabel = np.full(len(class_names) + 1, -1, np.int64)  # the last entry maps -1 to -1
+        relabel[remaining] = np.arange(len(remaining))
+        class_names = [class_names[index] for index in remaining]
+    feature_store.rebuild_rows(out, np.flatnonzero(~unreadable), skipped=skipped, class_names=class_names,
+                               relabel=relabel)
+    return dropped

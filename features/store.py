@@ -164,6 +164,14 @@ def read_strings(dataset):
     return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in dataset[()]]
 
 
+def read_strings_attr(obj, key):
+    """A string-array attribute as a list of str (empty when absent)."""
+    values = obj.attrs.get(key)
+    if values is None:
+        return []
+    return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in np.asarray(values).tolist()]
+
+
 def read_skipped(store):
     """(paths, reasons, fingerprints) of `/skipped`, empty when there is none."""
     if "skipped" not in store:
@@ -193,7 +201,7 @@ def _copy_rows(source, target, keep_rows, block=256):
         target[start:start + len(rows)] = source[rows] if len(rows) else source[:0]
 
 
-def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped=None):
+def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped=None, relabel=None):
     """Rewrite the store atomically with only rows `keep_rows`, then `new_rows` appended.
 
     Used to drop unreadable images at the end of a run and to add new images.
@@ -205,6 +213,8 @@ def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped
             append; their features are computed later (default: None).
         class_names: new root `class_names` (default: None, keep).
         skipped: None, or (paths, reasons, fingerprints) for `/skipped` (default: None, keep).
+        relabel: None, or an int array mapping each kept row's old label to its new one, with
+            `relabel[-1] == -1` for unlabeled rows; used when classes are dropped (default: None).
     """
     keep_rows = np.asarray(keep_rows, dtype=np.int64)
     new_rows = new_rows or {"paths": [], "labels": [], "splits": [], "fingerprints": np.zeros((0, 2))}
@@ -215,10 +225,13 @@ def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped
             set_strings_attr(new, "class_names", class_names)
         old_paths = read_strings(old["images/path"])
         old_splits = read_strings(old["images/split"])
+        kept_labels = old["images/label"][()][keep_rows]
+        if relabel is not None:
+            kept_labels = np.asarray(relabel)[kept_labels]
         write_images(
             new,
             [old_paths[i] for i in keep_rows] + list(new_rows["paths"]),
-            np.concatenate([old["images/label"][()][keep_rows], np.asarray(new_rows["labels"], np.int64)]),
+            np.concatenate([kept_labels, np.asarray(new_rows["labels"], np.int64)]),
             [old_splits[i] for i in keep_rows] + list(new_rows["splits"]),
             np.concatenate([old["images/fingerprint"][()][keep_rows],
                             np.asarray(new_rows["fingerprints"], np.int64).reshape(-1, 2)]),

@@ -51,9 +51,23 @@ def test_unlabeled_images_in_a_split_folder_get_label_minus_one(tmp_path):
     for path in (tmp_path / "test" / "x").iterdir():
         path.rename(tmp_path / "test" / path.name)
     (tmp_path / "test" / "x").rmdir()
-    table = discover_images(tmp_path, val_fraction=0)
+    table = discover_images(tmp_path, val_fraction=0, test_fraction=0)
     assert table.class_names == ("ant",)
     assert [label for label, s in zip(table.labels, table.splits) if s == "test"] == [-1, -1]
+
+
+def test_an_unlabeled_test_folder_gets_a_labeled_test_split_from_train(tmp_path):
+    # A competition's layout: train/<class>/ and test/*.jpg without labels.
+    make_class_folders(tmp_path, classes=("ant", "bee"), per_class=10, prefix="train")
+    make_class_folders(tmp_path, classes=("x",), per_class=3, prefix="test")
+    for path in (tmp_path / "test" / "x").iterdir():
+        path.rename(tmp_path / "test" / path.name)
+    (tmp_path / "test" / "x").rmdir()
+    table = discover_images(tmp_path, val_fraction=0.2, test_fraction=0.2)
+    counts = collections.Counter((label >= 0, split) for label, split in zip(table.labels.tolist(), table.splits))
+    assert counts == {(True, "train"): 12, (True, "val"): 4, (True, "test"): 4, (False, "test"): 3}
+    assert "test: 4 images (--test-fraction 0.2) taken from train, stratified, because the data gives no labeled " \
+           "test images" in table.notes
 
 
 def test_mixing_split_and_class_folders_is_an_error(tmp_path):
@@ -65,11 +79,12 @@ def test_mixing_split_and_class_folders_is_an_error(tmp_path):
     make_class_folders(tmp_path / "two", classes=("cat",), per_class=1, prefix="validation")
     with pytest.raises(ValueError, match="name the same split 'val'"):
         discover_images(tmp_path / "two")
-    # DATA one level above the data set: its split folders must not become parts of a class.
-    make_class_folders(tmp_path / "above" / "flowers", classes=("rose",), per_class=1, prefix="train")
-    make_class_folders(tmp_path / "above" / "flowers", classes=("rose",), per_class=1, prefix="test")
-    with pytest.raises(ValueError, match=r"Class folder .*above/flowers holds split folders \(test, train\): a split "
-                                         r"folder is never a class. If flowers is your data set, pass .*above/flowers as DATA"):
+    # DATA one level above two data sets: their split folders must not become parts of a class.
+    for name in ("flowers", "birds"):
+        make_class_folders(tmp_path / "above" / name, classes=("rose",), per_class=1, prefix="train")
+        make_class_folders(tmp_path / "above" / name, classes=("rose",), per_class=1, prefix="test")
+    with pytest.raises(ValueError, match=r"Class folder .*above/birds/test holds folders with images \(rose\): read as "
+                                         r"one class they would be merged"):
         discover_images(tmp_path / "above")
 
 
@@ -103,7 +118,8 @@ def test_csv_errors(tmp_path):
         discover_images(tmp_path, csv_path=tmp_path / "a.csv")
     with pytest.raises(ValueError, match="has no label column 'kind'"):
         discover_images(tmp_path, csv_path=tmp_path / "a.csv", csv_path_column="name", csv_label_column="kind")
-    (tmp_path / "unlabeled.csv").write_text("path,class\nx.jpg,cat\n")
+    make_class_folders(tmp_path, classes=("x",), per_class=1)
+    (tmp_path / "unlabeled.csv").write_text("path,class\nx/x_000.jpg,cat\n")
     with pytest.warns(UserWarning, match=r"has no column 'label', so every image is unlabeled \(-1\). Its columns: "
                                          r"path, class. Pass --csv-label-column NAME"):
         table = discover_images(tmp_path, csv_path=tmp_path / "unlabeled.csv")
@@ -133,3 +149,87 @@ def test_fingerprints_are_size_and_mtime(tmp_path):
     prints = fingerprints(tmp_path, ["a/a_000.jpg", "a/missing.jpg"])
     assert prints[0, 0] == paths[0].stat().st_size and prints[0, 1] == paths[0].stat().st_mtime_ns
     assert prints[1].tolist() == [-1, -1]
+
+
+def _competition_csv(tmp_path, present=10, listed=200, classes=40):
+    # A labels file for the full set beside the downloaded sample: 20x more rows than files.
+    make_class_folders(tmp_path, classes=("images",), per_class=present)
+    rows = [f"images/images_{index:03d}.jpg,class_{index % classes:02d}" for index in range(listed)]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return tmp_path / "labels.csv"
+
+
+def test_a_csv_listing_far_more_rows_than_files_keeps_the_present_ones_and_says_so(tmp_path):
+    labels_csv = _competition_csv(tmp_path)
+    table = discover_images(tmp_path, csv_path=labels_csv, val_fraction=0.0, test_fraction=0.0)
+    # Classes are the labels that have images: 10, not the 40 the CSV names.
+    assert len(table) == 10 and table.class_names == tuple(f"class_{i:02d}" for i in range(10))
+    assert len(table.left_out) == 190
+    assert table.left_out[0] == ("images/images_010.jpg", "no file (listed in labels.csv line 12)")
+    lines = table.describe(left_out_file="cache.h5.skipped.csv")
+    assert "  190 of the 200 rows of labels.csv name no file under DATA (e.g. images/images_010.jpg, " \
+           "images/images_011.jpg, images/images_012.jpg); they are left out" in lines
+    assert any(line.startswith("  WARNING: most listed rows (95%) have no file: is DATA the folder") for line in lines)
+    assert "  30 class(es) have no image and are left out: class_10, class_11, class_12, class_13, class_14, class_15, " \
+           "class_16, class_17, class_18, class_19 and 20 more" in lines
+    assert "  left out 190 image(s): 190 no file; all listed in cache.h5.skipped.csv" in lines
+    assert len(lines) < 30  # a short summary, never one line per missing file
+    with pytest.raises(ValueError, match=r"190 of the 200 rows of .*labels.csv name no file under DATA \(e.g. "
+                                         r"images/images_010.jpg.*--require-all asks for every listed image"):
+        discover_images(tmp_path, csv_path=labels_csv, require_all=True)
+    (tmp_path / "wrong_root").mkdir()
+    with pytest.raises(ValueError, match=r"200 of the 200 rows .* name no file under DATA .*Is DATA the folder that the "
+                                         r"CSV's paths are relative to\?"):
+        discover_images(tmp_path / "wrong_root", csv_path=labels_csv)
+
+
+def test_classes_with_0_1_and_2_images(tmp_path):
+    make_class_folders(tmp_path, classes=("many_a", "many_b"), per_class=10)
+    make_class_folders(tmp_path, classes=("one",), per_class=1)
+    make_class_folders(tmp_path, classes=("two",), per_class=2)
+    (tmp_path / "none").mkdir()
+    table = discover_images(tmp_path)
+    assert table.class_names == ("many_a", "many_b", "one", "two")  # the empty folder is no class
+    counts = table.class_counts()
+    assert counts["one"] == {"train": 1, "val": 0, "test": 0} and counts["two"] == {"train": 2, "val": 0, "test": 0}
+    assert all(counts[name]["val"] >= 1 and counts[name]["test"] >= 1 for name in ("many_a", "many_b"))
+    assert "1 class(es) have no image and are left out: none" in table.notes
+    assert ("2 class(es) have too few images to be split (one per split needed), so all their images go to train: "
+            "one (1), two (2). --min-images-per-class 3 leaves them out instead") in table.notes
+    lines = table.describe()
+    assert lines[2] == "  23 images, 4 classes; per split: train 19, val 2, test 2"
+    assert lines[3].split() == ["class", "train", "val", "test"] and lines[6].split() == ["one", "1", "0", "0"]
+    dropped = discover_images(tmp_path, min_images_per_class=3)
+    assert dropped.class_names == ("many_a", "many_b") and len(dropped) == 20
+    assert ("one/one_000.jpg", "class below --min-images-per-class (one: 1 images)") in dropped.left_out
+    assert "2 class(es) have fewer than 3 images and are left out (--min-images-per-class): one (1), two (2)" \
+        in dropped.notes
+    with pytest.raises(ValueError, match="min_images_per_class must be a positive integer. Received: "
+                                         "min_images_per_class=0"):
+        discover_images(tmp_path, min_images_per_class=0)
+    with pytest.warns(UserWarning, match=r"1 class\(es\) have too few images to be split, so all their images go to "
+                                         r"train: 1 \(2\)"):
+        assert make_splits([0] * 10 + [1] * 2, 0.1, 0.1)[10:] == ["train", "train"]
+
+
+def test_sixty_small_classes_each_get_train_val_and_test(tmp_path):
+    # More classes than a 10% test split has images: scikit-learn cannot stratify, the fallback does.
+    classes = tuple(f"species_{index:02d}" for index in range(60))
+    make_class_folders(tmp_path, classes=classes, per_class=5, size=(16, 16))
+    table = discover_images(tmp_path, val_fraction=0.1, test_fraction=0.1)
+    counts = table.class_counts()
+    assert collections.Counter(table.splits) == {"train": 240, "val": 30, "test": 30}
+    assert all(counts[name]["train"] >= 3 for name in classes)
+    assert sum(1 for name in classes if counts[name]["test"]) == 30  # 30 test images over 30 classes, one each
+    assert discover_images(tmp_path, val_fraction=0.1, test_fraction=0.1).splits == table.splits  # seeded
+    lines = table.describe()
+    assert "  60 classes of 5 to 5 images (median 5); the 30 smallest:" in lines
+    assert len(lines) == 3 + 1 + 1 + 30
+
+
+def test_given_splits_with_a_class_missing_from_train_warn_before_any_compute(tmp_path):
+    make_class_folders(tmp_path, classes=("cat", "dog"), per_class=3, prefix="train")
+    make_class_folders(tmp_path, classes=("cat", "dog", "eel"), per_class=2, prefix="test", seed=1)
+    table = discover_images(tmp_path)
+    assert ("WARNING: 1 class(es) have no train image, so training will refuse this store: eel. Give them train images, "
+            "or leave them out") in table.notes

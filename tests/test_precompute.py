@@ -249,3 +249,46 @@ def test_short_last_batch_runs_unpadded_without_tracing_again():
     one_by_one = np.concatenate([model.predict_on_batch(image[None]) for image in images])
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4)
     assert model.predict_function.experimental_get_tracing_count() == traces
+
+
+def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
+    # The CSV names 6 readable images (cat, dog), 8 broken ones (all of class eel) and 120 files that were
+    # never downloaded, of 40 other classes.
+    data = tmp_path / "data"
+    make_class_folders(data, classes=("images",), per_class=6)
+    rows = [f"images/images_{index:03d}.jpg,{'cat' if index < 3 else 'dog'}" for index in range(6)]
+    for index in range(8):
+        (data / "images" / f"broken_{index}.jpg").write_bytes(b"not an image")
+        rows.append(f"images/broken_{index}.jpg,eel")
+    rows += [f"images/missing_{index:03d}.jpg,class_{index % 40:02d}" for index in range(120)]
+    (data / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "cache.h5"
+    logged = []
+    summary = precompute(data, out, ["vgg16"], csv=data / "labels.csv", log=lambda line: logged.append((line, out.exists())),
+                         **FAST)
+    # The data summary came before any compute: the store did not exist yet.
+    assert logged and not any(existed for _, existed in logged)
+    printed = [line for line, _ in logged]
+    assert "  120 of the 134 rows of labels.csv name no file under DATA (e.g. images/missing_000.jpg, " \
+           "images/missing_001.jpg, images/missing_002.jpg); they are left out" in printed
+    assert any(line.startswith("  WARNING: most listed rows (90%) have no file") for line in printed)
+    assert f"  left out 120 image(s): 120 no file; all listed in {out}.skipped.csv" in printed
+    assert len(printed) < 20
+    # Classes are the classes that have readable images.
+    stored = load_store(out)
+    assert stored.class_names == ("cat", "dog") and summary.class_names == ("cat", "dog")
+    assert sorted(stored.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert summary.dropped_classes == ("eel",)
+    lines = summary.lines()
+    assert lines[0] == f"Store: {out} (6 images, 2 classes)"
+    assert "  skipped 8 unreadable image(s) (8 found in this run): 8 not an image file PIL can identify" in lines
+    assert "    ... and 3 more" in lines and sum(line.startswith("    images/broken_") for line in lines) == 5
+    assert "  1 class(es) left out, none of their images could be read: eel" in lines
+    assert f"  every skipped and left-out image, with its reason: {out}.skipped.csv" in lines
+    import csv
+
+    with open(f"{out}.skipped.csv", newline="") as handle:
+        listed = list(csv.DictReader(handle))
+    assert len(listed) == 128
+    assert {row["reason"] for row in listed[:8]} == {"not an image file PIL can identify"}
+    assert listed[8] == {"path": "images/missing_000.jpg", "reason": "no file (listed in labels.csv line 16)"}

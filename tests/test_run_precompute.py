@@ -109,3 +109,24 @@ def test_killed_run_resumes_to_the_same_features(tmp_path):
     np.testing.assert_allclose(resumed_store.features["resnet50"].astype(np.float32),
                                reference_store.features["resnet50"].astype(np.float32), rtol=1e-2, atol=1e-3)
     assert np.abs(reference_store.features["resnet50"]).max() > 0.01
+
+
+def test_cli_split_folders_named_by_nothing_are_mapped_with_split_map(tmp_path, capsys):
+    for index, name in enumerate(("fold_a", "fold_b")):
+        make_class_folders(tmp_path / "data", classes=("cat", "dog"), per_class=3, prefix=name, seed=index)
+    out = tmp_path / "cache.h5"
+    base = [str(tmp_path / "data"), "--out", str(out), "--backbones", "vgg16", "--weights", "none", "--input-size",
+            "32", "--no-progress"]
+    code, output = _run_main(base, capsys)
+    assert code == 2 and output.err.count("\n") == 1 and "--split-map fold_a=train|val|test|skip" in output.err
+    assert not out.exists()
+    code, output = _run_main(base + ["--split-map", "fold_a"], capsys)
+    assert code == 2 and "--split-map takes FOLDER=SPLIT pairs, e.g. --split-map Training=train" in output.err
+    assert main(base + ["--split-map", "fold_a=train", "fold_b=test", "--val-fraction", "0.3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "  layout: split folders in DATA (mapped by --split-map): fold_a/ -> train, fold_b/ -> test" in printed
+    assert "  12 images, 2 classes; per split: train 4, val 2, test 6" in printed
+    assert [line.split() for line in printed[3:6]] == [["class", "train", "val", "test"], ["cat", "2", "1", "3"],
+                                                       ["dog", "2", "1", "3"]]
+    options = json.loads((tmp_path / "cache.h5.options.json").read_text())
+    assert options["split_map"] == ["fold_a=train", "fold_b=test"] and options["min_images_per_class"] == 1
