@@ -2,7 +2,7 @@
 
 from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
 from fusion.data import FeatureBatches, open_feature_source
-from fusion.evaluation import evaluate_probabilities, mcnemar_test
+from fusion.evaluation import bootstrap_accuracy_interval, evaluate_probabilities, mcnemar_test
 from fusion.export import ClassNames, build_pixel_model, class_names_of, export_model
 from fusion.image_inputs import gather_image_paths
 from fusion.model import build_fusion_model
@@ -23,6 +23,7 @@ __all__ = [
     "StoreInfo",
     "WeightedAverage",
     "average_probabilities",
+    "bootstrap_accuracy_interval",
     "build_fusion_model",
     "build_pixel_model",
     "class_names_of",

@@ -8,8 +8,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # Plots are files; no display is needed or wanted.
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 SIGNIFICANCE_LEVEL = 0.05
+# Past this many classes a confusion matrix plot is a wall of unreadable cells: the report lists
+# the most confused pairs instead, and the full matrix stays in report.json.
+CONFUSION_PLOT_MAX_CLASSES = 30
+# Up to this many classes each cell of the confusion plot has room for its share as text.
+CONFUSION_CELL_TEXT_MAX_CLASSES = 20
+MOST_CONFUSED_PAIRS = 20
+TICK_LABEL_MAX_CHARS = 18
+_KIND_COLORS = {"fusion": "tab:red", "baseline": "tab:blue", "single backbone": "tab:gray", "ablation": "tab:orange"}
 
 
 def _model_kind(name, backbones):
@@ -52,38 +62,107 @@ def summarize(test_metrics, backbones, mcnemar):
     return summary
 
 
-def plot_model_comparison(test_metrics, backbones, path):
+def _save(figure, path):
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _model_comparison_figure(test_metrics, backbones):
     names = rank_models(test_metrics)[::-1]
-    colors = {"fusion": "tab:red", "baseline": "tab:blue", "single backbone": "tab:gray", "ablation": "tab:orange"}
-    figure, axis = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
-    axis.barh(names, [test_metrics[n]["accuracy"] for n in names], color=[colors[_model_kind(n, backbones)] for n in names])
+    kinds = [_model_kind(name, backbones) for name in names]
+    # constrained layout makes room for the legend below the axes.
+    figure, axis = plt.subplots(figsize=(7, 0.35 * len(names) + 1.6), layout="constrained")
+    axis.barh(names, [test_metrics[n]["accuracy"] for n in names], color=[_KIND_COLORS[kind] for kind in kinds])
     for index, name in enumerate(names):
         axis.text(test_metrics[name]["accuracy"], index, f" {test_metrics[name]['accuracy']:.3f}", va="center", fontsize=8)
     axis.set_xlim(0, 1.08)
     axis.set_xlabel("test accuracy")
-    axis.set_title("Models on the test split (red: fusion, blue: baselines, gray: single backbones, orange: ablation)", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    axis.set_title("Test accuracy by model")
+    handles = [Patch(color=color, label=kind) for kind, color in _KIND_COLORS.items() if kind in kinds]
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    return figure
+
+
+def plot_model_comparison(test_metrics, backbones, path):
+    """Save a bar chart of every model's test accuracy, best on top, coloured by kind of model.
+
+    Args:
+        test_metrics: dict model name -> metrics of `fusion.evaluation.evaluate_probabilities`.
+        backbones: the backbone names, which tell single-backbone models from baselines.
+        path: the PNG file to write.
+
+    Example:
+        >>> plot_model_comparison(report["test"], report["backbones"], "plots/model_comparison.png")
+    """
+    _save(_model_comparison_figure(test_metrics, backbones), path)
+
+
+def _row_normalised(matrix):
+    """Each row of a confusion matrix divided by its sum; rows of classes without test images stay 0."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+
+
+def _shorten(name, max_chars=TICK_LABEL_MAX_CHARS):
+    return name if len(name) <= max_chars else name[: max_chars - 1] + "…"
+
+
+def _percent(share):
+    # A cell with one image in a large class must not read "0%".
+    return "<1%" if share < 0.005 else f"{share:.0%}"
+
+
+def _confusion_figure(matrix, class_names, model_name):
+    shares = _row_normalised(matrix)
+    count = len(class_names)
+    # Cells stay about 0.4 inch wide; the text shrinks from 10 points at 14 classes to 6 at 23 and more.
+    font_size = float(np.clip(140 / count, 6, 10))
+    size = max(4.5, 0.4 * count + 2.5)
+    figure, axis = plt.subplots(figsize=(size, size), layout="constrained")
+    # vmin and vmax fixed, so that a colour means the same share in every run.
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    colorbar = figure.colorbar(image, ax=axis, fraction=0.046)
+    colorbar.set_label("share of the true class's test images", fontsize=font_size)
+    colorbar.ax.tick_params(labelsize=font_size)
+    labels = [_shorten(name) for name in class_names]
+    axis.set_xticks(range(count), labels, rotation=90, fontsize=font_size)
+    axis.set_yticks(range(count), labels, fontsize=font_size)
+    if count <= CONFUSION_CELL_TEXT_MAX_CLASSES:
+        for (row, column), share in np.ndenumerate(shares):
+            if share > 0:  # Empty cells stay blank, so that the errors stand out.
+                color = "white" if share > 0.5 else "black"  # Readable on the dark and the light end of Blues.
+                axis.text(column, row, _percent(share), ha="center", va="center", fontsize=font_size - 1, color=color)
+    axis.set_xlabel("predicted", fontsize=font_size + 1)
+    axis.set_ylabel("true", fontsize=font_size + 1)
+    axis.set_title(f"Confusion matrix of {model_name}", fontsize=font_size + 1, wrap=True)  # wraps at the figure edge
+    return figure
 
 
 def plot_confusion_matrix(matrix, class_names, model_name, path):
-    size = max(4, 0.4 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
-    image = axis.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axis, fraction=0.046)
-    axis.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7)
-    axis.set_yticks(range(len(class_names)), class_names, fontsize=7)
-    if len(class_names) <= 20:
-        for row, values in enumerate(matrix):
-            for column, value in enumerate(values):
-                axis.text(column, row, str(value), ha="center", va="center", fontsize=7)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    axis.set_title(f"Confusion matrix of {model_name} (test)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    """Save a confusion matrix plot normalised by row: each true class's test images split by prediction.
+
+    Args:
+        matrix: C x C counts, rows true classes and columns predicted ones.
+        class_names: the C class names; tick labels shorten long ones with an ellipsis.
+        model_name: the model, for the title.
+        path: the PNG file to write.
+
+    Example:
+        >>> plot_confusion_matrix(metrics["confusion_matrix"], class_names, "fusion", "plots/confusion_matrix.png")
+    """
+    _save(_confusion_figure(matrix, class_names, model_name), path)
+
+
+def _most_confused_pairs(matrix, class_names, top=MOST_CONFUSED_PAIRS):
+    """(true class, predicted class, images, share of the true class's images) of the largest off-diagonal cells, most first."""
+    matrix = np.asarray(matrix)
+    shares = _row_normalised(matrix)
+    errors = matrix.copy()
+    np.fill_diagonal(errors, 0)
+    cells = sorted(zip(*np.nonzero(errors)), key=lambda cell: (-errors[cell], class_names[cell[0]], class_names[cell[1]]))
+    return [(class_names[row], class_names[column], int(errors[row, column]), float(shares[row, column]))
+            for row, column in cells[:top]]
 
 
 def plot_training_curves(histories, path):
@@ -112,8 +191,24 @@ def _signed(value):
     return "–" if value is None else f"{value:+.3f}"
 
 
+def _with_interval(value, interval):
+    """`0.972 (0.944–0.989)`: a value and its confidence interval; `–` when there is no value."""
+    if value is None:
+        return "–"
+    return f"{value:.3f}" + (f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else "")
+
+
+def _confusion_as_table(class_names):
+    return len(class_names) > CONFUSION_PLOT_MAX_CLASSES
+
+
 def render_markdown(report):
-    """report.md: what was trained, the table, the winner and by how much, significance, plots."""
+    """report.md: what was trained, the table, the winner and by how much, significance, per-class scores, plots.
+
+    Past CONFUSION_PLOT_MAX_CLASSES classes, a table of the winner's most confused pairs stands in for
+    the confusion matrix plot. `report["test"]` holds the metrics of
+    `fusion.evaluation.evaluate_probabilities` for each model.
+    """
     test = report["test"]
     backbones = report["backbones"]
     summary = report["summary"]
@@ -161,13 +256,13 @@ def render_markdown(report):
         + f" significant at the {summary['significance_level']:.0%} level. A learned fusion is {verdict} here."
     )
     lines += ["", "## All models (test split)", ""]
-    header = "| model | kind | accuracy |" + (" top-5 |" if has_top5 else "") + " log loss | macro F1 |"
+    header = "| model | kind | accuracy (95% CI) |" + (" top-5 (95% CI) |" if has_top5 else "") + " log loss | macro F1 |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for name in rank_models(test):
         metrics = test[name]
         lines.append(
-            f"| {name} | {_model_kind(name, backbones)} | {metrics['accuracy']:.3f} |"
-            + (f" {_number(metrics.get('top5_accuracy'))} |" if has_top5 else "")
+            f"| {name} | {_model_kind(name, backbones)} | {_with_interval(metrics['accuracy'], metrics.get('accuracy_ci95'))} |"
+            + (f" {_with_interval(metrics.get('top5_accuracy'), metrics.get('top5_accuracy_ci95'))} |" if has_top5 else "")
             + f" {metrics['log_loss']:.3f} | {metrics['macro_f1']:.3f} |"
         )
     ablations = [name for name in test if name.startswith("fusion_without_")]
@@ -178,13 +273,38 @@ def render_markdown(report):
                 f"| {name.removeprefix('fusion_without_')} | {test[name]['accuracy']:.3f} | "
                 f"{test['fusion']['accuracy'] - test[name]['accuracy']:+.3f} |"
             )
+        reused = {name: entry["same_as"] for name, entry in report.get("training", {}).items() if "same_as" in entry}
+        if reused:
+            lines += ["", "With two backbones and no head units, fusion without one backbone is the other backbone's own "
+                      "model: " + ", ".join(f"{name} is {same_as}" for name, same_as in sorted(reused.items()))
+                      + ", reused rather than trained again."]
     weights = report.get("weighted_average_weights")
     if weights:
         lines += ["", "Weights of the weighted average (fitted on the validation split): "
                   + ", ".join(f"{name} {weight:.2f}" for name, weight in weights.items()) + "."]
-    lines += ["", f"## Per class, {winner}", "", "| class | precision | recall | images |", "|---|---|---|---|"]
-    for name, scores in test[winner]["per_class"].items():
-        lines.append(f"| {name} | {scores['precision']:.3f} | {scores['recall']:.3f} | {scores['support']} |")
+    lines += [
+        "", f"## Per class, {winner} (worst recall first)", "",
+        "| class | precision | recall | F1 | test images |", "|---|---|---|---|---|",
+    ]
+    for name, scores in sorted(test[winner]["per_class"].items(), key=lambda item: (item[1]["recall"], item[0])):
+        lines.append(
+            f"| {name} | {scores['precision']:.3f} | {scores['recall']:.3f} | {_number(scores.get('f1'))} | {scores['support']} |"
+        )
+    missing = test[winner].get("classes_without_test_images", [])
+    if missing:
+        lines += ["", f"No test image, so not scored: {', '.join(missing)}."]
+    if _confusion_as_table(report["class_names"]):
+        pairs = _most_confused_pairs(test[winner]["confusion_matrix"], report["class_names"])
+        lines += [
+            "", f"## Most confused pairs, {winner}", "",
+            f"{len(report['class_names'])} classes are too many for a readable confusion matrix plot: here are its "
+            f"largest off-diagonal cells, at most {MOST_CONFUSED_PAIRS}. The full matrix is in report.json.", "",
+        ]
+        if pairs:
+            lines += ["| true class | predicted as | test images | share of the true class's test images |", "|---|---|---|---|"]
+            lines += [f"| {true} | {predicted} | {count} | {share:.1%} |" for true, predicted, count, share in pairs]
+        else:
+            lines.append("No test image was misclassified.")
     lines += ["", "## Plots", ""]
     for title, relative in report["plots"].items():
         lines += [f"![{title}]({relative})", ""]
@@ -210,16 +330,16 @@ def write_report(run_dir, report, histories):
     run_dir = Path(run_dir)
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     winner = report["summary"]["winner"]
+    report["plots"] = {"model comparison": "plots/model_comparison.png"}
     plot_model_comparison(report["test"], report["backbones"], run_dir / "plots" / "model_comparison.png")
-    plot_confusion_matrix(
-        report["test"][winner]["confusion_matrix"], report["class_names"], winner, run_dir / "plots" / "confusion_matrix.png"
-    )
+    # Past CONFUSION_PLOT_MAX_CLASSES, report.md lists the most confused pairs instead.
+    if not _confusion_as_table(report["class_names"]):
+        plot_confusion_matrix(
+            report["test"][winner]["confusion_matrix"], report["class_names"], winner, run_dir / "plots" / "confusion_matrix.png"
+        )
+        report["plots"][f"confusion matrix of {winner}"] = "plots/confusion_matrix.png"
     plot_training_curves(histories, run_dir / "plots" / "training_curves.png")
-    report["plots"] = {
-        "model comparison": "plots/model_comparison.png",
-        f"confusion matrix of {winner}": "plots/confusion_matrix.png",
-        "training curves": "plots/training_curves.png",
-    }
+    report["plots"]["training curves"] = "plots/training_curves.png"
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     markdown_path = run_dir / "report.md"
     markdown_path.write_text(render_markdown(report), encoding="utf-8")

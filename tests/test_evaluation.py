@@ -1,11 +1,13 @@
-"""Test-split metrics against hand-computed values, and McNemar's exact test."""
+"""Test-split metrics against hand-computed values, bootstrap intervals, and McNemar's exact test."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.metrics import top_k_accuracy_score
 
-from fusion.evaluation import evaluate_probabilities, mcnemar_test
+from fusion.evaluation import bootstrap_accuracy_interval, evaluate_probabilities, mcnemar_test
 
 
 def test_metrics_match_hand_computed_values():
@@ -13,21 +15,107 @@ def test_metrics_match_hand_computed_values():
     probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
     result = evaluate_probabilities(labels, probabilities, ["cat", "dog"])
     assert result["accuracy"] == 0.75
+    # 4 images: resampled accuracies are multiples of 1/4; the 2.5th and 97.5th percentiles are 1/4 and 1.
+    assert result["accuracy_ci95"] == [0.25, 1.0]
     assert result["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8, 0.7])), rel=1e-5)
     # cat: precision 1, recall 0.5, F1 2/3; dog: precision 2/3, recall 1, F1 0.8.
     assert result["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    assert result["per_class"]["cat"] == {"precision": 1.0, "recall": 0.5, "support": 2}
+    assert result["per_class"]["cat"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert result["per_class"]["dog"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    assert result["classes_without_test_images"] == []
     assert result["confusion_matrix"] == [[1, 1], [0, 2]]
-    assert "top5_accuracy" not in result
+    assert "top5_accuracy" not in result and "top5_accuracy_ci95" not in result
 
 
-def test_top5_only_with_more_than_five_classes():
-    labels = np.arange(6)
-    probabilities = np.tile(np.array([[0.3, 0.25, 0.2, 0.15, 0.06, 0.04]]), (6, 1))
-    result = evaluate_probabilities(labels, probabilities, [f"c{i}" for i in range(6)])
-    assert result["top5_accuracy"] == pytest.approx(5 / 6) and result["accuracy"] == pytest.approx(1 / 6)
-    with pytest.raises(ValueError, match=r"probabilities must have shape \(N, C\) = \(6, 3\).*Received: probabilities.shape=\(6, 6\)"):
-        evaluate_probabilities(labels, probabilities, ["a", "b", "c"])
+def test_classes_without_test_images_are_left_out_of_macro_f1_and_per_class():
+    labels = np.array([0, 0, 1, 1])
+    # Image 2 is predicted as eel, a class with no test image.
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    result = evaluate_probabilities(labels, probabilities, ["cat", "dog", "eel"])
+    # cat: precision 1, recall 1/2, F1 2/3; dog: precision 1, recall 1, F1 1. With eel's F1 of 0
+    # the average would be 5/9 = 0.556; without it, 5/6 = 0.833.
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert list(result["per_class"]) == ["cat", "dog"]
+    assert result["per_class"]["cat"]["recall"] == 0.5 and result["per_class"]["dog"]["precision"] == 1.0
+    assert result["classes_without_test_images"] == ["eel"]
+    assert result["accuracy"] == 0.75
+    # The confusion matrix keeps every class name: rows true, columns predicted.
+    assert result["confusion_matrix"] == [[1, 0, 1], [0, 2, 0], [0, 0, 0]]
+
+
+def test_top5_only_with_more_than_five_classes_that_have_test_images():
+    class_names = [f"c{i:02d}" for i in range(60)]
+    # The same scores for every image, falling with the class index: class k ranks k+1th.
+    scores = np.linspace(1.0, 0.1, 60)
+    probabilities = np.tile(scores / scores.sum(), (6, 1))
+    five_present = evaluate_probabilities(np.arange(5), probabilities[:5], class_names)
+    assert "top5_accuracy" not in five_present and "top5_accuracy_ci95" not in five_present
+    assert five_present["classes_without_test_images"] == class_names[5:]
+    six_present = evaluate_probabilities(np.arange(6), probabilities, class_names)
+    assert six_present["top5_accuracy"] == pytest.approx(5 / 6) and six_present["accuracy"] == pytest.approx(1 / 6)
+    low, high = six_present["top5_accuracy_ci95"]
+    assert low <= 5 / 6 <= high < 1.0 + 1e-12 and low < 5 / 6
+    with pytest.raises(ValueError, match=r"probabilities must have shape \(N, C\) = \(6, 3\).*Received: probabilities.shape=\(6, 60\)"):
+        evaluate_probabilities(np.arange(6), probabilities, ["a", "b", "c"])
+
+
+def test_top5_matches_scikit_learn_with_and_without_ties():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, size=300)
+    probabilities = rng.dirichlet(np.ones(10), size=300)
+    class_names = [f"c{i}" for i in range(10)]
+    expected = top_k_accuracy_score(labels, probabilities, k=5, labels=range(10))
+    assert 0.4 < expected < 0.6
+    assert evaluate_probabilities(labels, probabilities, class_names)["top5_accuracy"] == pytest.approx(expected)
+    # Rounded to one decimal most scores tie; scikit-learn ranks the higher class index first.
+    rounded = np.round(probabilities, 1)
+    expected = top_k_accuracy_score(labels, rounded, k=5, labels=range(10))
+    assert evaluate_probabilities(labels, rounded, class_names)["top5_accuracy"] == pytest.approx(expected)
+
+
+def test_labels_outside_the_class_names_are_refused():
+    with pytest.raises(ValueError, match=r"class indices from 0 to 1 for 2 class names.*Received: labels with 2 entries, from 0 to 2"):
+        evaluate_probabilities([0, 2], np.full((2, 2), 0.5), ["cat", "dog"])
+    with pytest.raises(ValueError, match="Received: labels with 0 entries$"):
+        evaluate_probabilities([], np.zeros((0, 2)), ["cat", "dog"])
+
+
+def test_bootstrap_interval_of_half_right_matches_the_normal_approximation():
+    correct = np.array([True, False] * 50)
+    # Normal approximation: 0.5 +- 1.96 * sqrt(0.5 * 0.5 / 100) = 0.5 +- 0.098.
+    low, high = bootstrap_accuracy_interval(correct)
+    assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
+    assert bootstrap_accuracy_interval(correct, seed=0) == [low, high]
+    narrower = bootstrap_accuracy_interval(correct, confidence=0.5)
+    assert low < narrower[0] < 0.5 < narrower[1] < high
+    # 45,000 right of 50,000 resamples in batches: 0.9 +- 1.96 * sqrt(0.9 * 0.1 / 50000) = 0.9 +- 0.0026.
+    many = np.random.default_rng(0).permutation(np.arange(50_000) < 45_000)
+    low, high = bootstrap_accuracy_interval(many)
+    assert low == pytest.approx(0.8974, abs=0.001) and high == pytest.approx(0.9026, abs=0.001)
+
+
+def test_evaluate_passes_its_seed_to_the_bootstrap():
+    labels = np.arange(1000) % 2
+    predictions = np.where(np.arange(1000) < 700, labels, 1 - labels)
+    probabilities = np.eye(2)[predictions]
+    correct = predictions == labels
+    seeded = evaluate_probabilities(labels, probabilities, ["cat", "dog"], seed=7)
+    assert seeded["accuracy_ci95"] == bootstrap_accuracy_interval(correct, seed=7)
+    assert seeded["accuracy_ci95"] != evaluate_probabilities(labels, probabilities, ["cat", "dog"])["accuracy_ci95"]
+    # Normal approximation: 0.7 +- 1.96 * sqrt(0.7 * 0.3 / 1000) = 0.7 +- 0.028.
+    assert seeded["accuracy_ci95"] == [pytest.approx(0.672, abs=0.005), pytest.approx(0.728, abs=0.005)]
+
+
+def test_bootstrap_interval_when_all_right_or_all_wrong_is_the_accuracy_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bootstrap_accuracy_interval(np.ones(40, dtype=bool)) == [1.0, 1.0]
+        assert bootstrap_accuracy_interval(np.zeros(40, dtype=bool)) == [0.0, 0.0]
+        assert evaluate_probabilities([0, 1], np.eye(2), ["cat", "dog"])["accuracy_ci95"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"one entry per test image.*Received: correct with shape \(0,\)"):
+        bootstrap_accuracy_interval([])
+    with pytest.raises(ValueError, match="between 0 and 1.*Received: confidence=95"):
+        bootstrap_accuracy_interval([True, False], confidence=95)
 
 
 def test_mcnemar_counts_and_exact_p_value():
