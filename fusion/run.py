@@ -130,6 +130,14 @@ def _check_view_options(info, backbones, view_augment, tta):
 def _check_split_classes(info, labels):
     # Models learn from train; the weighted average and stacking are fitted on val. Both need
     # two classes, and finding out after every model has trained would waste the run.
+    absent = [name for index, name in enumerate(info.class_names) if not np.any(labels["train"] == index)]
+    if absent:
+        raise ValueError(
+            f"{len(absent)} class(es) of {info.path} have no labeled image in the train split, so no model can learn "
+            f"them: {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}. Re-run precompute to a new --out with "
+            f"--min-images-per-class to leave small classes out, or give them training images. "
+            f"Received: {len(info.class_names)} class names, {len(np.unique(labels['train']))} in train"
+        )
     for split in ("train", "val"):
         present = np.unique(labels[split])
         if len(present) < 2:
@@ -313,9 +321,22 @@ def train_run(
     fit("fusion", backbones, head_units)
     for backbone in backbones:
         fit(backbone, (backbone,), ())
+    def reuse(name, same_as):
+        # The same inputs, layers and seed would train the same model again: reuse it, and say so.
+        models[name] = models[same_as]
+        for probabilities in (val_probabilities, test_probabilities, tta_probabilities):
+            if same_as in probabilities:
+                probabilities[name] = probabilities[same_as]
+        training[name] = {**training[same_as], "same_as": same_as, "seconds": 0.0}
+        log(f"{name}: the same model as {same_as} (two backbones, no head units), not trained again")
+
     if ablation and len(backbones) > 1:
         for backbone in backbones:
-            fit(f"fusion_without_{backbone}", tuple(n for n in backbones if n != backbone), head_units)
+            rest = tuple(n for n in backbones if n != backbone)
+            if len(rest) == 1 and not head_units:
+                reuse(f"fusion_without_{backbone}", rest[0])
+            else:
+                fit(f"fusion_without_{backbone}", rest, head_units)
 
     singles_val = [val_probabilities[name] for name in backbones]
     singles_test = [test_probabilities[name] for name in backbones]
@@ -336,7 +357,7 @@ def train_run(
         json.dumps({"backbones": list(backbones), **stacker.to_dict()}, indent=2) + "\n"
     )
     test_metrics = {
-        name: evaluate_probabilities(labels["test"], probabilities, info.class_names)
+        name: evaluate_probabilities(labels["test"], probabilities, info.class_names, seed=seed)
         for name, probabilities in test_probabilities.items()
     }
     mcnemar = mcnemar_test(
@@ -387,6 +408,9 @@ def load_run(run_dir):
     models = {
         path.stem: keras.saving.load_model(path, safe_mode=True) for path in sorted((run_dir / "models").glob("*.keras"))
     }
+    for name, entry in report.get("training", {}).items():
+        if "same_as" in entry:  # an ablation that is another model, saved once
+            models[name] = models[entry["same_as"]]
     return FusionRun(
         run_dir=run_dir, models=models, class_names=tuple(config["class_names"]), backbones=tuple(config["backbones"]),
         report=report, config=config,

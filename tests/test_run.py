@@ -236,3 +236,66 @@ def test_a_split_with_one_class_is_refused_before_training(tmp_path):
                                          r"training and the fitted baselines need at least 2 classes"):
         train_run(store, tmp_path / "run", **QUIET)
     assert not (tmp_path / "run").exists()
+
+
+def test_with_two_backbones_the_ablation_reuses_the_single_backbone_models(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=160, backbones=("a", "b"), seed=3)
+    logged = []
+    run = train_run(store, tmp_path / "run", units=8, epochs=3, log=logged.append)
+    trained = [line.split(":")[0] for line in logged if " epochs, best val_loss " in line]
+    assert trained == ["fusion", "a", "b"]  # three models trained, not five
+    assert "fusion_without_a: the same model as b (two backbones, no head units), not trained again" in logged
+    test = run.report["test"]
+    assert test["fusion_without_a"]["accuracy"] == test["b"]["accuracy"]
+    assert test["fusion_without_b"]["log_loss"] == test["a"]["log_loss"]
+    assert run.report["training"]["fusion_without_a"]["same_as"] == "b"
+    assert not (tmp_path / "run" / "models" / "fusion_without_a.keras").exists()
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "| a |" in markdown.split("drop-one ablation")[1]
+    assert ("fusion without one backbone is the other backbone's own model: fusion_without_a is b, fusion_without_b "
+            "is a, reused rather than trained again.") in markdown
+    reloaded = load_run(tmp_path / "run")
+    assert reloaded.models["fusion_without_b"] is reloaded.models["a"]
+
+
+def test_a_class_absent_from_train_is_refused_before_training(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=120, num_classes=3, seed=2)
+    with h5py.File(store, "r+") as store_file:
+        labels = store_file["images/label"][()]
+        splits = store_file["images/split"].asstr()[()]
+        labels[(splits == "train") & (labels == 2)] = 1
+        store_file["images/label"][...] = labels
+    with pytest.raises(ValueError, match=r"1 class\(es\) of .* have no labeled image in the train split, so no model "
+                                         r"can learn them: class_2. Re-run precompute .*--min-images-per-class"):
+        train_run(store, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sixty_classes_some_without_test_images(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=600, num_classes=60,
+                                  backbones=("a", "b"), seed=4)
+    with h5py.File(store, "r+") as store_file:
+        # Classes 50..59 lose their test images to train: the report must not average over them.
+        labels = store_file["images/label"][()]
+        splits = store_file["images/split"].asstr()[()]
+        splits[(splits == "test") & (labels >= 50)] = "train"
+        for label in set(labels.tolist()) - set(labels[splits == "train"].tolist()):
+            splits[labels == label] = "train"  # the random split left this class out of train
+        del store_file["images/split"]
+        store_file["images/split"] = splits.astype(object)
+    run = train_run(store, tmp_path / "run", units=16, epochs=4, ablation=False, **QUIET)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    fusion = report["test"]["fusion"]
+    assert len(fusion["confusion_matrix"]) == 60  # the full matrix stays in report.json
+    info = read_store_info(store)
+    tested = set(info.labels[info.split_rows("test")].tolist())
+    assert sorted(fusion["per_class"]) == sorted(info.class_names[label] for label in tested) and len(tested) <= 50
+    untested = fusion["classes_without_test_images"]
+    assert untested == [name for label, name in enumerate(info.class_names) if label not in tested]
+    assert {f"class_{index}" for index in range(50, 60)} <= set(untested)
+    # Macro F1 averages the tested classes only: over all 60 it would be lower by their share.
+    assert fusion["macro_f1"] == pytest.approx(np.mean([scores["f1"] for scores in fusion["per_class"].values()]))
+    low, high = fusion["accuracy_ci95"]
+    assert low <= fusion["accuracy"] <= high and high - low > 0.02
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "Most confused pairs" in markdown and "confusion_matrix.png" not in markdown
