@@ -10,17 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from features.images import IMAGE_EXTENSIONS
-from features.layout import SPLITS, images_in, read_folder_images, split_by_words
+from features.layout import SPLITS, images_in, images_under, read_folder_images, split_by_words
 
 # Classes listed one per line in the summary; past this, the smallest ones.
 SUMMARY_MAX_CLASSES = 30
-
-# Split names accepted in a CSV's split column; compared in lower case.
-SPLIT_ALIASES = {
-    "train": "train", "training": "train", "trn": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val", "development": "val",
-    "test": "test", "testing": "test", "tst": "test",
-}
 
 _PATH_COLUMN_FALLBACKS = ("path", "image", "filename", "file", "id", "image_id")
 
@@ -95,15 +88,15 @@ class ImageTable:
                       for name in shown]
         lines += [f"  {note}" for note in self.notes]
         if self.left_out:
-            by_reason = collections.Counter(_reason_kind(reason) for _, reason in self.left_out)
+            by_reason = collections.Counter(reason_kind(reason) for _, reason in self.left_out)
             lines.append(f"  left out {len(self.left_out)} image(s): "
                          + ", ".join(f"{count} {kind}" for kind, count in by_reason.most_common())
                          + (f"; all listed in {left_out_file}" if left_out_file else ""))
         return lines
 
 
-def _reason_kind(reason):
-    # "corrupt or truncated (image file is truncated)" -> "corrupt or truncated": reasons counted by kind.
+def reason_kind(reason):
+    """The kind of a skip reason, to count reasons: "corrupt or truncated (image file is truncated)" -> its first part."""
     return reason.split(" (")[0]
 
 
@@ -214,12 +207,15 @@ def _carve(labels, splits, split, fraction, seed):
 def _complete_given_splits(labels, splits, val_fraction, test_fraction, seed):
     """Given splits without labeled val or test images get them from train; returns notes for the summary."""
     notes, given = [], list(splits)
-    for split, fraction, option in (("test", test_fraction, "--test-fraction"), ("val", val_fraction, "--val-fraction")):
-        if fraction > 0 and not any(s == split and label >= 0 for s, label in zip(splits, labels)):
+    for split, fraction, option in (("test", test_fraction, "--test-fraction"),
+                                    ("val", val_fraction, "--val-fraction")):
+        labeled_train = any(s == "train" and label >= 0 for s, label in zip(splits, labels))
+        if fraction > 0 and labeled_train and not any(s == split and label >= 0 for s, label in zip(splits, labels)):
             taken = _carve(labels, splits, split, fraction, seed)
             notes.append(f"{split}: {taken} images ({option} {fraction:g}) taken from train, stratified, because the "
                          f"data gives no labeled {split} images")
-    _keep_one_train_image_per_class(labels, splits, movable={row for row, split in enumerate(given) if split != splits[row]})
+    carved = {row for row, split in enumerate(given) if split != splits[row]}
+    _keep_one_train_image_per_class(labels, splits, movable=carved)
     return notes
 
 
@@ -227,8 +223,34 @@ def _relative(path, root):
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+class _FilesByName:
+    """The image files under DATA by file name and by stem, listed on first use.
+
+    Labels files often name images by file name or id alone while the images sit in a sub-folder
+    (`train_images/`, or `HAM10000_images_part_1/` and `_part_2/`).
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self._index = None
+        self.found = 0
+
+    def find(self, name):
+        if self._index is None:
+            self._index = collections.defaultdict(list)
+            for path in images_under(self.root):
+                self._index[path.name].append(path)
+                self._index[path.stem].append(path)
+        return self._index.get(name, [])
+
+
 def _read_csv(csv_path, root, path_column, label_column, split_column):
-    """(entries, named_classes, missing): entries (path, label text or None, split or None) of rows with a file."""
+    """(entries, named_classes, missing, found_by_name) of a labels file.
+
+    entries are (path, label text or None, split or None) of the rows with a file; missing are
+    (path, reason) of the others; found_by_name counts rows whose bare file name or id was found
+    in a sub-folder of DATA.
+    """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"CSV file not found: {csv_path.resolve()}")
@@ -256,6 +278,7 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
         raise ValueError(f"CSV file {csv_path} has no split column '{split_column}'. Its columns: "
                          f"{', '.join(header)}. Received: csv_split_column={split_column!r}")
     entries, missing, named_classes, seen = [], [], set(), set()
+    by_name = _FilesByName(root)
     for line, row in enumerate(rows, start=2):
         value = (row[path_column] or "").strip()
         if not value:
@@ -266,6 +289,10 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
             # An id without extension: find the file it names.
             path = next((path.with_name(path.name + ext) for ext in IMAGE_EXTENSIONS
                          if path.with_name(path.name + ext).is_file()), path)
+        matches = [] if path.is_file() or "/" in value or "\\" in value else by_name.find(value)
+        if len(matches) == 1:
+            path = matches[0]
+            by_name.found += 1
         relative = _relative(path, root)
         if relative in seen:
             raise ValueError(f"CSV file {csv_path} line {line}: image '{relative}' is listed twice. "
@@ -274,20 +301,26 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
         split = None
         if has_splits:
             split_text = (row[split_column] or "").strip()
-            split = SPLIT_ALIASES.get(split_text.lower()) or split_by_words(split_text)
+            split = split_by_words(split_text)
             if split is None:
                 raise ValueError(f"CSV file {csv_path} line {line}: unknown split '{row[split_column]}'. "
-                                 f"Valid values: {', '.join(sorted(SPLIT_ALIASES))}. "
+                                 f"Valid values: train, val, test, or a word for one (training, valid, validation, "
+                                 f"dev, testing, ...). "
                                  f"Received: {split_column}={row[split_column]!r}")
         if label_text:
             named_classes.add(label_text)
+        if len(matches) > 1:
+            missing.append((relative, f"ambiguous ({len(matches)} files under DATA are named {value}: "
+                                      f"{', '.join(_relative(match, root) for match in matches[:2])}; listed in "
+                                      f"{csv_path.name} line {line}, give its path)"))
+            continue
         if not path.is_file():
             missing.append((relative, f"no file (listed in {csv_path.name} line {line})"))
             continue
         entries.append((relative, label_text or None, split))
     if not has_splits:
         entries = [(path, label, None) for path, label, _ in entries]
-    return entries, sorted(named_classes), missing
+    return entries, sorted(named_classes), missing, by_name.found
 
 
 def _csv_notes(csv_path, listed, missing, require_all):
@@ -358,12 +391,14 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
     root = root.resolve()
     notes, left_out = [], []
     if csv_path is not None:
-        entries, named_classes, missing = _read_csv(csv_path, root, csv_path_column, csv_label_column,
-                                                    csv_split_column)
+        entries, named_classes, missing, found_by_name = _read_csv(csv_path, root, csv_path_column,
+                                                                   csv_label_column, csv_split_column)
         notes += _csv_notes(csv_path, len(entries) + len(missing), missing, require_all)
         left_out += missing
         layout = "csv"
         description = f"CSV {csv_path}, paths relative to DATA"
+        if found_by_name:
+            description += f"; {found_by_name} rows name a file found by its name in a sub-folder"
     else:
         found = read_folder_images(root, split_map=split_map, recursive=recursive)
         entries, named_classes, layout, description = found.entries, found.class_names, found.layout, found.description
@@ -393,14 +428,18 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
     if entries[0][2] is None:
         splits, too_small = _make_splits(labels, val_fraction, test_fraction, seed)
         if too_small:
+            shown = _names(f"{class_names[label]} ({size})" for label, size in too_small.items())
+            needed = 1 + (val_fraction > 0) + (test_fraction > 0)
             notes.append(f"{len(too_small)} class(es) have too few images to be split (one per split needed), so all "
-                         f"their images go to train: {_names(f'{class_names[c]} ({n})' for c, n in too_small.items())}. "
-                         f"--min-images-per-class {1 + (val_fraction > 0) + (test_fraction > 0)} leaves them out instead")
+                         f"their images go to train: {shown}. --min-images-per-class {needed} leaves them out instead")
     else:
         splits = [split for _, _, split in entries]
         notes += _complete_given_splits(labels, splits, val_fraction, test_fraction, seed)
     table = ImageTable(str(root), tuple(paths), labels, tuple(splits), tuple(class_names), layout, description,
                        tuple(sorted(left_out)), ())
+    if not class_names:
+        notes.append("no image has a label: the store can be made, but training needs class folders or a --csv "
+                     "with a label column")
     untrained = [name for name, counts in table.class_counts().items() if counts["train"] == 0]
     if untrained:
         notes.append(f"WARNING: {len(untrained)} class(es) have no train image, so training will refuse this store: "

@@ -41,14 +41,12 @@ class FolderImages:
         class_names: every class folder found, with or without images.
         layout: "class_folders", "split_folders", "splits_in_class_folders" or "flat".
         description: one line that says how the folder was read, for the summary.
-        given_splits: splits that the folders give (empty unless split folders).
     """
 
     entries: tuple
     class_names: tuple
     layout: str
     description: str
-    given_splits: tuple = ()
 
 
 def parse_split_map(values):
@@ -93,7 +91,8 @@ def images_in(folder):
     return sorted(p for p in folder.iterdir() if _is_image_file(p))
 
 
-def _images_under(folder):
+def images_under(folder):
+    """Image files anywhere below `folder`, sorted, without hidden ones and archive leftovers."""
     return sorted(p for p in folder.rglob("*") if _is_image_file(p)
                   and not any(part.startswith(".") or part in _IGNORED_FOLDERS
                               for part in p.relative_to(folder).parts))
@@ -175,8 +174,8 @@ def _relative(path, root):
 def _class_images(class_dir, recursive, data):
     # Images of one class folder; nested folders with images are merged only when asked.
     if recursive:
-        return _images_under(class_dir)
-    nested = [child.name for child in visible_dirs(class_dir) if _images_under(child)]
+        return images_under(class_dir)
+    nested = [child.name for child in visible_dirs(class_dir) if images_under(child)]
     if nested:
         shown = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
         raise ValueError(
@@ -215,10 +214,14 @@ def _map_splits(folders, split_map, mapper, base, data):
     return mapped
 
 
+def _where(base, root):
+    # Where the layout starts, for the summary: DATA itself or a wrapper folder inside it.
+    return "DATA" if base == root else f"DATA/{_relative(base, root)}"
+
+
 def _split_description(base, root, mapped, how):
-    where = "DATA" if base == root else f"DATA/{_relative(base, root)}"
     pairs = ", ".join(f"{_relative(_unwrap(folder), base)}/ -> {split}" for folder, split in mapped.items())
-    return f"split folders in {where} ({how}): {pairs}"
+    return f"split folders in {_where(base, root)} ({how}): {pairs}"
 
 
 def read_folder_images(data, split_map=None, recursive=False):
@@ -267,10 +270,10 @@ def read_folder_images(data, split_map=None, recursive=False):
         for folder in top:
             class_names.append(folder.name)
             entries += [(_relative(path, root), folder.name, None) for path in _class_images(folder, recursive, data)]
-        where = "DATA" if base == root else f"DATA/{_relative(base, root)}"
-        return FolderImages(tuple(entries), tuple(class_names), "class_folders",
-                            f"class folders in {where}" + (", nested folders read into their class (--recursive)"
-                                                           if recursive else ""))
+        description = f"class folders in {_where(base, root)}"
+        if recursive:
+            description += ", nested folders read into their class (--recursive)"
+        return FolderImages(tuple(entries), tuple(class_names), "class_folders", description)
     mapped = _map_splits(top, split_map, mapper, base, data)
     entries, class_names = [], set()
     for folder, split in mapped.items():
@@ -286,8 +289,7 @@ def read_folder_images(data, split_map=None, recursive=False):
     description = _split_description(base, root, mapped, how)
     if recursive:
         description += ", nested folders read into their class (--recursive)"
-    given = tuple(split for split in SPLITS if split in mapped.values())
-    return FolderImages(tuple(entries), tuple(sorted(class_names)), "split_folders", description, given)
+    return FolderImages(tuple(entries), tuple(sorted(class_names)), "split_folders", description)
 
 
 def _splits_inside(top):
@@ -304,7 +306,6 @@ def _splits_in_class_folders(root, base, top, recursive, data):
             split = split_by_words(split_dir.name)
             entries += [(_relative(path, root), class_dir.name, split)
                         for path in _class_images(split_dir, recursive, data)]
-    splits = tuple(split for split in SPLITS if any(entry[2] == split for entry in entries))
-    where = "DATA" if base == root else f"DATA/{_relative(base, root)}"
+    splits = [split for split in SPLITS if any(entry[2] == split for entry in entries)]
     return FolderImages(tuple(entries), tuple(folder.name for folder in top), "splits_in_class_folders",
-                        f"class folders in {where}, each split into {', '.join(splits)} folders", splits)
+                        f"class folders in {_where(base, root)}, each split into {', '.join(splits)} folders")

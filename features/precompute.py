@@ -2,7 +2,6 @@
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import logging
 import os
@@ -10,6 +9,7 @@ import queue
 import sys
 import threading
 import time
+from csv import writer as csv_writer
 from pathlib import Path
 
 import h5py
@@ -19,7 +19,7 @@ import keras
 
 from features import store as feature_store
 from features.backbones import check_backbone_names, check_input_size, create_backbone, get_backbone_spec, resolve_weights
-from features.dataset import discover_images, fingerprints
+from features.dataset import discover_images, fingerprints, reason_kind
 from features.images import UnreadableImageError, load_image, resize_image
 from features.views import apply_view, view_names as get_view_names
 
@@ -82,7 +82,7 @@ class PrecomputeSummary:
             lines.append(f"  added {self.added_images} new image(s) to the store")
         if self.missing_on_disk:
             lines.append(f"  {self.missing_on_disk} stored image(s) are no longer on disk; their rows are kept")
-        by_reason = collections.Counter(reason.split(" (")[0] for _, reason in self.skipped)
+        by_reason = collections.Counter(reason_kind(reason) for _, reason in self.skipped)
         lines.append(f"  skipped {len(self.skipped)} unreadable image(s)"
                      + (f" ({self.skipped_now} found in this run): " if self.skipped else "")
                      + ", ".join(f"{count} {kind}" for kind, count in by_reason.most_common()))
@@ -501,7 +501,7 @@ def write_skipped_csv(path, rows):
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = csv_writer(handle)
         writer.writerow(["path", "reason"])
         writer.writerows(rows)
         handle.flush()

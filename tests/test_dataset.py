@@ -233,3 +233,29 @@ def test_given_splits_with_a_class_missing_from_train_warn_before_any_compute(tm
     table = discover_images(tmp_path)
     assert ("WARNING: 1 class(es) have no train image, so training will refuse this store: eel. Give them train images, "
             "or leave them out") in table.notes
+
+
+def test_a_labels_file_naming_images_by_id_finds_them_in_sub_folders(tmp_path):
+    # HAM10000: image_id without extension in the CSV, the images split over two part folders.
+    make_class_folders(tmp_path, classes=("images_part_1", "images_part_2"), per_class=3)
+    rows = []
+    for index, path in enumerate(sorted(tmp_path.rglob("*.jpg"))):
+        path.rename(path.with_name(f"ISIC_{index:07d}.jpg"))
+        rows.append(f"ISIC_{index:07d},{'ab'[index % 2]}")
+    (tmp_path / "images_part_2" / "ISIC_0000000.jpg").write_bytes(b"a second file of the same name")
+    (tmp_path / "metadata.csv").write_text("image_id,dx\n" + "\n".join(rows) + "\n")
+    table = discover_images(tmp_path, csv_path=tmp_path / "metadata.csv", csv_label_column="dx")
+    assert table.paths == tuple(f"images_part_{1 + (i >= 3)}/ISIC_{i:07d}.jpg" for i in range(1, 6))
+    assert table.description.endswith("; 5 rows name a file found by its name in a sub-folder")
+    assert table.left_out == (("ISIC_0000000", "ambiguous (2 files under DATA are named ISIC_0000000: "
+                                               "images_part_1/ISIC_0000000.jpg, images_part_2/ISIC_0000000.jpg; listed "
+                                               "in metadata.csv line 2, give its path)"),)
+
+
+def test_split_folders_without_any_label_say_so(tmp_path):
+    # Dogs vs cats as downloaded: train/ and test1/ hold images only, the label is in the file name.
+    make_class_folders(tmp_path, classes=("train", "test1"), per_class=4)
+    table = discover_images(tmp_path)
+    assert table.layout == "split_folders" and table.class_names == ()
+    assert table.notes == ("no image has a label: the store can be made, but training needs class folders or a --csv "
+                           "with a label column",)

@@ -252,15 +252,15 @@ def test_short_last_batch_runs_unpadded_without_tracing_again():
 
 
 def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
-    # The CSV names 6 readable images (cat, dog), 8 broken ones (all of class eel) and 120 files that were
-    # never downloaded, of 40 other classes.
+    # The CSV names 6 readable images (cat, dog), 8 broken ones (all of class eel) and 266 files that were
+    # never downloaded, of 40 other classes: 20 rows per file present.
     data = tmp_path / "data"
     make_class_folders(data, classes=("images",), per_class=6)
     rows = [f"images/images_{index:03d}.jpg,{'cat' if index < 3 else 'dog'}" for index in range(6)]
     for index in range(8):
         (data / "images" / f"broken_{index}.jpg").write_bytes(b"not an image")
         rows.append(f"images/broken_{index}.jpg,eel")
-    rows += [f"images/missing_{index:03d}.jpg,class_{index % 40:02d}" for index in range(120)]
+    rows += [f"images/missing_{index:03d}.jpg,class_{index % 40:02d}" for index in range(266)]
     (data / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
     out = tmp_path / "cache.h5"
     logged = []
@@ -269,10 +269,10 @@ def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
     # The data summary came before any compute: the store did not exist yet.
     assert logged and not any(existed for _, existed in logged)
     printed = [line for line, _ in logged]
-    assert "  120 of the 134 rows of labels.csv name no file under DATA (e.g. images/missing_000.jpg, " \
+    assert "  266 of the 280 rows of labels.csv name no file under DATA (e.g. images/missing_000.jpg, " \
            "images/missing_001.jpg, images/missing_002.jpg); they are left out" in printed
-    assert any(line.startswith("  WARNING: most listed rows (90%) have no file") for line in printed)
-    assert f"  left out 120 image(s): 120 no file; all listed in {out}.skipped.csv" in printed
+    assert any(line.startswith("  WARNING: most listed rows (95%) have no file") for line in printed)
+    assert f"  left out 266 image(s): 266 no file; all listed in {out}.skipped.csv" in printed
     assert len(printed) < 20
     # Classes are the classes that have readable images.
     stored = load_store(out)
@@ -289,6 +289,6 @@ def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
 
     with open(f"{out}.skipped.csv", newline="") as handle:
         listed = list(csv.DictReader(handle))
-    assert len(listed) == 128
+    assert len(listed) == 8 + 266
     assert {row["reason"] for row in listed[:8]} == {"not an image file PIL can identify"}
     assert listed[8] == {"path": "images/missing_000.jpg", "reason": "no file (listed in labels.csv line 16)"}
