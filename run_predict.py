@@ -52,11 +52,13 @@ def main(argv=None):
         from fusion.export import export_model
         from fusion.image_inputs import gather_image_paths
         from fusion.predict import load_classifier, predict_images, write_predictions_csv
+        from fusion.run_folder import record_written
 
         if args.export_only:
             if not Path(args.model).is_dir():
                 raise ValueError(f"--export-only needs a run folder. Received: model={args.model!r}")
             exported = export_model(args.model, args.export_to, store=args.store)
+            record_written(args.model, Path(str(exported) + ".options.json").resolve())
             save_options(args, Path(str(exported) + ".options.json"))
             print(f"exported model: {exported}")
             return 0
@@ -64,6 +66,8 @@ def main(argv=None):
         model = load_classifier(args.model, store=args.store)
         predictions = predict_images(model, image_paths, batch_size=args.batch_size, views=args.views,
                                      progress=not args.no_progress)
+        if Path(args.model).is_dir():  # files written into the run folder are the run's to replace
+            record_written(args.model, Path(args.out).resolve(), Path(str(args.out) + ".options.json").resolve())
         out = write_predictions_csv(predictions, args.out, top_k=args.top_k,
                                     all_probabilities=args.all_probabilities)
         save_options(args, Path(str(out) + ".options.json"))

@@ -78,6 +78,7 @@ def main(argv=None):
             parser.error("the following arguments are required: --out (the run folder, e.g. runs/exp1)")
         # Imported after parsing: argument errors answer before the training package loads.
         from fusion import train_run
+        from fusion.run_folder import record_written
 
         options = {key: value for key, value in vars(args).items() if key != "config"}
         run = train_run(
@@ -103,6 +104,7 @@ def main(argv=None):
             overwrite=args.overwrite,
             options=options,
         )
+        record_written(run.run_dir, "options.json")
         save_options(args, run.run_dir / "options.json")
     return 0
 

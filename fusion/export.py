@@ -13,6 +13,7 @@ import keras
 
 from features import create_backbone
 from fusion.run import load_run
+from fusion.run_folder import record_written
 
 EXPORT_FILE_NAME = "exported.keras"
 
@@ -146,6 +147,7 @@ def export_model(run_dir, out=None, store=None):
     if out.suffix != ".keras":
         raise ValueError(f"The exported model is saved in the .keras format; name the file *.keras. Received: out={str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    record_written(run_dir, out.resolve())  # only when it lies in the run folder
     model.save(out)
     return out
 

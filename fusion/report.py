@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from fusion.run_folder import record_written  # noqa: E402
+
 SIGNIFICANCE_LEVEL = 0.05
 # Past this many classes a confusion matrix plot is a wall of unreadable cells: the report lists
 # the most confused pairs instead, and the full matrix stays in report.json.
@@ -329,6 +331,8 @@ def write_report(run_dir, report, histories):
     """
     run_dir = Path(run_dir)
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    record_written(run_dir, "report.json", "report.md",
+                   *(f"plots/{name}.png" for name in ("model_comparison", "confusion_matrix", "training_curves")))
     winner = report["summary"]["winner"]
     report["plots"] = {"model comparison": "plots/model_comparison.png"}
     plot_model_comparison(report["test"], report["backbones"], run_dir / "plots" / "model_comparison.png")

@@ -4,7 +4,6 @@ import csv
 import dataclasses
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fusion.data import FeatureBatches, open_feature_source
 from fusion.evaluation import evaluate_probabilities, mcnemar_test
 from fusion.model import build_fusion_model
 from fusion.report import summarize, write_report
+from fusion.run_folder import prepare_run_folder, record_written
 from fusion.statistics import feature_statistics
 from fusion.store import SPLITS, read_store_info, select_backbones
 from fusion.training import class_weights, train_model
@@ -96,27 +96,6 @@ def _store_warnings(info, backbones, statistics):
     return warnings
 
 
-def _prepare_run_dir(out_dir, overwrite):
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"Run folder {out_dir.resolve()} is a file. Expected a folder; choose another --out.")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"Run folder {out_dir.resolve()} is not empty. Choose a new --out, or pass --overwrite "
-                f"to replace the run in it. Received: out={out_dir}"
-            )
-        if not (out_dir / "config.json").is_file():
-            # Only a folder that a run wrote is deleted wholesale; anything else may be the user's.
-            raise FileExistsError(
-                f"Refusing to overwrite {out_dir.resolve()}: it is not empty and holds no config.json, so it "
-                f"is not a run folder. Choose a new --out. Received: out={out_dir}"
-            )
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
 def _check_view_options(info, backbones, view_augment, tta):
     if (view_augment or tta) and not any(info.view_names[name] for name in backbones):
         flags = [flag for flag, on in (("--view-augment", view_augment), ("--tta", tta)) if on]
@@ -152,6 +131,8 @@ def _check_split_classes(info, labels):
 def _write_predictions(run_dir, info, test_rows, test_labels, probabilities_by_model):
     folder = run_dir / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
+    record_written(run_dir, *(f"predictions/{name}.csv" for name in probabilities_by_model),
+                   "predictions/test_probabilities.npz")
     class_names = list(info.class_names)
     for name, probabilities in probabilities_by_model.items():
         with open(folder / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
@@ -242,7 +223,7 @@ def train_run(
     rows = {split: info.split_rows(split) for split in SPLITS}
     labels = {split: info.labels[rows[split]] for split in SPLITS}
     _check_split_classes(info, labels)
-    run_dir = _prepare_run_dir(out_dir, overwrite)
+    run_dir = prepare_run_folder(out_dir, overwrite)
     with_views = view_augment or tta
     source = open_feature_source(
         info.path, backbones, stream=stream, with_views=with_views,
@@ -266,6 +247,7 @@ def train_run(
         # How each backbone's features were made, so the run can be exported without the store.
         "feature_recipes": {name: info.feature_recipes[name] for name in backbones},
     }
+    record_written(run_dir, "config.json")
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     weights = class_weights(labels["train"], len(info.class_names), class_weight_mode)
     # Measured on the training rows only, so validation and test stay unseen; from the source, so
@@ -286,6 +268,7 @@ def train_run(
             l2=l2, pooling=pooling, head_units=heads, learning_rate=learning_rate,
             feature_statistics={n: statistics[n] for n in names}, name=name,
         )
+        record_written(run_dir, f"models/{name}.keras", f"history/{name}.csv")
         history = train_model(
             model,
             batches("train", names, shuffle=True, block_rows=block_rows, view_augment=view_augment),
@@ -350,6 +333,7 @@ def train_run(
             if not name.startswith("fusion_without_"):
                 test_probabilities[f"{name}+tta"] = probabilities
         test_probabilities["average+tta"] = average_probabilities([tta_probabilities[name] for name in backbones])
+    record_written(run_dir, "models/weighted_average.json", "models/stacking.json")
     (run_dir / "models" / "weighted_average.json").write_text(
         json.dumps({"backbones": list(backbones), "weights": weighted.weights_.tolist()}, indent=2) + "\n"
     )

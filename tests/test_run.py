@@ -13,6 +13,7 @@ import pytest
 from fusion.evaluation import mcnemar_test
 from fusion.model import build_fusion_model
 from fusion.run import load_run, train_run
+from fusion.run_folder import read_written
 from fusion.store import read_store_info
 from fusion.synthetic import write_synthetic_store
 
@@ -155,6 +156,10 @@ def test_tta_averages_the_identity_and_every_view(xor_run):
 
 def test_run_folder_holds_models_histories_plots_and_config(xor_run):
     run_dir = xor_run.run_dir
+    # Every file of the run is in its record, so that --overwrite can remove it and nothing else.
+    written = set(read_written(run_dir))
+    present = {path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file()}
+    assert present - written == {"written_files.json"} and "report.md" in written
     models = sorted(path.name for path in (run_dir / "models").iterdir())
     assert models == ["alpha.keras", "beta.keras", "fusion.keras", "fusion_without_alpha.keras",
                       "fusion_without_beta.keras", "stacking.json", "weighted_average.json"]
@@ -217,7 +222,8 @@ def test_errors_come_before_any_work(tmp_path):
     (out / "notes").mkdir(parents=True)
     with pytest.raises(FileExistsError, match=r"is not empty. Choose a new --out, or pass --overwrite"):
         train_run(store, out, **QUIET)
-    with pytest.raises(FileExistsError, match="holds no config.json, so it is not a run folder"):
+    with pytest.raises(FileExistsError, match="holds no written_files.json, the record of the files a run wrote, so "
+                                              "it is not a run folder"):
         train_run(store, out, overwrite=True, **QUIET)
     assert (out / "notes").is_dir()
     (tmp_path / "file").write_text("")

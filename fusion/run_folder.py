@@ -1,0 +1,120 @@
+"""The run folder's record of the files fusionpipe wrote into it, so that --overwrite removes those and nothing else.
+
+Every file is recorded in `written_files.json` before it is written: a run killed half way
+leaves a record that still covers what it wrote. Replacing a run deletes exactly the recorded
+files and the folders that held them, and refuses a folder that holds anything else.
+"""
+
+import json
+import os
+from pathlib import Path
+
+MANIFEST_NAME = "written_files.json"
+
+
+def _manifest(run_dir):
+    return Path(run_dir) / MANIFEST_NAME
+
+
+def read_written(run_dir):
+    """The files recorded as written into `run_dir`, relative POSIX paths; None when it has no record.
+
+    Example:
+        >>> read_written("runs/exp1")[:2]
+        ['config.json', 'history/fusion.csv']
+    """
+    path = _manifest(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a record of written files ({error}); remove the run folder by hand, or "
+                         f"choose a new --out. Received: {path}") from None
+    return sorted(str(file) for file in files)
+
+
+def record_written(run_dir, *paths):
+    """Record `paths` as written by fusionpipe, before writing them.
+
+    Each path is relative to `run_dir` ("models/fusion.keras"), or absolute; absolute paths
+    outside `run_dir` are ignored: a run folder answers only for its own files. A path relative
+    to the working directory must be made absolute first.
+
+    Example:
+        >>> record_written(run_dir, "config.json", run_dir / "models" / "fusion.keras")
+    """
+    run_dir = Path(run_dir)
+    resolved_dir = run_dir.resolve()
+    files = set(read_written(run_dir) or [])
+    for path in paths:
+        absolute = (run_dir / path).resolve()  # an absolute path stays as it is
+        try:
+            files.add(absolute.relative_to(resolved_dir).as_posix())
+        except ValueError:
+            continue
+    manifest = _manifest(run_dir)
+    temporary = manifest.with_name(manifest.name + ".tmp")
+    temporary.write_text(json.dumps({"files": sorted(files)}, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, manifest)
+
+
+def _present(run_dir):
+    # Every file and folder below run_dir, relative, the record itself left out.
+    run_dir = Path(run_dir)
+    found = set()
+    for folder, folder_names, file_names in os.walk(run_dir):
+        base = Path(folder).relative_to(run_dir)
+        found.update((base / name).as_posix() for name in folder_names + file_names)
+    return found - {MANIFEST_NAME, MANIFEST_NAME + ".tmp"}
+
+
+def prepare_run_folder(out_dir, overwrite):
+    """Create an empty run folder, or empty one that fusionpipe wrote when `overwrite`; never touch other files.
+
+    Args:
+        out_dir: the run folder.
+        overwrite: replace a run that is there (default behaviour of callers: refuse).
+
+    Raises:
+        FileExistsError: `out_dir` is a file, or not empty and `overwrite` is off, or holds files
+            that are not recorded as fusionpipe's.
+
+    Example:
+        >>> run_dir = prepare_run_folder("runs/exp1", overwrite=True)
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"Run folder {out_dir.resolve()} is a file. Expected a folder; choose another --out.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"Run folder {out_dir.resolve()} is not empty. Choose a new --out, or pass --overwrite "
+                f"to replace the run in it. Received: out={out_dir}"
+            )
+        written = read_written(out_dir)
+        if written is None:
+            raise FileExistsError(
+                f"Refusing to overwrite {out_dir.resolve()}: it is not empty and holds no {MANIFEST_NAME}, the record "
+                f"of the files a run wrote, so it is not a run folder (or one of an older version: delete it by hand). "
+                f"Choose a new --out. Received: out={out_dir}"
+            )
+        ours = set(written)
+        ours |= {parent.as_posix() for file in written for parent in Path(file).parents if parent != Path(".")}
+        others = sorted(_present(out_dir) - ours)
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise FileExistsError(
+                f"Refusing to overwrite {out_dir.resolve()}: it holds files that no run wrote ({shown}). Move them "
+                f"out, or choose a new --out. Received: out={out_dir}"
+            )
+        for file in written:
+            (out_dir / file).unlink(missing_ok=True)
+        # The folders that held them, deepest first, once empty.
+        for folder in sorted(ours - set(written), key=lambda name: -name.count("/")):
+            if (out_dir / folder).is_dir() and not any((out_dir / folder).iterdir()):
+                (out_dir / folder).rmdir()
+        _manifest(out_dir).unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_written(out_dir)
+    return out_dir

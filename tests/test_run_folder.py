@@ -1,0 +1,70 @@
+"""--overwrite removes exactly the files a run wrote, and refuses a folder that holds anything else."""
+
+import json
+
+import pytest
+
+from fusion.run_folder import MANIFEST_NAME, prepare_run_folder, read_written, record_written
+
+
+def _write(path, text="x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_a_new_run_folder_starts_an_empty_record(tmp_path):
+    run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
+    assert read_written(run_dir) == [] and (run_dir / MANIFEST_NAME).is_file()
+    record_written(run_dir, "config.json", run_dir / "models" / "fusion.keras", tmp_path / "elsewhere.csv")
+    assert read_written(run_dir) == ["config.json", "models/fusion.keras"]  # outside the folder: not the run's
+
+
+def test_overwrite_removes_exactly_what_a_run_wrote(tmp_path):
+    run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
+    record_written(run_dir, "config.json", "models/fusion.keras", "models/a.keras", "plots/p.png")
+    for name in ("config.json", "models/fusion.keras", "plots/p.png"):  # models/a.keras was never written: a killed run
+        _write(run_dir / name)
+    prepare_run_folder(run_dir, overwrite=True)
+    assert sorted(path.name for path in run_dir.iterdir()) == [MANIFEST_NAME]
+    assert read_written(run_dir) == []
+
+
+def test_overwrite_refuses_a_folder_with_anything_a_run_did_not_write(tmp_path):
+    run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
+    record_written(run_dir, "config.json", "models/fusion.keras")
+    _write(run_dir / "config.json")
+    _write(run_dir / "models" / "fusion.keras")
+    _write(run_dir / "models" / "my_notes.txt", "keep me")
+    (run_dir / "empty_folder_of_mine").mkdir()
+    with pytest.raises(FileExistsError, match=r"it holds files that no run wrote \(empty_folder_of_mine, "
+                                              r"models/my_notes.txt\). Move them out, or choose a new --out"):
+        prepare_run_folder(run_dir, overwrite=True)
+    assert (run_dir / "models" / "my_notes.txt").read_text() == "keep me" and (run_dir / "config.json").is_file()
+    with pytest.raises(FileExistsError, match="is not empty. Choose a new --out, or pass --overwrite"):
+        prepare_run_folder(run_dir, overwrite=False)
+
+
+def test_a_folder_with_its_own_config_json_is_never_wiped(tmp_path):
+    # The user's project folder: a config.json of their own, notes and sources.
+    project = tmp_path / "project"
+    _write(project / "config.json", json.dumps({"mine": True}))
+    _write(project / "notes.md", "notes")
+    _write(project / "src" / "model.py", "code")
+    with pytest.raises(FileExistsError, match=f"holds no {MANIFEST_NAME}, the record of the files a run wrote, so it "
+                                              f"is not a run folder"):
+        prepare_run_folder(project, overwrite=True)
+    assert sorted(path.relative_to(project).as_posix() for path in project.rglob("*")) == [
+        "config.json", "notes.md", "src", "src/model.py"]
+    _write(tmp_path / "file")
+    with pytest.raises(FileExistsError, match=r"Run folder .*file is a file. Expected a folder"):
+        prepare_run_folder(tmp_path / "file", overwrite=True)
+    (project / MANIFEST_NAME).write_text("not json")
+    with pytest.raises(ValueError, match="is not a record of written files"):
+        prepare_run_folder(project, overwrite=True)
+
+
+def test_paths_are_relative_to_the_run_folder_or_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prepare_run_folder("runs/exp1", overwrite=False)
+    record_written("runs/exp1", "exported.keras", (tmp_path / "runs" / "exp1" / "p.csv"), (tmp_path / "p.csv"))
+    assert read_written("runs/exp1") == ["exported.keras", "p.csv"]
