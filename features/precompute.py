@@ -423,9 +423,11 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                    csv=str(csv) if csv else None, split_map=dict(split_map or {}), recursive=recursive,
                    min_images_per_class=min_images_per_class)
     with feature_store.store_lock(out):
-        feature_store.remove_stale_temporary(out)
         added, missing = 0, 0
         created = not out.exists()
+        if not created:
+            _open_store(out).close()  # an --out that is not a store is refused before anything beside it is touched
+        feature_store.remove_stale_temporary(out)
         if created:
             with feature_store.rewrite_store(out, copy=False) as store:
                 store.attrs["format_version"] = feature_store.FORMAT_VERSION
@@ -615,6 +617,7 @@ def _run(out, root, paths, todo_rows, done, models, active, input_sizes, extra_v
                 features = predict_in_batches(models[name], stacked, batch_size)
                 timings["compute"] += time.perf_counter() - computing
                 features = features.reshape((len(rows), 1 + len(extra_views)) + features.shape[1:])
+                _check_finite(features, name, rows, paths)
                 put(("features", rows, name, features[:, 0], features[:, 1:] if extra_views else None))
                 computed[name] += len(rows)
             bar.update(len(batch))
@@ -627,6 +630,17 @@ def _run(out, root, paths, todo_rows, done, models, active, input_sizes, extra_v
     if writer.error is not None:
         raise RuntimeError(f"Writing {out} failed: {writer.error}") from writer.error
     return computed, skipped_now, timings
+
+
+def _check_finite(features, name, rows, paths):
+    # NaN or inf would train a model to chance without a word: refused before the rows are marked done.
+    finite = np.isfinite(features.reshape(len(rows), -1)).all(axis=1)
+    if not finite.all():
+        bad = [paths[row] for row in rows[~finite]]
+        raise ValueError(
+            f"Backbone {name} gave NaN or infinite features for {len(bad)} image(s), e.g. {bad[0]}; nothing of this "
+            f"batch was stored. With --precision mixed_float16 values can overflow: try float32 or mixed_bfloat16; "
+            f"with a weights folder, check its file. Received: {len(bad)} non-finite row(s)")
 
 
 def _finish(out, backbones):

@@ -79,9 +79,25 @@ def _temporary_path(store_path):
     return store_path.with_name(store_path.name + ".tmp")
 
 
+# The first bytes of every HDF5 file: a stale OUT.tmp without them is not a copy this module began.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def remove_stale_temporary(store_path):
-    """Delete the half-written copy a killed structural change may have left (call under the lock)."""
-    _temporary_path(store_path).unlink(missing_ok=True)
+    """Delete the half-written copy a killed structural change may have left (call under the lock).
+
+    Call it only once `store_path` is known to be a store, or absent. A file of that name that is
+    not HDF5 is someone else's: it is refused, not deleted.
+    """
+    temporary = _temporary_path(store_path)
+    if not temporary.is_file():
+        return
+    with open(temporary, "rb") as handle:
+        head = handle.read(len(_HDF5_SIGNATURE))
+    if head and head != _HDF5_SIGNATURE:
+        raise ValueError(f"{temporary} exists and is not a half-written copy of a feature store (not HDF5); it is left "
+                         f"untouched. Move it, or choose another --out. Received: out={store_path}")
+    temporary.unlink()
 
 
 @contextlib.contextmanager

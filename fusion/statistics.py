@@ -6,6 +6,14 @@ import numpy as np
 CHUNK_BYTES = 64 * 1024**2
 
 
+class _NonFiniteRow(ValueError):
+    """A feature row holds NaN or infinity; `row` is its index."""
+
+    def __init__(self, row):
+        super().__init__(f"row {row} holds NaN or infinite values")
+        self.row = row
+
+
 def _channel_moments(array, mask):
     """Count, mean and summed squared deviation per last-axis channel of `array[mask]`."""
     channels = array.shape[-1]
@@ -17,7 +25,11 @@ def _channel_moments(array, mask):
         if not keep.any():
             continue
         # Contiguous reads (fast on HDF5), then the wanted rows; spatial positions count as samples.
-        chunk = np.asarray(array[start : start + chunk_rows])[keep].reshape(-1, channels).astype(np.float64)
+        block = np.asarray(array[start : start + chunk_rows])[keep]
+        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if not finite.all():
+            raise _NonFiniteRow(start + int(np.flatnonzero(keep)[np.argmin(finite)]))
+        chunk = block.reshape(-1, channels).astype(np.float64)
         chunk_mean = chunk.mean(axis=0)
         chunk_squares = ((chunk - chunk_mean) ** 2).sum(axis=0)
         # Chan et al.'s pairwise merge: exact and stable, whatever the chunking.
@@ -49,7 +61,14 @@ def feature_statistics(features, rows=None):
         if rows is not None:
             mask = np.zeros(len(array), bool)
             mask[np.asarray(rows, dtype=np.int64)] = True
-        count, mean, squares = _channel_moments(array, mask)
+        try:
+            count, mean, squares = _channel_moments(array, mask)
+        except _NonFiniteRow as error:
+            # A damaged row would give NaN losses and a model at chance, with no word of why.
+            raise ValueError(
+                f"The features of {backbone!r} hold NaN or infinite values in row {error.row}: the store is damaged or "
+                f"was made by another tool. Rebuild it with run_precompute.py (a new --out). Received: row {error.row}"
+            ) from None
         if count == 0:
             raise ValueError(
                 f"No rows to measure the features of {backbone!r}: feature statistics need at least one row. "

@@ -94,3 +94,24 @@ def test_select_backbones(tmp_path):
         select_backbones(info, ["resnet5"])
     with pytest.raises(ValueError, match="Each backbone may be given once"):
         select_backbones(info, ["a", "a"])
+
+
+def test_a_store_a_precompute_run_left_unfinished_is_refused(tmp_path):
+    path = write_synthetic_store(tmp_path / "store.h5", kind="random", num_rows=40, backbones=("a", "b"))
+    with h5py.File(path, "a") as store_file:
+        progress = np.ones(40, np.uint8)
+        store_file["progress/a"] = progress
+        progress[15:] = 0  # a run killed after 15 rows of b: the rest are zeros, not features
+        store_file["progress/b"] = progress
+        store_file["pending/unreadable"] = np.zeros(40, np.uint8)
+    with pytest.raises(ValueError, match=r"store.h5 is unfinished: 25 of 40 rows of b were never computed \(a precompute "
+                                         r"run stopped before the end\). Run the same run_precompute.py command again"):
+        read_store_info(path)
+    with h5py.File(path, "a") as store_file:
+        store_file["progress/b"][...] = 1
+        store_file["pending/unreadable"][3] = 1
+    with pytest.raises(ValueError, match=r"is unfinished: 1 unreadable image\(s\) are still pending"):
+        read_store_info(path)
+    with h5py.File(path, "a") as store_file:
+        store_file["pending/unreadable"][3] = 0
+    assert read_store_info(path).backbones == ("a", "b")

@@ -161,11 +161,25 @@ def test_an_out_that_is_not_a_store_is_refused_and_left_untouched(data, tmp_path
         handle["weights"] = np.arange(3)
     text = tmp_path / "notes.h5"
     text.write_text("my notes")
+    # A file beside it with the name of the store's temporary copy is not touched before --out is checked.
+    (tmp_path / "other.h5.tmp").write_text("the user's")
     with pytest.raises(ValueError, match=r"other\.h5 is an HDF5 file but not a feature store written by run_precompute\.py"):
         precompute(data, other, ["vgg16"], **FAST)
+    assert (tmp_path / "other.h5.tmp").read_text() == "the user's"
     with pytest.raises(ValueError, match=r"notes\.h5 exists but is not an HDF5 file \(.*\); it is left untouched"):
         precompute(data, text, ["vgg16"], **FAST)
     assert text.read_text() == "my notes"
+    # No store yet, and a non-HDF5 file named like its temporary copy: someone else's, refused.
+    (tmp_path / "new.h5.tmp").write_text("also the user's")
+    with pytest.raises(ValueError, match=r"new\.h5\.tmp exists and is not a half-written copy of a feature store \(not "
+                                         r"HDF5\); it is left untouched"):
+        precompute(data, tmp_path / "new.h5", ["vgg16"], **FAST)
+    assert (tmp_path / "new.h5.tmp").read_text() == "also the user's" and not (tmp_path / "new.h5").exists()
+    # A copy a killed run left behind is HDF5: removed, and the run goes on.
+    with h5py.File(tmp_path / "new.h5.tmp", "w") as handle:
+        handle["half"] = np.arange(2)
+    precompute(data, tmp_path / "new.h5", ["vgg16"], **FAST)
+    assert not (tmp_path / "new.h5.tmp").exists() and load_store(tmp_path / "new.h5").features["vgg16"].shape == (12, 512)
     with h5py.File(other, "r") as handle:
         assert list(handle) == ["weights"]
 
@@ -292,3 +306,23 @@ def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
     assert len(listed) == 8 + 266
     assert {row["reason"] for row in listed[:8]} == {"not an image file PIL can identify"}
     assert listed[8] == {"path": "images/missing_000.jpg", "reason": "no file (listed in labels.csv line 16)"}
+
+
+def test_non_finite_features_are_refused_before_their_rows_are_marked_done(data, tmp_path, monkeypatch):
+    out = tmp_path / "cache.h5"
+    real = pipeline.predict_in_batches
+
+    def overflowing(model, images, batch_size):
+        features = real(model, images, batch_size)
+        features[1] = np.inf  # as mixed_float16 can overflow
+        return features
+
+    monkeypatch.setattr(pipeline, "predict_in_batches", overflowing)
+    with pytest.raises(ValueError, match=r"Backbone vgg16 gave NaN or infinite features for 1 image\(s\), e\.g\. "
+                                         r"cat/cat_001\.jpg; nothing of this batch was stored"):
+        precompute(data, out, ["vgg16"], **FAST)
+    with h5py.File(out, "r") as store:
+        assert not store["progress/vgg16"][()].any()
+    monkeypatch.setattr(pipeline, "predict_in_batches", real)
+    summary = precompute(data, out, ["vgg16"], **FAST)
+    assert summary.computed == {"vgg16": 12} and np.isfinite(load_store(out).features["vgg16"]).all()

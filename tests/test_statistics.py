@@ -42,3 +42,18 @@ def test_one_variance_keeps_the_channels_relative_scales():
 def test_no_rows_is_an_error():
     with pytest.raises(ValueError, match=r"No rows to measure the features of 'a'.*Received: 5 rows in the array, rows=0"):
         feature_statistics({"a": np.ones((5, 2))}, rows=[])
+
+
+def test_a_non_finite_training_row_is_named_and_refused(tmp_path, monkeypatch):
+    vectors = np.random.default_rng(1).normal(size=(40, 3)).astype("float16")
+    vectors[5, 1] = np.nan  # outside the measured rows: not read as training data
+    vectors[17, 2] = np.inf
+    with h5py.File(tmp_path / "features.h5", "w") as store:
+        store["a"] = vectors
+    monkeypatch.setattr(fusion.statistics, "CHUNK_BYTES", 7 * vectors[0].nbytes)
+    rows = np.arange(10, 40)
+    with h5py.File(tmp_path / "features.h5", "r") as store:
+        with pytest.raises(ValueError, match=r"The features of 'a' hold NaN or infinite values in row 17: the store is "
+                                             r"damaged or was made by another tool"):
+            feature_statistics({"a": store["a"]}, rows=rows)
+        assert np.all(np.isfinite(feature_statistics({"a": store["a"]}, rows=np.arange(20, 40))["a"][0]))
