@@ -75,10 +75,9 @@ class ImageTable:
                  + ", ".join(f"{split} {per_split[split]}" for split in SPLITS)]
         counts = self.class_counts()
         if counts:
-            shown = sorted(counts, key=lambda name: (sum(counts[name].values()), name))[:max_classes]
-            if len(counts) <= max_classes:
-                shown = list(counts)
-            else:
+            shown = list(counts)
+            if len(counts) > max_classes:
+                shown = sorted(counts, key=lambda name: (sum(counts[name].values()), name))[:max_classes]
                 totals = sorted(sum(split_counts.values()) for split_counts in counts.values())
                 lines.append(f"  {len(counts)} classes of {totals[0]} to {totals[-1]} images (median "
                              f"{int(np.median(totals))}); the {len(shown)} smallest:")
@@ -119,11 +118,12 @@ def _stratified_take(indices, labels, count, seed):
     take = np.floor(exact).astype(int)
     order = np.lexsort((rng.random(len(classes)), -(exact - take)))
     take[order[: count - take.sum()]] += 1
-    taken = []
-    for cls, number in zip(classes, take):
-        members = [index for index, label in zip(indices, labels) if label == cls]
-        taken += rng.choice(members, size=min(number, len(members)), replace=False).tolist()
-    taken = set(taken)
+    members = collections.defaultdict(list)
+    for index, label in zip(indices, labels.tolist()):
+        members[label].append(index)
+    taken = set()
+    for cls, number in zip(classes.tolist(), take):
+        taken.update(rng.choice(members[cls], size=min(number, len(members[cls])), replace=False).tolist())
     return [i for i in indices if i not in taken], sorted(taken)
 
 
@@ -146,10 +146,11 @@ def _split_indices(indices, labels, fraction, seed):
 def _keep_one_train_image_per_class(labels, splits, movable=None):
     # A class whose images all went to val or test could not be learned: move one back to train.
     # Only rows in `movable` (default: all) may move; splits the data gives stay as given.
-    for label in np.unique(labels[labels >= 0]):
-        rows = [row for row in np.flatnonzero(labels == label).tolist() if movable is None or row in movable]
-        if rows and not any(splits[row] == "train" for row in np.flatnonzero(labels == label)):
-            splits[rows[0]] = "train"
+    trained = {label for label, split in zip(labels.tolist(), splits) if split == "train"}
+    for row, label in enumerate(labels.tolist()):
+        if label >= 0 and label not in trained and (movable is None or row in movable):
+            splits[row] = "train"
+            trained.add(label)
 
 
 def _make_splits(labels, val_fraction, test_fraction, seed):
@@ -318,8 +319,6 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
             missing.append((relative, f"no file (listed in {csv_path.name} line {line})"))
             continue
         entries.append((relative, label_text or None, split))
-    if not has_splits:
-        entries = [(path, label, None) for path, label, _ in entries]
     return entries, sorted(named_classes), missing, by_name.found
 
 

@@ -182,10 +182,7 @@ def read_strings(dataset):
 
 def read_strings_attr(obj, key):
     """A string-array attribute as a list of str (empty when absent)."""
-    values = obj.attrs.get(key)
-    if values is None:
-        return []
-    return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in np.asarray(values).tolist()]
+    return [str(value) for value in _decode_attr(np.asarray(obj.attrs.get(key, [])))]
 
 
 def read_skipped(store):
@@ -316,6 +313,33 @@ class FeatureStore:
         )
 
 
+def check_finished(store_file, backbones, path):
+    """Refuse a store that a precompute run left unfinished: rows never computed, or unreadable rows pending.
+
+    `/progress` and `/pending` are optional (stores of other tools have none); where present they decide.
+
+    Example:
+        >>> with h5py.File("cache.h5", "r") as store_file:
+        ...     check_finished(store_file, ["resnet50"], "cache.h5")
+    """
+    for backbone in backbones:
+        if "progress" in store_file and backbone in store_file["progress"]:
+            done = np.asarray(store_file["progress"][backbone][()]).reshape(-1)
+            missing = int(np.sum(done != 1))
+            if missing:
+                raise ValueError(
+                    f"Feature store {path} is unfinished: {missing} of {len(done)} rows of {backbone} were never computed "
+                    f"(a precompute run stopped before the end). Run the same run_precompute.py command again to finish "
+                    f"it. Received: {missing} unfinished rows")
+    if "pending" in store_file and "unreadable" in store_file["pending"]:
+        pending = int(np.sum(np.asarray(store_file["pending/unreadable"][()]) != 0))
+        if pending:
+            raise ValueError(
+                f"Feature store {path} is unfinished: {pending} unreadable image(s) are still pending (a precompute run "
+                f"stopped before the end). Run the same run_precompute.py command again to finish it. "
+                f"Received: {pending} pending rows")
+
+
 def _decode_attr(value):
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -353,13 +377,7 @@ def load_store(path, backbones=None, views=False):
             raise ValueError(f"Backbone(s) {', '.join(missing)} not in store {path}. In the store: "
                              f"{', '.join(available) or 'none'}. Run run_precompute.py with them first. "
                              f"Received: backbones={list(backbones)}")
-        unfinished = [name for name in backbones
-                      if "progress" in store and name in store["progress"]
-                      and not np.all(store["progress"][name][()] == 1)]
-        if unfinished or ("pending" in store and np.any(store["pending/unreadable"][()])):
-            raise ValueError(f"Store {path} is unfinished (a run stopped before the end"
-                             f"{': ' + ', '.join(unfinished) + ' incomplete' if unfinished else ''}). "
-                             "Run the same run_precompute.py command again to finish it.")
+        check_finished(store, backbones, path)
         features, view_arrays, view_names, info = {}, {}, {}, {}
         for name in backbones:
             features[name] = store["features"][name][()]

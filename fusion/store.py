@@ -6,6 +6,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from features.store import check_finished
+
 SPLITS = ("train", "val", "test")
 
 
@@ -109,29 +111,6 @@ def _plain_attribute(value):
     return value
 
 
-def _check_finished(store_file, backbones, num_rows, path):
-    """Refuse a store that a precompute run left unfinished: rows never computed, or unreadable rows pending.
-
-    `/progress` and `/pending` are optional (stores of other tools have none); where present they decide.
-    """
-    for backbone in backbones:
-        if "progress" in store_file and backbone in store_file["progress"]:
-            done = np.asarray(store_file["progress"][backbone][()]).reshape(-1)
-            missing = int(np.sum(done != 1))
-            if missing:
-                raise ValueError(
-                    f"Feature store {path} is unfinished: {missing} of {num_rows} rows of {backbone} were never computed "
-                    f"(a precompute run stopped before the end). Run the same run_precompute.py command again to finish "
-                    f"it. Received: {missing} unfinished rows")
-    if "pending" in store_file and "unreadable" in store_file["pending"]:
-        pending = int(np.sum(np.asarray(store_file["pending/unreadable"][()]) != 0))
-        if pending:
-            raise ValueError(
-                f"Feature store {path} is unfinished: {pending} unreadable image(s) are still pending (a precompute run "
-                f"stopped before the end). Run the same run_precompute.py command again to finish it. "
-                f"Received: {pending} pending rows")
-
-
 def read_store_info(path):
     """Read and check the labels, splits, class names and feature shapes of a feature store.
 
@@ -221,7 +200,7 @@ def read_store_info(path):
                         f"{len(names)} view_names. Expected one name per view. Received: view_names={list(names)}"
                     )
                 view_names[backbone] = names
-        _check_finished(store_file, backbones, num_rows, path)
+        check_finished(store_file, backbones, path)
     info = StoreInfo(
         path=path,
         class_names=class_names,

@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
+from features.store import load_store
 from fusion.store import read_store_info, select_backbones
 from fusion.synthetic import write_synthetic_store
 
@@ -107,6 +108,8 @@ def test_a_store_a_precompute_run_left_unfinished_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"store.h5 is unfinished: 25 of 40 rows of b were never computed \(a precompute "
                                          r"run stopped before the end\). Run the same run_precompute.py command again"):
         read_store_info(path)
+    with pytest.raises(ValueError, match=r"store.h5 is unfinished: 25 of 40 rows of b were never computed"):
+        load_store(path)  # stage 1's loader refuses it through the same check
     with h5py.File(path, "a") as store_file:
         store_file["progress/b"][...] = 1
         store_file["pending/unreadable"][3] = 1
