@@ -1,5 +1,8 @@
 """fusionpipe stage 1: frozen backbones over a folder of images, cached in one HDF5 store."""
 
+# The project's one version number (pyproject.toml reads it from here).
+__version__ = "0.3.0"
+
 from features.backbones import (
     BackboneSpec,
     PreprocessInput,
