@@ -51,7 +51,8 @@ def test_the_version_has_one_source():
 def test_the_wheel_holds_both_packages_the_stage_scripts_and_their_console_entry_points(tmp_path):
     # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "__pycache__", "*_out", "runs", "*.h5"))
+    skip = shutil.ignore_patterns(".venv", ".git", "tests", "__pycache__", "*_out", "runs", "*.h5")
+    shutil.copytree(ROOT, source, ignore=skip)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(tmp_path), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("fusionpipe-*.whl")
