@@ -69,7 +69,8 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
     assert again.computed == {"vgg16": 0} and again.reused == {"vgg16": 12}
     decoded = []
     original = pipeline.load_image
-    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None: decoded.append(path) or original(path, min_size))
+    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None, **kwargs: decoded.append(path)
+                        or original(path, min_size, **kwargs))
     more = precompute(data, out, ["vgg16", "resnet50"], **FAST)
     assert more.computed == {"vgg16": 0, "resnet50": 0 + 12}
     assert len(decoded) == 12  # the known-bad file is not decoded again
@@ -81,7 +82,8 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
 def test_each_image_decoded_once_for_several_sizes(data, tmp_path, monkeypatch):
     decoded, resized = [], []
     original_load, original_resize = pipeline.load_image, pipeline.resize_image
-    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None: decoded.append(min_size) or original_load(path, min_size))
+    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None, **kwargs: decoded.append(min_size)
+                        or original_load(path, min_size, **kwargs))
     monkeypatch.setattr(pipeline, "resize_image", lambda image, size: resized.append(size) or original_resize(image, size))
     summary = precompute(data, tmp_path / "c.h5", ["mobilenet", "mobilenet_v2", "inception_v3"], weights="none",
                          input_size=None, batch_size=4, progress=False)
