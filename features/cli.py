@@ -94,10 +94,12 @@ def _config_value(action, key, value, config_path):
     elif value is None:
         expected, ok = _expected(action, many), action.default is None
     elif many:
-        expected = _expected(action, many) + (" (at least one)" if action.nargs == "+" else "")
+        # An empty list is what `--head-units` and the like save when not given: it must load back.
+        empty_ok = action.nargs != "+" or action.default == []
+        expected = _expected(action, many) + ("" if empty_ok else " (at least one)")
         if isinstance(value, dict):
             value = [f"{name}={item}" for name, item in value.items()]  # a mapping, as the NAME=VALUE words it takes
-        ok = isinstance(value, list) and bool(value or action.nargs != "+")
+        ok = isinstance(value, list) and bool(value or empty_ok)
         if ok:
             checked = [_config_scalar(action, item) for item in value]
             ok = all(item_ok for _, item_ok in checked)

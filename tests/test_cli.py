@@ -173,3 +173,14 @@ def test_config_values_of_the_right_type_are_taken(tmp_path):
     assert (args.batch_size, args.rate, args.pooling, args.sizes, args.stream) == (4, 1.0, "max", [32, 64], True)
     assert isinstance(args.rate, float) and args.input_size is None
     assert args.split_map == ["fold_a=train", "fold_b=test"]  # a mapping as the FOLDER=SPLIT words the flag takes
+
+
+def test_every_scripts_saved_defaults_load_back_as_config(tmp_path):
+    # What save_options writes for options left at their default (null, [], false) passes the type checks.
+    for script, parser in _script_parsers():
+        defaults = {action.dest: action.default for action in parser._actions
+                    if action.option_strings and action.dest not in ("help", "config")}
+        config = save_options(defaults, tmp_path / f"{script.replace('/', '_')}.json")
+        positionals = ["x" for action in parser._actions if not action.option_strings and action.nargs is None]
+        args = parse_args_with_config(parser, ["--config", str(config)] + positionals)
+        assert {key: getattr(args, key) for key in defaults} == json.loads(config.read_text()), script
