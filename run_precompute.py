@@ -56,6 +56,10 @@ def build_parser():
     speed.add_argument("--decode-workers", type=int, default=None,
                        help="threads decoding images (default: 4, or the CPU count if fewer)")
     speed.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    speed.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N",
+                       help="skip images of more pixels (width x height), read from the file's header before "
+                       "decoding: a small file can decode to GBs (a decompression bomb), and Pillow's own limit "
+                       "(89,478,485) only warns; 40 MP keeps photos of most cameras (default: 40000000)")
     splits = parser.add_argument_group("labels and splits")
     splits.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of validation images when the data gives no split (default: 0.1)")
@@ -81,6 +85,10 @@ def build_parser():
                         help="leave out classes with fewer images, e.g. 3 for one per split (default: 1)")
     splits.add_argument("--require-all", action="store_true",
                         help="a --csv row without a file is an error instead of left out (default: off)")
+    splits.add_argument("--allow-outside-data", action="store_true",
+                        help="read --csv rows whose file lies outside DATA once '..' and symlinks are resolved (an "
+                        "absolute path elsewhere, ../x.jpg, a file in DATA that links out); without it they are "
+                        "left out as 'outside DATA' and listed in OUT.skipped.csv (default: off)")
     return parser
 
 
@@ -111,7 +119,8 @@ def main(argv=None):
             csv_label_column=args.csv_label_column, csv_split_column=args.csv_split_column,
             on_change=args.on_change, decode_workers=args.decode_workers, progress=not args.no_progress,
             split_map=parse_split_map(args.split_map), recursive=args.recursive,
-            min_images_per_class=args.min_images_per_class, require_all=args.require_all)
+            min_images_per_class=args.min_images_per_class, require_all=args.require_all,
+            allow_outside_data=args.allow_outside_data, max_pixels=args.max_pixels)
         save_options(args, f"{args.out}.options.json")
         print("\n".join(summary.lines()))
     return 0

@@ -6,8 +6,10 @@ backbone's features: `PreprocessInput` -> frozen backbone -> pooling.
 """
 
 import dataclasses
+import hashlib
 import importlib
 import os
+import threading
 from pathlib import Path
 
 import keras
@@ -39,6 +41,45 @@ _PREPROCESS_MODULES = (
 
 _TF_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
+# Keras's published hashes of its no-top ImageNet weight files (md5; sha256 for ConvNeXt), as
+# `keras.applications` passes them to `keras.utils.get_file`. Keras publishes none for MobileNet
+# and MobileNetV2. tests/test_backbones.py checks each against the installed Keras's source.
+_KERAS_NOTOP_HASHES = {
+    "xception_weights_tf_dim_ordering_tf_kernels_notop.h5": "b0042744bf5b25fce3cb969f33bebb97",
+    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5": "6d6bbae143d832006294945121d1f1fc",
+    "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5": "253f8cb515780f3b799900260a226db6",
+    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5": "4d473c1dd8becc155b73f8504c6f6626",
+    "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5": "88cf7a10940856eca736dc7b7e228a21",
+    "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5": "ee4c566cf9a93f14d82f913c2dc6dd0c",
+    "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5": "fac2f116257151a9d068a22e544a4917",
+    "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5": "c0ed64b8031c3730f411d2eb4eea35b5",
+    "resnet152v2_weights_tf_dim_ordering_tf_kernels_notop.h5": "ed17cf2e0169df9d443503ef94b23b33",
+    "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5": "bcbd6486424b2319ff4ef7d526e38f63",
+    "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5": "d19885ff4a710c122648d3b5c3b684e4",
+    "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5": "30ee3e1110167f948a6b9946edeeb738",
+    "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5": "b8c4d4c20dd625c148057b9ff1c1176b",
+    "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5": "c13680b51ded0fb44dff2d8f86ac8bb1",
+    "efficientnetb0_notop.h5": "50bc09e76180e00e4465e1a485ddc09d",
+    "efficientnetb1_notop.h5": "74c4e6b3e1f6a1eea24c589628592432",
+    "efficientnetb2_notop.h5": "111f8e2ac8aa800a7a99e3239f7bfb39",
+    "efficientnetb3_notop.h5": "af6d107764bb5b1abb91932881670226",
+    "efficientnetb4_notop.h5": "ebc24e6d6c33eaebbd558eafbeedf1ba",
+    "efficientnetb5_notop.h5": "38879255a25d3c92d5e44e04ae6cec6f",
+    "efficientnetb6_notop.h5": "9ecce42647a20130c1f39a5d4cb75743",
+    "efficientnetb7_notop.h5": "cbcfe4450ddf6f3ad90b1b398090fe4a",
+    "efficientnetv2-b0_notop.h5": "893217f2bb855e2983157299931e43ff",
+    "efficientnetv2-b1_notop.h5": "0e80663031ca32d657f9caa404b6ec37",
+    "efficientnetv2-b2_notop.h5": "1dfe2e7a5d45b6632553a8961ea609eb",
+    "efficientnetv2-b3_notop.h5": "f6abf7b5849ac99a89b50dd3fd532856",
+    "efficientnetv2-s_notop.h5": "af0682fb74e8c54910f2d4393339c070",
+    "efficientnetv2-m_notop.h5": "1b8dc055df72dde80d614482840fe342",
+    "efficientnetv2-l_notop.h5": "b0b66b5c863aef5b46e8608fe1711615",
+    "convnext_tiny_notop.h5": "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
+    "convnext_small_notop.h5": "6fc8009faa2f00c1c1dfce59feea9b0745eb260a7dd11bee65c8e20843da6eab",
+    "convnext_base_notop.h5": "40a20c5548a5e9202f69735ecc06c990e6b7c9d2de39f0361e27baeb24cb7c45",
+    "convnext_large_notop.h5": "96f02b6f0753d4f543261bc9d09bed650f24dd6bc02ddde3066135b63d23a1cd",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
@@ -53,6 +94,8 @@ class BackboneSpec:
         feature_size: channels of its last feature map, i.e. the pooled vector length.
         weights_file: file name of Keras's ImageNet no-top weights in `~/.keras/models`.
         weights_url: where Keras downloads `weights_file` from.
+        weights_hash: Keras's published md5 (or sha256) of `weights_file`, checked on download;
+            None where Keras publishes none (default: None).
 
     Example:
         >>> get_backbone_spec("xception").input_size
@@ -67,12 +110,13 @@ class BackboneSpec:
     feature_size: int
     weights_file: str
     weights_url: str
+    weights_hash: str = None
 
 
 def _register(name, constructor, preprocess_module, input_size, min_input_size, feature_size,
               weights_file, weights_url):
     spec = BackboneSpec(name, constructor, preprocess_module, input_size, min_input_size,
-                        feature_size, weights_file, weights_url)
+                        feature_size, weights_file, weights_url, _KERAS_NOTOP_HASHES.get(weights_file))
     _BACKBONES[name] = spec
     return spec
 
@@ -207,8 +251,8 @@ def resolve_weights(name, weights="imagenet"):
 
     Returns None for `weights="none"` or None, else the full path of an existing weights file:
     for `"imagenet"` it is looked up in the Keras cache folders (see `keras_weights_folders`)
-    and, when missing, downloaded into the first of them as Keras would (unless the variable
-    `FUSIONPIPE_OFFLINE` is set); for a folder it is the Keras file name inside it, and a file
+    and, when missing, downloaded into the first of them with `keras.utils.get_file`, checked
+    against Keras's published hash (unless the variable `FUSIONPIPE_OFFLINE` is set); for a folder it is the Keras file name inside it, and a file
     path is used as it is. A file that cannot be had is a FileNotFoundError naming the file and
     where to put it; there is never a fallback to random weights.
 
@@ -231,7 +275,7 @@ def resolve_weights(name, weights="imagenet"):
         folders = keras_weights_folders()
         if downloads.downloads_allowed():
             try:
-                return str(downloads.download_file(spec.weights_url, folders[0] / spec.weights_file))
+                return str(downloads.fetch_file(spec.weights_url, folders[0] / spec.weights_file, spec.weights_hash))
             except OSError as error:
                 attempt = f"downloading it failed ({error})"
         else:
@@ -256,6 +300,31 @@ def resolve_weights(name, weights="imagenet"):
         f"Weights not found: {path.resolve()} is neither a folder of Keras weight files nor a file. "
         f"Expected 'imagenet', 'none', a folder or a .h5 file. Received: weights={weights!r}"
     )
+
+
+# sha256 of weight files by (resolved path, size, mtime_ns): each file is read once per process.
+_SHA256_CACHE = {}
+_SHA256_LOCK = threading.Lock()
+
+
+def weights_sha256(path):
+    """The sha256 hex digest of weight file `path`, computed once per (path, size, mtime).
+
+    Example:
+        >>> weights_sha256(resolve_weights("resnet50", "imagenet"))[:12]
+        '...'
+    """
+    path = Path(path).resolve()
+    status = path.stat()
+    key = (str(path), status.st_size, status.st_mtime_ns)
+    with _SHA256_LOCK:
+        if key not in _SHA256_CACHE:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            _SHA256_CACHE[key] = digest.hexdigest()
+        return _SHA256_CACHE[key]
 
 
 def has_imagenet_weights(name):

@@ -49,8 +49,76 @@ def _read_config_file(config_path):
         ) from None
 
 
+# What a value of each argparse `type` must be in a config file: (one, several).
+_TYPE_WORDS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+               None: ("a string", "strings")}
+
+
+def _config_scalar(action, value):
+    """(value, ok) of one value from a config file for `action`, typed as the command line would type it."""
+    kind = action.type
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind in (None, str):
+        ok = isinstance(value, str)
+    else:
+        try:
+            value, ok = kind(value), True
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            ok = False
+    return value, ok and (action.choices is None or value in action.choices)
+
+
+def _expected(action, many):
+    one, several = _TYPE_WORDS.get(action.type, (f"a valid {getattr(action.type, '__name__', 'value')}", "values"))
+    if action.choices is not None:
+        one = several = "one of " + ", ".join(repr(choice) for choice in action.choices)
+        return f"a list, each {one}" if many else one
+    return f"a list of {several}" if many else one
+
+
+def _config_value(action, key, value, config_path):
+    """A config file's `value` for `action`, checked against its type, choices and number of values.
+
+    The command line gives strings that argparse converts and checks; a file gives JSON or TOML values that
+    argparse takes as they are, so a float `epochs` or a string `batch_size` would pass unseen and fail after
+    work began. Raises ValueError naming the key, the value and what was expected.
+    """
+    original = value
+    many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 0)
+    if action.nargs == 0:  # a flag: store_true, store_false
+        expected, ok = "true or false", isinstance(value, bool)
+    elif value is None:
+        expected, ok = _expected(action, many), action.default is None
+    elif many:
+        # An empty list is what `--head-units` and the like save when not given: it must load back.
+        empty_ok = action.nargs != "+" or action.default == []
+        expected = _expected(action, many) + ("" if empty_ok else " (at least one)")
+        if isinstance(value, dict):
+            value = [f"{name}={item}" for name, item in value.items()]  # a mapping, as the NAME=VALUE words it takes
+        ok = isinstance(value, list) and bool(value or empty_ok)
+        if ok:
+            checked = [_config_scalar(action, item) for item in value]
+            ok = all(item_ok for _, item_ok in checked)
+            value = [item for item, _ in checked]
+    else:
+        expected = _expected(action, many)
+        checked, ok = _config_scalar(action, value)
+        value = checked if ok else value
+    if not ok:
+        raise ValueError(f"Option '{key}' in config file {config_path} must be {expected}. Fix the value in the file "
+                         f"(numbers without quotes, true/false for flags). Received: {key}={original!r}")
+    return value
+
+
 def parse_args_with_config(parser, argv=None):
     """Parse `argv`, taking defaults from the `--config` file when one is given.
+
+    Values in the file are checked against each option's type, choices and number of values
+    (see `_config_value`); a bad one is one line and exit status 2, before any work.
 
     Args:
         parser: an `argparse.ArgumentParser` that went through `add_config_option`.
@@ -78,7 +146,10 @@ def parse_args_with_config(parser, argv=None):
                     f"Unknown option '{key}' in config file {pre_args.config}. "
                     f"Valid options: {', '.join(valid)}. Received: {key}={value!r}"
                 )
-            defaults[dest] = value
+            try:
+                defaults[dest] = _config_value(known[dest], key, value, pre_args.config)
+            except ValueError as error:
+                parser.error(str(error))  # before any work or folder, like a bad option
         # Positional arguments from the file are passed as defaults too; argparse
         # then no longer requires them on the command line.
         for action in parser._actions:

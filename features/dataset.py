@@ -4,13 +4,15 @@ import collections
 import csv
 import dataclasses
 import os
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from features.images import IMAGE_EXTENSIONS
-from features.layout import SPLITS, images_in, images_under, read_folder_images, split_by_words
+from features.layout import (SPLITS, broken_links_under, images_in, images_under, read_folder_images,
+                             split_by_words)
 
 # Classes listed one per line in the summary; past this, the smallest ones.
 SUMMARY_MAX_CLASSES = 30
@@ -31,7 +33,8 @@ class ImageTable:
         layout: "class_folders", "split_folders", "splits_in_class_folders", "flat" or "csv".
         description: how the data was read, one line (default: "").
         left_out: tuple of (path, reason) of listed or found images that are not in the table:
-            CSV rows without a file, images of classes below `min_images_per_class` (default: ()).
+            CSV rows without a file or naming one outside DATA, broken symlinks, images of classes
+            below `min_images_per_class` (default: ()).
         notes: tuple of lines the user must read before any compute: empty classes, classes too
             small to split, a CSV whose rows mostly have no file (default: ()).
     """
@@ -95,8 +98,13 @@ class ImageTable:
 
 
 def reason_kind(reason):
-    """The kind of a skip reason, to count reasons: "corrupt or truncated (image file is truncated)" -> its first part."""
-    return reason.split(" (")[0]
+    """The kind of a skip reason, to count reasons: "corrupt or truncated (image file is truncated)" -> its first part.
+
+    Example:
+        >>> reason_kind("too large: 20000 x 20000 pixels > 40000000")
+        'too large'
+    """
+    return re.split(r" \(|: ", reason, maxsplit=1)[0]
 
 
 def check_fractions(val_fraction, test_fraction):
@@ -245,20 +253,54 @@ class _FilesByName:
         return self._index.get(name, [])
 
 
-def _read_csv(csv_path, root, path_column, label_column, split_column):
-    """(entries, named_classes, missing, found_by_name) of a labels file.
+def _csv_rows(csv_path):
+    """(header, [(line number, row)]) of a CSV file; a row's number is the line it ends on."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            header = reader.fieldnames or []
+            rows = [(reader.line_num, row) for row in reader]
+        except csv.Error as error:
+            raise ValueError(f"CSV file {csv_path} line {reader.line_num + 1} cannot be read: {error}. Fix or remove "
+                             f"that line. Received: csv={csv_path}") from None
+    return header, rows
+
+
+def _check_fields(csv_path, line, row, header, used):
+    # A short row leaves its last fields None; a long one puts the rest under the key None.
+    if None in row:
+        raise ValueError(
+            f"CSV file {csv_path} line {line} has {len(header) + len(row[None])} fields, but the header has "
+            f"{len(header)} ({', '.join(header)}): a path or label holding a comma needs quotes. "
+            f"Received: {[row[name] for name in header] + row[None]}")
+    absent = [name for name in used if row.get(name) is None]
+    if absent:
+        given = [row[name] for name in header if row[name] is not None]
+        raise ValueError(
+            f"CSV file {csv_path} line {line} has no {', '.join(repr(name) for name in absent)} field: it has "
+            f"{len(given)} of the {len(header)} columns ({', '.join(header)}). Give every row all columns; an "
+            f"empty label is written as an empty field, e.g. 'img_001.jpg,'. Received: {given}")
+
+
+def _outside(path, root):
+    """The real path of `path` when it lies outside `root` (`..`, an absolute path, a symlink out), else None."""
+    real = Path(os.path.realpath(path))
+    return None if real.is_relative_to(root) else real
+
+
+def _read_csv(csv_path, root, path_column, label_column, split_column, allow_outside_data=False):
+    """(entries, named_classes, missing, refused, empty_label_lines, found_by_name) of a labels file.
 
     entries are (path, label text or None, split or None) of the rows with a file; missing are
-    (path, reason) of the others; found_by_name counts rows whose bare file name or id was found
-    in a sub-folder of DATA.
+    (path, reason) of the rows whose file is not there; refused are (path, reason) of the rows
+    naming a file outside DATA or a broken symlink; empty_label_lines are (line, path) of the
+    rows with an empty label cell; found_by_name counts rows whose bare file name or id was
+    found in a sub-folder of DATA.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"CSV file not found: {csv_path.resolve()}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        rows = list(reader)
+    header, rows = _csv_rows(csv_path)
     if path_column not in header:
         fallback = next((name for name in _PATH_COLUMN_FALLBACKS if name in header), None)
         if path_column != "path" or fallback is None:
@@ -278,9 +320,11 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
     if split_column != "split" and not has_splits:
         raise ValueError(f"CSV file {csv_path} has no split column '{split_column}'. Its columns: "
                          f"{', '.join(header)}. Received: csv_split_column={split_column!r}")
-    entries, missing, named_classes, seen = [], [], set(), set()
+    used = [path_column] + [label_column] * has_labels + [split_column] * has_splits
+    entries, missing, refused, empty_labels, named_classes, seen = [], [], [], [], set(), set()
     by_name = _FilesByName(root)
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
+        _check_fields(csv_path, line, row, header, used)
         value = (row[path_column] or "").strip()
         if not value:
             raise ValueError(f"CSV file {csv_path} line {line}: empty '{path_column}'. Received: {row}")
@@ -315,11 +359,22 @@ def _read_csv(csv_path, root, path_column, label_column, split_column):
                                       f"{', '.join(_relative(match, root) for match in matches[:2])}; listed in "
                                       f"{csv_path.name} line {line}, give its path)"))
             continue
-        if not path.is_file():
-            missing.append((relative, f"no file (listed in {csv_path.name} line {line})"))
+        where = f"listed in {csv_path.name} line {line}"
+        if path.is_symlink() and not path.exists():
+            refused.append((relative, f"broken symlink (points to {os.readlink(path)}; {where})"))
             continue
+        outside = None if allow_outside_data else _outside(path, root)
+        if outside is not None:
+            shown = str(path) if Path(value).is_absolute() else relative
+            refused.append((shown, f"outside DATA (resolves to {outside}; {where}; --allow-outside-data reads it)"))
+            continue
+        if not path.is_file():
+            missing.append((relative, f"no file ({where})"))
+            continue
+        if has_labels and not label_text:
+            empty_labels.append((line, relative))
         entries.append((relative, label_text or None, split))
-    return entries, sorted(named_classes), missing, by_name.found
+    return entries, sorted(named_classes), missing, refused, empty_labels, by_name.found
 
 
 def _csv_notes(csv_path, listed, missing, require_all):
@@ -343,6 +398,25 @@ def _csv_notes(csv_path, listed, missing, require_all):
     return notes
 
 
+def _refused_notes(csv_name, refused, empty_labels, label_column):
+    """Summary lines about CSV rows outside DATA or on broken symlinks, and rows with an empty label."""
+    notes = []
+    outside = [path for path, reason in refused if reason_kind(reason) == "outside DATA"]
+    if outside:
+        notes.append(f"{len(outside)} row(s) of {csv_name} name files outside DATA and are left out "
+                     f"(e.g. {', '.join(outside[:3])}); --allow-outside-data reads them")
+    broken = [path for path, reason in refused if reason_kind(reason) == "broken symlink"]
+    if broken:
+        notes.append(f"{len(broken)} row(s) of {csv_name} name broken symlinks and are left out "
+                     f"(e.g. {', '.join(broken[:3])})")
+    if empty_labels:
+        shown = ", ".join(f"line {line} ({path})" for line, path in empty_labels[:3])
+        notes.append(f"{len(empty_labels)} row(s) of {csv_name} have an empty '{label_column}' cell, so their "
+                     f"images are unlabeled (-1) and never trained on: {shown}"
+                     + (f" and {len(empty_labels) - 3} more" if len(empty_labels) > 3 else ""))
+    return notes
+
+
 def _names(items, limit=10):
     items = list(items)
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
@@ -350,7 +424,8 @@ def _names(items, limit=10):
 
 def discover_images(data, csv_path=None, csv_path_column="path", csv_label_column="label",
                     csv_split_column="split", val_fraction=0.1, test_fraction=0.1, seed=0, *,
-                    split_map=None, recursive=False, min_images_per_class=1, require_all=False):
+                    split_map=None, recursive=False, min_images_per_class=1, require_all=False,
+                    allow_outside_data=False):
     """List the images of data set `data` with labels and splits, sorted by path.
 
     Layouts, read from the folder's structure (see `features.layout`): (a) one folder per
@@ -374,6 +449,9 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
         recursive: read images in folders nested inside class folders into that class (default: False).
         min_images_per_class: classes with fewer images are left out, listed in `left_out` (default: 1).
         require_all: a CSV row without a file is an error rather than left out (default: False).
+        allow_outside_data: read CSV rows whose file resolves outside `data` (`..`, an absolute
+            path, a symlink that points out); otherwise they are left out as "outside DATA"
+            (default: False).
 
     Example:
         >>> table = discover_images("flowers/")
@@ -390,10 +468,11 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
     root = root.resolve()
     notes, left_out = [], []
     if csv_path is not None:
-        entries, named_classes, missing, found_by_name = _read_csv(csv_path, root, csv_path_column,
-                                                                   csv_label_column, csv_split_column)
+        entries, named_classes, missing, refused, empty_labels, found_by_name = _read_csv(
+            csv_path, root, csv_path_column, csv_label_column, csv_split_column, allow_outside_data)
         notes += _csv_notes(csv_path, len(entries) + len(missing), missing, require_all)
-        left_out += missing
+        notes += _refused_notes(Path(csv_path).name, refused, empty_labels, csv_label_column)
+        left_out += missing + refused
         layout = "csv"
         description = f"CSV {csv_path}, paths relative to DATA"
         if found_by_name:
@@ -405,9 +484,18 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
         if loose:
             notes.append(f"{len(loose)} image(s) directly in DATA are ignored: with class or split folders, every "
                          "image must be inside one")
+        broken = [(_relative(path, root), f"broken symlink (points to {os.readlink(path)})")
+                  for path in broken_links_under(root)]
+        if broken:
+            notes.append(f"{len(broken)} broken symlink(s) under DATA are left out, e.g. {broken[0][0]}")
+        left_out += broken
     if not entries:
+        outside = [path for path, reason in left_out if reason_kind(reason) == "outside DATA"]
         raise ValueError(f"No images found in {root} (extensions {', '.join(IMAGE_EXTENSIONS)}). "
-                         f"Expected class folders, split folders, or --csv. Received: data={data}")
+                         f"Expected class folders, split folders, or --csv"
+                         + (f"; {len(outside)} --csv row(s) name files outside DATA, e.g. {outside[0]}: pass "
+                            f"--allow-outside-data to read them" if outside else "")
+                         + f". Received: data={data}")
     sizes = collections.Counter(label for _, label, _ in entries if label is not None)
     empty = [name for name in named_classes if name not in sizes]
     if empty:

@@ -1,5 +1,7 @@
 """Decode image files of any common kind into RGB arrays, and resize them like the exported model does."""
 
+import re
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -7,9 +9,12 @@ import keras
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-# Decoding a huge image is not an error a user wants to hear about as a security warning;
-# but a decompression bomb is still refused, as unreadable.
-_MAX_PIXELS = 40_000 * 40_000
+# The largest image decoded (width x height), checked from the file's header before any pixel is
+# decoded. Pillow's own limit (Image.MAX_IMAGE_PIXELS, 89,478,485) only warns, and refuses at twice
+# that, so a 12000 x 12000 PNG of a few hundred KB would decode to 432 MB per copy and take GBs with
+# several decode threads. 40 megapixels keeps every camera photo (a 7952 x 5304 sensor is 42 MP:
+# pass a higher `max_pixels` for those) and bounds one decode to about 160 MB per copy.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class UnreadableImageError(ValueError):
@@ -40,32 +45,56 @@ def _to_rgb(image):
     return np.asarray(image.convert("RGB"))
 
 
-def load_image(path, min_size=None):
+def check_max_pixels(max_pixels):
+    """Validate a pixel limit: a positive integer, or None for Pillow's own limit only."""
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive integer (width x height), or None for no limit of this "
+                         f"project's own. Received: max_pixels={max_pixels!r}")
+    return max_pixels
+
+
+def _bomb_reason(error):
+    # Pillow refuses (or warns, when warnings are errors) in Image.open, before the size can be read;
+    # its limit then is MAX_IMAGE_PIXELS (warning) or twice that (error).
+    pixels = re.search(r"\((\d+) pixels\)", str(error))
+    limit = re.search(r"limit of (\d+) pixels", str(error))
+    return (f"too large: {pixels.group(1) if pixels else 'more'} pixels > {limit.group(1) if limit else 'the limit'} "
+            "(Pillow's decompression bomb check)")
+
+
+def load_image(path, min_size=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Decode the image file at `path` into a uint8 RGB array of shape (H, W, 3).
 
     EXIF orientation is applied; grey, palette, 16-bit, CMYK images become RGB; transparent
-    pixels are composited on white; animated files give their first frame. JPEGs are decoded
+    pixels are composited on white; animated files give their first frame. An image of more
+    than `max_pixels` is refused from its header, before any pixel is decoded. JPEGs are decoded
     at a reduced DCT scale (1/2, 1/4, 1/8) when both sides stay >= `min_size`, which is much
     faster for photos that are resized down anyway.
 
     Args:
         path: the image file.
         min_size: smallest side length the caller needs, or None for full size (default: None).
+        max_pixels: largest width x height decoded, or None for Pillow's limit only
+            (default: 40,000,000, see `DEFAULT_MAX_PIXELS`).
 
     Raises:
-        UnreadableImageError: the file is missing, not an image, truncated or corrupt.
+        UnreadableImageError: the file is missing, not an image, too large, truncated or corrupt.
 
     Example:
         >>> image = load_image("cat.jpg", min_size=299)
         >>> image.dtype, image.shape[2]
         (dtype('uint8'), 3)
     """
+    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        # A limit asked for above Pillow's: raise Pillow's, which would refuse at twice its value first.
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(path) as image:
-            if image.width * image.height > _MAX_PIXELS:
-                raise UnreadableImageError(path, f"too large ({image.width}x{image.height} pixels)")
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise UnreadableImageError(path, f"too large: {image.width} x {image.height} pixels > {max_pixels}")
             if min_size and image.format == "JPEG":
-                image.draft(None, (int(min_size), int(min_size)))
+                image.draft("RGB", (int(min_size), int(min_size)))
             image.load()
             image = ImageOps.exif_transpose(image)
             array = _to_rgb(image)
@@ -75,9 +104,8 @@ def load_image(path, min_size=None):
         raise UnreadableImageError(path, "file not found") from None
     except Image.UnidentifiedImageError:
         raise UnreadableImageError(path, "not an image file PIL can identify") from None
-    except Image.DecompressionBombError as error:
-        # PIL refuses images of more than twice its MAX_IMAGE_PIXELS before _MAX_PIXELS is checked.
-        raise UnreadableImageError(path, f"too large ({error})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnreadableImageError(path, _bomb_reason(error)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnreadableImageError(path, f"corrupt or truncated ({reason})") from None

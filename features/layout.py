@@ -98,6 +98,18 @@ def images_under(folder):
                               for part in p.relative_to(folder).parts))
 
 
+def broken_links_under(folder):
+    """Symlinks with an image file's name anywhere below `folder` whose target does not exist, sorted.
+
+    `images_under` cannot see them (they are no files); they are listed so that they are
+    reported as left out rather than vanish.
+    """
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_symlink() and not p.exists()
+                  and not any(part.startswith(".") or part in _IGNORED_FOLDERS
+                              for part in p.relative_to(folder).parts))
+
+
 def _words(name):
     # "Training_Data" -> training, data; "TestImages" -> test, images; "seg_train2" -> seg, train.
     return [word.lower() for word in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+", name)]

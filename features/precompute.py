@@ -18,9 +18,10 @@ import numpy as np
 import keras
 
 from features import store as feature_store
-from features.backbones import check_backbone_names, check_input_size, create_backbone, get_backbone_spec, resolve_weights
+from features.backbones import (check_backbone_names, check_input_size, create_backbone, get_backbone_spec,
+                                resolve_weights, weights_sha256)
 from features.dataset import discover_images, fingerprints, reason_kind
-from features.images import UnreadableImageError, load_image, resize_image
+from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, check_max_pixels, load_image, resize_image
 from features.views import apply_view, view_names as get_view_names
 
 DTYPES = ("float16", "float32")
@@ -149,7 +150,7 @@ def predict_in_batches(model, images, batch_size):
     return np.concatenate(outputs) if outputs else np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
 
 
-def _backbone_attrs(name, input_size, pooling, weights, seed, dtype, precision, view_names):
+def _backbone_attrs(name, input_size, pooling, weights, seed, dtype, precision, view_names, weights_file=None):
     spec = get_backbone_spec(name)
     return {
         "backbone": name,
@@ -166,6 +167,8 @@ def _backbone_attrs(name, input_size, pooling, weights, seed, dtype, precision, 
         "backend": keras.backend.backend(),
         "backend_version": _backend_version(),
         "weights_file": spec.weights_file,
+        # For the record (not compared on resume: stores made before it have none).
+        "weights_sha256": weights_sha256(weights_file) if weights_file else "none",
     }
 
 
@@ -254,10 +257,10 @@ def _write_rows(dataset, rows, values):
             start = end
 
 
-def _prepare_image(path, decode_size, sizes, views):
+def _prepare_image(path, decode_size, sizes, views, max_pixels=DEFAULT_MAX_PIXELS):
     # Decode once, then every view at every distinct input size.
     try:
-        image = load_image(path, min_size=decode_size)
+        image = load_image(path, min_size=decode_size, max_pixels=max_pixels)
     except UnreadableImageError as error:
         return error.reason
     prepared = {size: [] for size in sizes}
@@ -347,7 +350,8 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                dtype="float16", batch_size=32, views="none", precision="float32", val_fraction=0.1,
                test_fraction=0.1, csv=None, csv_path_column="path", csv_label_column="label",
                csv_split_column="split", on_change="refuse", decode_workers=None, progress=True,
-               split_map=None, recursive=False, min_images_per_class=1, require_all=False, log=print):
+               split_map=None, recursive=False, min_images_per_class=1, require_all=False,
+               allow_outside_data=False, max_pixels=DEFAULT_MAX_PIXELS, log=print):
     """Compute the features of every readable image of `data` with each backbone into store `out`.
 
     Resumable: run it again with the same arguments after an interruption and it continues;
@@ -381,6 +385,10 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             (default: False, such folders are an error).
         min_images_per_class: leave out classes with fewer images (default: 1).
         require_all: a CSV row without a file is an error instead of left out (default: False).
+        allow_outside_data: read CSV rows whose file resolves outside `data` (`..`, an absolute
+            path, a symlink pointing out); otherwise they are left out as "outside DATA" (default: False).
+        max_pixels: images of more pixels (width x height) are skipped from their header, before
+            decoding; None leaves only Pillow's own limit (default: 40,000,000).
         log: function that prints the data summary before any compute (default: print).
 
     Returns:
@@ -403,6 +411,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
     if decode_workers is not None and (not isinstance(decode_workers, int) or decode_workers < 1):
         raise ValueError(f"decode_workers must be a positive integer, or None for the default. "
                          f"Received: decode_workers={decode_workers!r}")
+    check_max_pixels(max_pixels)
     input_sizes = {name: check_input_size(name, input_size) for name in backbones}
     # Weights are checked before anything else, so a missing file costs no work.
     weight_files = {name: resolve_weights(name, weights) for name in backbones}
@@ -411,7 +420,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                             csv_label_column=csv_label_column, csv_split_column=csv_split_column,
                             val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                             split_map=split_map, recursive=recursive, min_images_per_class=min_images_per_class,
-                            require_all=require_all)
+                            require_all=require_all, allow_outside_data=allow_outside_data)
     out = Path(out)
     skipped_csv = out.with_name(out.name + ".skipped.csv")
     for line in table.describe(left_out_file=skipped_csv):
@@ -421,7 +430,8 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                    input_size=input_size, pooling=pooling, dtype=dtype, batch_size=batch_size, views=views,
                    precision=precision, val_fraction=val_fraction, test_fraction=test_fraction,
                    csv=str(csv) if csv else None, split_map=dict(split_map or {}), recursive=recursive,
-                   min_images_per_class=min_images_per_class)
+                   min_images_per_class=min_images_per_class, allow_outside_data=allow_outside_data,
+                   max_pixels=max_pixels)
     with feature_store.store_lock(out):
         added, missing = 0, 0
         created = not out.exists()
@@ -439,7 +449,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                                            fingerprints(table.root, table.paths))
                 feature_store.write_skipped(store, [], [], np.zeros((0, 2), np.int64))
         wanted = {name: _backbone_attrs(name, input_sizes[name], pooling, weights_label, seed, dtype,
-                                        precision, extra_views) for name in backbones}
+                                        precision, extra_views, weight_files[name]) for name in backbones}
         with _open_store(out) as store:
             to_add = [name for name in backbones if "features" not in store or name not in store["features"]]
             # Settings are checked before new images are added, so a refused run changes nothing.
@@ -484,7 +494,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             # Images are read from DATA as given now, not from the stored data_root: a data
             # folder moved since the store was made (same files, same fingerprints) still reads.
             computed, skipped_now, timings = _run(out, table.root, paths, todo_rows, done, models, active, input_sizes,
-                                                  extra_views, batch_size, decode_workers, progress)
+                                                  extra_views, batch_size, decode_workers, progress, max_pixels)
         timings = {"build": build_seconds, **timings}
         dropped_classes = _finish(out, backbones)
         with h5py.File(out, "r") as store:
@@ -553,13 +563,13 @@ def _build(name, input_size, weights_file, pooling, seed, precision):
         keras.config.set_dtype_policy(previous)
 
 
-def _timed_prepare(path, decode_size, sizes, views):
+def _timed_prepare(path, decode_size, sizes, views, max_pixels=DEFAULT_MAX_PIXELS):
     started = time.perf_counter()
-    return _prepare_image(path, decode_size, sizes, views), time.perf_counter() - started
+    return _prepare_image(path, decode_size, sizes, views, max_pixels), time.perf_counter() - started
 
 
 def _run(out, root, paths, todo_rows, done, models, active, input_sizes, extra_views, batch_size,
-         decode_workers, progress):
+         decode_workers, progress, max_pixels=DEFAULT_MAX_PIXELS):
     from tqdm import tqdm
 
     sizes = sorted({input_sizes[name] for name in active})
@@ -578,7 +588,7 @@ def _run(out, root, paths, todo_rows, done, models, active, input_sizes, extra_v
     def submit(batch):
         # The next batch decodes while this one computes.
         in_flight.append((batch, [executor.submit(_timed_prepare, os.path.join(root, paths[row]),
-                                                  decode_size, sizes, extra_views) for row in batch]))
+                                                  decode_size, sizes, extra_views, max_pixels) for row in batch]))
 
     def put(job):
         waiting = time.perf_counter()

@@ -1,3 +1,5 @@
+import importlib
+
 import h5py
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from features.backbones import (
     has_imagenet_weights,
     list_backbones,
     resolve_weights,
+    weights_sha256,
 )
 
 REQUIRED = ["xception", "resnet50", "inception_v3", "densenet121", "densenet169", "densenet201",
@@ -131,3 +134,40 @@ def test_weights_from_keras_home_or_a_folder_of_hand_copied_files(tmp_path, monk
     with pytest.raises(FileNotFoundError, match="Weights not found: .*nowhere"):
         resolve_weights("vgg16", str(tmp_path / "nowhere"))
     assert resolve_weights("vgg16", "none") is None
+
+
+def test_published_hashes_are_kerass_own():
+    import inspect
+
+    for name in list_backbones():
+        spec = get_backbone_spec(name)
+        if spec.preprocess_module in ("mobilenet", "mobilenet_v2"):
+            assert spec.weights_hash is None, name  # Keras publishes none for these
+            continue
+        module = importlib.import_module("keras.src.applications."
+                                         + ("resnet" if spec.preprocess_module == "resnet_v2" else spec.preprocess_module))
+        if hasattr(module, "WEIGHTS_HASHES"):  # (top, no-top) pairs
+            assert spec.weights_hash in [pair[1] for pair in module.WEIGHTS_HASHES.values()], name
+            continue
+        source = inspect.getsource(module)
+        before = source[:source.index(f'file_hash="{spec.weights_hash}"')][-300:]  # the get_file call it is in
+        assert "notop" in before.lower().replace("no_top", "notop"), name
+        if name.startswith("densenet"):
+            assert f"DENSENET{name[-3:]}_WEIGHT_PATH_NO_TOP" in before[-150:], name  # 121, not 169
+
+
+def test_weights_sha256_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    import hashlib
+
+    from features import backbones
+
+    weights_file = tmp_path / "weights.h5"
+    weights_file.write_bytes(b"first")
+    assert weights_sha256(weights_file) == hashlib.sha256(b"first").hexdigest()
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: reads.append(args[0]) or real_open(*args, **kwargs))
+    assert weights_sha256(weights_file) == hashlib.sha256(b"first").hexdigest() and reads == []  # cached
+    weights_file.write_bytes(b"second, longer")  # another size (and mtime): read again
+    assert weights_sha256(weights_file) == hashlib.sha256(b"second, longer").hexdigest() and len(reads) == 1
+    assert len([key for key in backbones._SHA256_CACHE if key[0] == str(weights_file.resolve())]) == 2

@@ -122,3 +122,65 @@ def test_every_script_groups_its_options_and_states_each_default():
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
                 assert "default: " in (action.help or ""), f"{script} {action.option_strings[0]}: no default in its help"
+
+
+def _typed_parser():
+    parser = _parser()
+    parser.add_argument("--rate", type=float, default=0.1)
+    parser.add_argument("--pooling", choices=["avg", "max"], default="avg")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--split-map", nargs="+", default=None)
+    parser.add_argument("--input-size", type=int, default=None)
+    parser.add_argument("--stream", action="store_true")
+    return parser
+
+
+def _typed_config_error(tmp_path, capsys, options):
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps(options))
+    with pytest.raises(SystemExit) as raised:
+        parse_args_with_config(_typed_parser(), ["x", "--config", str(config)])
+    assert raised.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("batch-size", 8.0, "an integer"),
+    ("batch_size", "32", "an integer"),
+    ("batch-size", True, "an integer"),
+    ("rate", "0.5", "a number"),
+    ("pooling", "sum", "one of 'avg', 'max'"),
+    ("backbones", "resnet50", r"a list of strings \(at least one\)"),
+    ("backbones", [], r"a list of strings \(at least one\)"),
+    ("backbones", ["resnet50", 7], r"a list of strings \(at least one\)"),
+    ("sizes", [32, 64.5], "a list of integers"),
+    ("stream", "yes", "true or false"),
+    ("batch-size", None, "an integer"),
+    ("data", 5, "a string"),
+])
+def test_config_values_of_the_wrong_type_are_one_line(tmp_path, capsys, key, value, expected):
+    line = _typed_config_error(tmp_path, capsys, {key: value})
+    assert re.fullmatch(rf"tool: error: Option '{key}' in config file .*options\.json must be {expected}\. Fix the "
+                        rf"value in the file \(numbers without quotes, true/false for flags\)\. "
+                        rf"Received: {key}={re.escape(repr(value))}", line), line
+
+
+def test_config_values_of_the_right_type_are_taken(tmp_path):
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps({"batch-size": 4, "rate": 1, "pooling": "max", "sizes": [32, 64], "stream": True,
+                                  "input-size": None, "split-map": {"fold_a": "train", "fold_b": "test"}}))
+    args = parse_args_with_config(_typed_parser(), ["x", "--config", str(config)])
+    assert (args.batch_size, args.rate, args.pooling, args.sizes, args.stream) == (4, 1.0, "max", [32, 64], True)
+    assert isinstance(args.rate, float) and args.input_size is None
+    assert args.split_map == ["fold_a=train", "fold_b=test"]  # a mapping as the FOLDER=SPLIT words the flag takes
+
+
+def test_every_scripts_saved_defaults_load_back_as_config(tmp_path):
+    # What save_options writes for options left at their default (null, [], false) passes the type checks.
+    for script, parser in _script_parsers():
+        defaults = {action.dest: action.default for action in parser._actions
+                    if action.option_strings and action.dest not in ("help", "config")}
+        config = save_options(defaults, tmp_path / f"{script.replace('/', '_')}.json")
+        positionals = ["x" for action in parser._actions if not action.option_strings and action.nargs is None]
+        args = parse_args_with_config(parser, ["--config", str(config)] + positionals)
+        assert {key: getattr(args, key) for key in defaults} == json.loads(config.read_text()), script

@@ -259,3 +259,94 @@ def test_split_folders_without_any_label_say_so(tmp_path):
     assert table.layout == "split_folders" and table.class_names == ()
     assert table.notes == ("no image has a label: the store can be made, but training needs class folders or a --csv "
                            "with a label column",)
+
+
+def _labels_data(tmp_path):
+    """DATA with cat/ and dog/ (2 images each), a secret image beside DATA; returns (DATA, secret path)."""
+    data = tmp_path / "data"
+    make_class_folders(data, classes=("cat", "dog"), per_class=2)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((data / "cat" / "cat_000.jpg").read_bytes())
+    return data, secret
+
+
+def test_csv_paths_outside_data_are_left_out_unless_allowed(tmp_path):
+    data, secret = _labels_data(tmp_path)
+    elsewhere = tmp_path / "abs" / "path" / "outside.png"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(secret.read_bytes())
+    (data / "cat" / "link.jpg").symlink_to(secret)  # a file inside DATA that points outside is outside
+    (data / "inside_link.jpg").symlink_to(data / "dog" / "dog_000.jpg")  # a link that stays inside is read
+    rows = ["cat/cat_000.jpg,cat", "../secret.png,cat", f"{elsewhere},dog", "cat/link.jpg,cat",
+            f"{data / 'dog' / 'dog_001.jpg'},dog", "inside_link.jpg,dog", "dog/../cat/cat_001.jpg,cat"]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    table = discover_images(data, csv_path=tmp_path / "labels.csv", val_fraction=0, test_fraction=0)
+    # An absolute path inside DATA and a `..` that stays inside still work.
+    assert table.paths == ("cat/cat_000.jpg", "cat/cat_001.jpg", "dog/dog_001.jpg", "inside_link.jpg")
+    assert table.left_out == (
+        ("../secret.png", f"outside DATA (resolves to {secret.resolve()}; listed in labels.csv line 3; "
+                          "--allow-outside-data reads it)"),
+        (str(elsewhere), f"outside DATA (resolves to {elsewhere.resolve()}; listed in labels.csv line 4; "
+                         "--allow-outside-data reads it)"),
+        ("cat/link.jpg", f"outside DATA (resolves to {secret.resolve()}; listed in labels.csv line 5; "
+                         "--allow-outside-data reads it)"))
+    lines = table.describe(left_out_file="cache.h5.skipped.csv")
+    assert "  3 row(s) of labels.csv name files outside DATA and are left out (e.g. ../secret.png, " \
+           f"{elsewhere}, cat/link.jpg); --allow-outside-data reads them" in lines
+    assert "  left out 3 image(s): 3 outside DATA; all listed in cache.h5.skipped.csv" in lines
+    allowed = discover_images(data, csv_path=tmp_path / "labels.csv", val_fraction=0, test_fraction=0,
+                              allow_outside_data=True)
+    assert allowed.left_out == () and len(allowed) == 7
+    assert {"../secret.png", "cat/link.jpg", "../abs/path/outside.png"} <= set(allowed.paths)
+    # Nothing but outside rows: the error names the flag.
+    (tmp_path / "outside.csv").write_text("path,label\n../secret.png,cat\n")
+    with pytest.raises(ValueError, match=r"No images found in .*; 1 --csv row\(s\) name files outside DATA, e.g. "
+                                         r"\.\./secret\.png: pass --allow-outside-data to read them\. Received"):
+        discover_images(data, csv_path=tmp_path / "outside.csv")
+
+
+def test_broken_symlinks_are_left_out_and_listed(tmp_path):
+    data, secret = _labels_data(tmp_path)
+    (data / "cat" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (data / "dog" / ".hidden.jpg").symlink_to(tmp_path / "deleted.jpg")  # hidden files are never images
+    table = discover_images(data, val_fraction=0, test_fraction=0)
+    assert len(table) == 4
+    assert table.left_out == (("cat/gone.jpg", f"broken symlink (points to {tmp_path / 'deleted.jpg'})"),)
+    assert "1 broken symlink(s) under DATA are left out, e.g. cat/gone.jpg" in table.notes
+    assert "  left out 1 image(s): 1 broken symlink" in table.describe()
+    (tmp_path / "labels.csv").write_text("path,label\ncat/cat_000.jpg,cat\ncat/gone.jpg,cat\n")
+    table = discover_images(data, csv_path=tmp_path / "labels.csv", val_fraction=0, test_fraction=0)
+    assert table.left_out == (("cat/gone.jpg", f"broken symlink (points to {tmp_path / 'deleted.jpg'}; listed in "
+                                               "labels.csv line 3)"),)
+    assert "1 row(s) of labels.csv name broken symlinks and are left out (e.g. cat/gone.jpg)" in table.notes
+
+
+def test_csv_rows_with_missing_or_extra_fields_name_their_line(tmp_path):
+    data, _ = _labels_data(tmp_path)
+    (tmp_path / "short.csv").write_text('path,label\ncat/cat_000.jpg,cat\n"cat/\ncat_001.jpg",cat\n\n'
+                                        'dog/dog_000.jpg\n')
+    # The multi-line quoted path and the blank line count: the short row is on line 6.
+    with pytest.raises(ValueError, match=r"^CSV file .*short\.csv line 6 has no 'label' field: it has 1 of the 2 "
+                                         r"columns \(path, label\)\. Give every row all columns; an empty label is "
+                                         r"written as an empty field, e\.g\. 'img_001\.jpg,'\. "
+                                         r"Received: \['dog/dog_000\.jpg'\]$"):
+        discover_images(data, csv_path=tmp_path / "short.csv")
+    (tmp_path / "long.csv").write_text("path,label,split\ncat/cat_000.jpg,cat,train\ncat/a,b.jpg,cat,train\n")
+    with pytest.raises(ValueError, match=r"line 3 has 4 fields, but the header has 3 \(path, label, split\): a path or "
+                                         r"label holding a comma needs quotes\. Received: \['cat/a', 'b\.jpg', 'cat', "
+                                         r"'train'\]"):
+        discover_images(data, csv_path=tmp_path / "long.csv")
+    (tmp_path / "huge.csv").write_text("path,label\ncat/cat_000.jpg,cat\ncat/cat_001.jpg," + "x" * 200_000 + "\n")
+    with pytest.raises(ValueError, match=r"huge\.csv line 3 cannot be read: field larger than field limit"):
+        discover_images(data, csv_path=tmp_path / "huge.csv")
+
+
+def test_empty_label_cells_are_counted_and_named(tmp_path):
+    data, _ = _labels_data(tmp_path)
+    rows = ["cat/cat_000.jpg,cat", "cat/cat_001.jpg,", "dog/dog_000.jpg,dog", "dog/dog_001.jpg,  "]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    table = discover_images(data, csv_path=tmp_path / "labels.csv", val_fraction=0, test_fraction=0)
+    assert table.labels.tolist() == [0, -1, 1, -1]
+    assert ("2 row(s) of labels.csv have an empty 'label' cell, so their images are unlabeled (-1) and never trained "
+            "on: line 3 (cat/cat_001.jpg), line 5 (dog/dog_001.jpg)") in table.notes
+    assert table.describe()[2].startswith("  4 images, 2 classes, 2 unlabeled;")

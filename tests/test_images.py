@@ -1,11 +1,16 @@
+import struct
+import time
+import warnings
+import zlib
+
 import numpy as np
 import pytest
-from PIL import Image, features as pil_features
+from PIL import Image, ImageFile, features as pil_features
 
 import keras
 
 import features.images
-from features.images import UnreadableImageError, load_image, resize_image
+from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, load_image, resize_image
 from tests._features_fixtures import smooth_image
 
 
@@ -103,15 +108,65 @@ def test_unreadable_files_raise_with_a_short_reason(tmp_path, rgb):
 
 def test_too_large_images_are_refused_as_too_large(tmp_path, rgb, monkeypatch):
     Image.fromarray(rgb).save(tmp_path / "image.png")  # 40x30 = 1,200 pixels
-    monkeypatch.setattr(features.images, "_MAX_PIXELS", 1000)
     with pytest.raises(UnreadableImageError) as error:
-        load_image(tmp_path / "image.png")
-    assert error.value.reason == "too large (40x30 pixels)"
-    # PIL's own limit (twice MAX_IMAGE_PIXELS) may strike first; the reason still says why.
+        load_image(tmp_path / "image.png", max_pixels=1000)
+    assert error.value.reason == "too large: 40 x 30 pixels > 1000"
+    assert load_image(tmp_path / "image.png", max_pixels=1200).shape == (30, 40, 3)
+    assert load_image(tmp_path / "image.png", max_pixels=None).shape == (30, 40, 3)
+    # Pillow's own limit (it refuses at twice MAX_IMAGE_PIXELS) may strike first; the reason still says why.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
     with pytest.raises(UnreadableImageError) as error:
-        load_image(tmp_path / "image.png")
-    assert error.value.reason.startswith("too large (Image size (1200 pixels) exceeds limit")
+        load_image(tmp_path / "image.png", max_pixels=None)
+    assert error.value.reason == "too large: 1200 pixels > 1000 (Pillow's decompression bomb check)"
+    # A limit asked for above Pillow's raises Pillow's, so that the asked limit is the one that acts.
+    assert load_image(tmp_path / "image.png", max_pixels=1200).shape == (30, 40, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1200
+
+
+def test_pillows_bomb_warning_never_becomes_a_traceback(tmp_path, rgb, monkeypatch):
+    Image.fromarray(rgb).save(tmp_path / "image.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warns above 1000, refuses above 2000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(UnreadableImageError) as error:
+            load_image(tmp_path / "image.png", max_pixels=None)
+    assert error.value.reason == "too large: 1200 pixels > 1000 (Pillow's decompression bomb check)"
+
+
+def _png_of_size(width, height):
+    """A valid PNG file of a few dozen bytes whose header says width x height (its pixel data is short)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_without_decoding(tmp_path, monkeypatch):
+    # 7000 x 7000 RGB would be 147 MB decoded, 20000 x 20000 1.2 GB: the header alone says so.
+    (tmp_path / "large.png").write_bytes(_png_of_size(7000, 7000))
+    (tmp_path / "bomb.png").write_bytes(_png_of_size(20000, 20000))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    started = time.perf_counter()
+    with pytest.raises(UnreadableImageError) as error:
+        load_image(tmp_path / "large.png")
+    assert error.value.reason == f"too large: 7000 x 7000 pixels > {DEFAULT_MAX_PIXELS}"
+    # Above twice Pillow's limit, Pillow refuses in Image.open already: the reason says whose check acted.
+    with pytest.raises(UnreadableImageError) as error:
+        load_image(tmp_path / "bomb.png")
+    assert error.value.reason == (f"too large: 400000000 pixels > {2 * Image.MAX_IMAGE_PIXELS} (Pillow's "
+                                  "decompression bomb check)")
+    assert time.perf_counter() - started < 1.0
+    assert DEFAULT_MAX_PIXELS < Image.MAX_IMAGE_PIXELS  # the project's limit acts before Pillow warns
+
+
+def test_a_large_jpeg_is_drafted_to_no_less_than_the_needed_size(tmp_path):
+    Image.new("RGB", (4000, 3000), (200, 120, 40)).save(tmp_path / "large.jpg", quality=90)
+    image = load_image(tmp_path / "large.jpg", min_size=299)
+    assert image.shape == (375, 500, 3)  # 1/8 scale, both sides still >= 299
+    assert np.abs(image.astype(int) - [200, 120, 40]).max() <= 3
+    assert load_image(tmp_path / "large.jpg", min_size=400).shape == (750, 1000, 3)  # 1/8 would give 375 < 400
+    assert load_image(tmp_path / "large.jpg").shape == (3000, 4000, 3)
 
 
 def test_resize_matches_keras_resizing_layer(rgb):
@@ -122,3 +177,11 @@ def test_resize_matches_keras_resizing_layer(rgb):
     np.testing.assert_allclose(resized, expected, atol=1e-3)
     assert 0 <= resized.min() and resized.max() <= 255.5
     np.testing.assert_array_equal(resize_image(rgb[:16, :16], 16), rgb[:16, :16].astype(np.float32))
+
+
+def test_prediction_applies_the_same_pixel_limit(tmp_path):
+    from fusion.predict import _prepare
+
+    (tmp_path / "large.png").write_bytes(_png_of_size(7000, 7000))
+    assert _prepare(tmp_path / "large.png", 32, ("identity",), {"a": 32}) == (
+        None, f"too large: 7000 x 7000 pixels > {DEFAULT_MAX_PIXELS}")

@@ -69,7 +69,8 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
     assert again.computed == {"vgg16": 0} and again.reused == {"vgg16": 12}
     decoded = []
     original = pipeline.load_image
-    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None: decoded.append(path) or original(path, min_size))
+    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None, **kwargs: decoded.append(path)
+                        or original(path, min_size, **kwargs))
     more = precompute(data, out, ["vgg16", "resnet50"], **FAST)
     assert more.computed == {"vgg16": 0, "resnet50": 0 + 12}
     assert len(decoded) == 12  # the known-bad file is not decoded again
@@ -81,7 +82,8 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
 def test_each_image_decoded_once_for_several_sizes(data, tmp_path, monkeypatch):
     decoded, resized = [], []
     original_load, original_resize = pipeline.load_image, pipeline.resize_image
-    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None: decoded.append(min_size) or original_load(path, min_size))
+    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None, **kwargs: decoded.append(min_size)
+                        or original_load(path, min_size, **kwargs))
     monkeypatch.setattr(pipeline, "resize_image", lambda image, size: resized.append(size) or original_resize(image, size))
     summary = precompute(data, tmp_path / "c.h5", ["mobilenet", "mobilenet_v2", "inception_v3"], weights="none",
                          input_size=None, batch_size=4, progress=False)
@@ -326,3 +328,98 @@ def test_non_finite_features_are_refused_before_their_rows_are_marked_done(data,
     monkeypatch.setattr(pipeline, "predict_in_batches", real)
     summary = precompute(data, out, ["vgg16"], **FAST)
     assert summary.computed == {"vgg16": 12} and np.isfinite(load_store(out).features["vgg16"]).all()
+
+
+def _png_of_size(width, height):
+    """A valid PNG file of a few dozen bytes whose header says width x height."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def test_hostile_labels_and_images_stay_in_their_box(tmp_path):
+    import csv
+    import json
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    make_class_folders(root, classes=("cat", "dog"), per_class=3)
+    (tmp_path / "secret.jpg").write_bytes((root / "cat" / "cat_000.jpg").read_bytes())
+    (root / "cat" / "link_out.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "dog" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (root / "dog" / "bomb.png").write_bytes(_png_of_size(7000, 7000))
+    Image.new("RGB", (4000, 3000), (30, 160, 90)).save(root / "dog" / "large.jpg", quality=90)
+    rows = [f"cat/cat_{i:03d}.jpg,cat" for i in range(3)] + [f"dog/dog_{i:03d}.jpg,dog" for i in range(3)]
+    rows += ["../secret.jpg,cat", "cat/link_out.jpg,cat", "dog/gone.jpg,dog", "dog/bomb.png,dog", "dog/large.jpg,dog"]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "cache.h5"
+    printed = []
+    summary = precompute(root, out, ["vgg16"], csv=tmp_path / "labels.csv", val_fraction=0, test_fraction=0,
+                         log=printed.append, **FAST)
+    assert summary.skipped == (("dog/bomb.png", "too large: 7000 x 7000 pixels > 40000000"),)
+    assert [path for path, _ in summary.left_out] == ["../secret.jpg", "cat/link_out.jpg", "dog/gone.jpg"]
+    assert "  left out 3 image(s): 2 outside DATA, 1 broken symlink; all listed in " \
+           f"{out}.skipped.csv" in printed
+    with open(f"{out}.skipped.csv", newline="") as handle:
+        listed = {row["path"]: row["reason"] for row in csv.DictReader(handle)}
+    assert set(listed) == {"dog/bomb.png", "../secret.jpg", "cat/link_out.jpg", "dog/gone.jpg"}
+    assert listed["../secret.jpg"].startswith("outside DATA (resolves to ")
+    assert listed["dog/gone.jpg"].startswith("broken symlink (points to ")
+    # The 4000 x 3000 JPEG is decoded at 1/8 scale (375 x 500, still >= 32) and its features are those of that image.
+    loaded = load_store(out)
+    row = loaded.paths.tolist().index("dog/large.jpg")
+    drafted = load_image(root / "dog" / "large.jpg", min_size=32)
+    assert drafted.shape == (375, 500, 3)
+    model = create_backbone("vgg16", input_size=32, weights="none", seed=0)
+    expected = model.predict_on_batch(resize_image(drafted, 32)[None])[0]
+    np.testing.assert_allclose(loaded.features["vgg16"][row], expected, rtol=2e-2, atol=2e-2)
+    with h5py.File(out, "r") as store:
+        created_with = json.loads(store.attrs["created_with"])
+        assert store["features/vgg16"].attrs["weights_sha256"] == "none"
+    assert created_with["max_pixels"] == 40_000_000 and created_with["allow_outside_data"] is False
+    # Asked for: rows outside DATA are read, and a higher limit decodes the large header's image (here: corrupt).
+    allowed = precompute(root, tmp_path / "allowed.h5", ["vgg16"], csv=tmp_path / "labels.csv", val_fraction=0,
+                         test_fraction=0, allow_outside_data=True, max_pixels=50_000_000, log=printed.append, **FAST)
+    assert {"../secret.jpg", "cat/link_out.jpg"} <= set(load_store(tmp_path / "allowed.h5").paths.tolist())
+    assert [path for path, _ in allowed.left_out] == ["dog/gone.jpg"]
+    assert allowed.skipped[0][0] == "dog/bomb.png" and allowed.skipped[0][1].startswith("corrupt or truncated")
+
+
+def test_max_pixels_must_be_a_positive_integer(data, tmp_path):
+    for value in (0, -5, 1.5e7, True, "40000000"):
+        with pytest.raises(ValueError, match=r"max_pixels must be a positive integer \(width x height\), or None for "
+                                             rf"no limit of this project's own\. Received: max_pixels={value!r}"):
+            precompute(data, tmp_path / "c.h5", ["vgg16"], max_pixels=value, **FAST)
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_weight_files_record_their_sha256_and_stores_without_it_still_resume(data, tmp_path):
+    import hashlib
+
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from features import get_backbone_spec
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    weights_file = folder / get_backbone_spec("vgg16").weights_file
+    with h5py.File(weights_file, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, create_backbone("vgg16", input_size=32, weights="none",
+                                                                            seed=3).get_layer("vgg16"))
+    out = tmp_path / "cache.h5"
+    options = {**FAST, "weights": str(folder)}
+    precompute(data, out, ["vgg16"], **options)
+    with h5py.File(out, "r") as store:
+        assert store["features/vgg16"].attrs["weights_sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    # A store made before the attribute existed resumes and reuses its rows.
+    with h5py.File(out, "r+") as store:
+        del store["features/vgg16"].attrs["weights_sha256"]
+        store["progress/vgg16"][0] = 0  # one row left to compute
+    summary = precompute(data, out, ["vgg16"], **options)
+    assert summary.computed == {"vgg16": 1} and summary.reused == {"vgg16": 11}

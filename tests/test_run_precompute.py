@@ -130,3 +130,42 @@ def test_cli_split_folders_named_by_nothing_are_mapped_with_split_map(tmp_path, 
                                                        ["dog", "2", "1", "3"]]
     options = json.loads((tmp_path / "cache.h5.options.json").read_text())
     assert options["split_map"] == ["fold_a=train", "fold_b=test"] and options["min_images_per_class"] == 1
+
+
+def test_cli_max_pixels_and_allow_outside_data_reach_the_run(tmp_path, capsys):
+    make_class_folders(tmp_path / "data", classes=("cat", "dog"), per_class=3, size=(48, 40))
+    (tmp_path / "secret.jpg").write_bytes((tmp_path / "data" / "cat" / "cat_000.jpg").read_bytes())
+    rows = [f"{name}/{name}_{i:03d}.jpg,{name}" for name in ("cat", "dog") for i in range(3)] + ["../secret.jpg,dog"]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    base = [str(tmp_path / "data"), "--csv", str(tmp_path / "labels.csv"), "--backbones", "vgg16", "--weights", "none",
+            "--input-size", "32", "--no-progress", "--val-fraction", "0", "--test-fraction", "0"]
+    assert main(base + ["--out", str(tmp_path / "a.h5"), "--max-pixels", "1920"]) == 0  # 48 x 40 = 1920: all read
+    printed = capsys.readouterr().out
+    assert "left out 1 image(s): 1 outside DATA" in printed and "--allow-outside-data reads them" in printed
+    assert load_store(tmp_path / "a.h5").paths.tolist() == [f"{name}/{name}_{i:03d}.jpg" for name in ("cat", "dog")
+                                                            for i in range(3)]
+    options = json.loads((tmp_path / "a.h5.options.json").read_text())
+    assert options["max_pixels"] == 1920 and options["allow_outside_data"] is False
+    # Every image is too large by one pixel: nothing computed, one line.
+    code, output = _run_main(base + ["--out", str(tmp_path / "b.h5"), "--max-pixels", "1919", "--allow-outside-data"],
+                             capsys)
+    assert code == 2 and "None of the 7 image(s) could be read" in output.err
+    assert "too large: 48 x 40 pixels > 1919" in output.err
+    assert main(base + ["--out", str(tmp_path / "c.h5"), "--allow-outside-data"]) == 0
+    assert "../secret.jpg" in load_store(tmp_path / "c.h5").paths.tolist()
+
+
+def test_cli_config_values_of_the_wrong_type_stop_before_any_work(tmp_path, capsys):
+    make_class_folders(tmp_path / "data", per_class=2)
+    out = tmp_path / "out" / "cache.h5"
+    for options, expected in (({"batch-size": "32"}, "must be an integer. Fix the value in the file"),
+                              ({"input_size": 32.0}, "must be an integer"),
+                              ({"max-pixels": 4e7}, "must be an integer"),
+                              ({"allow-outside-data": "yes"}, "must be true or false"),
+                              ({"dtype": "float64"}, "must be one of 'float16', 'float32'")):
+        (tmp_path / "opts.json").write_text(json.dumps(options))
+        code, output = _run_main([str(tmp_path / "data"), "--out", str(out), "--config", str(tmp_path / "opts.json")],
+                                 capsys)
+        assert code == 2 and expected in output.err and "Traceback" not in output.err
+        assert output.err.strip().splitlines()[-1].startswith("run_precompute.py: error: Option ")
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """run_train.py: every option reaches the run, final options are saved, user errors exit 2 with one line."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -92,3 +93,19 @@ def test_script_exit_code_and_single_stderr_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("run_train.py")]
     assert lines == [f"run_train.py: error: Feature store not found: {tmp_path / 'none.h5'}"]
     assert "Traceback" not in result.stderr
+
+
+def test_config_values_of_the_wrong_type_stop_before_the_run_folder(spatial_store, tmp_path, capsys):
+    out = tmp_path / "run"
+    for options, expected in (({"epochs": 2.5}, "Option 'epochs' in config file .* must be an integer"),
+                              ({"batch_size": "16"}, "Option 'batch_size' in config file .* must be an integer"),
+                              ({"dropout": "0.2"}, "Option 'dropout' .* must be a number"),
+                              ({"head-units": 8}, "Option 'head-units' .* must be a list of integers"),
+                              ({"epoch": 2}, "Unknown option 'epoch' in config file .* Valid options: .*epochs")):
+        config = tmp_path / "bad.json"
+        config.write_text(json.dumps(options))
+        line = _fail(capsys, ["--config", str(config), str(spatial_store), "--out", str(out)]).splitlines()[-1]
+        assert re.match(rf"run_train\.py: error: {expected}", line), line
+        key, value = next(iter(options.items()))
+        assert line.endswith(f"Received: {key}={value!r}")
+    assert not out.exists()
