@@ -25,13 +25,13 @@ def build_parser():
                         help="an exported .keras model, or a run folder (exported to RUN/exported.keras on first use)")
     source.add_argument("--store", default=None,
                         help="a feature store for a run folder: checked against the recipe the run recorded (backbones, "
-                             "input size, pooling, weights, views, ...) and refused on any difference; a run that records "
-                             "no recipe is exported from it, again each time it is given. Not for an exported .keras model "
+                             "input size, pooling, weights, views, ...) and refused on any difference; a matching store keeps "
+                             "the cached export; a run that records no recipe is exported from it, again each time. Not for an exported .keras model "
                              "(default: the run's own record, else the store in its config.json)"),
     source.add_argument("--export-only", action="store_true",
                         help="write the exported model and stop, classifying nothing (default: off)")
     source.add_argument("--export-to", default=None, metavar="FILE",
-                        help="where to write the exported model with --export-only (default: RUN/exported.keras)")
+                        help="where --export-only writes the exported model; needs --export-only (default: RUN/exported.keras)")
     inputs = parser.add_argument_group("images")
     inputs.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files, folders (searched recursively) or CSV files listing images")
