@@ -223,3 +223,22 @@ def test_the_export_name_is_checked_before_the_run_is_read(tmp_path):
     (tmp_path / "folder.keras").mkdir()
     with pytest.raises(ValueError, match=r"folder\.keras is a folder. Expected a \.keras file name"):
         export_model(tmp_path / "no_run_here", tmp_path / "folder.keras")
+
+
+def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run):
+    from fusion.export import matches_run
+
+    _, _, run_dir = float32_run
+
+    def exported_like(sizes, class_names=("class_0", "class_1")):
+        image = keras.Input((None, None, 3))
+        pooled = [keras.layers.GlobalAveragePooling2D()(keras.layers.Resizing(size, size, name=f"{name}_resize")(image))
+                  for name, size in sizes.items()]
+        probabilities = keras.layers.Dense(2, activation="softmax")(keras.layers.Concatenate()(pooled))
+        return keras.Model(image, ClassNames(class_names, name="class_names")(probabilities))
+
+    assert matches_run(keras.saving.load_model(run_dir / "exported.keras", safe_mode=True), run_dir)
+    assert matches_run(exported_like({"mobilenet_v2": 32, "densenet121": 32}), run_dir)
+    assert not matches_run(exported_like({"mobilenet_v2": 64, "densenet121": 32}), run_dir)  # made from a 64 px store
+    assert not matches_run(exported_like({"mobilenet_v2": 32}), run_dir)
+    assert not matches_run(exported_like({"mobilenet_v2": 32, "densenet121": 32}, ("cat", "dog")), run_dir)
