@@ -4,6 +4,7 @@
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -23,11 +24,14 @@ def build_parser():
     source.add_argument("model", metavar="MODEL_OR_RUN",
                         help="an exported .keras model, or a run folder (exported to RUN/exported.keras on first use)")
     source.add_argument("--store", default=None,
-                        help="the run's feature store, if it moved since training (default: the path in the run's config.json)")
+                        help="a feature store for a run folder: checked against the recipe the run recorded (backbones, "
+                             "input size, pooling, weights, views, ...) and refused on any difference; a matching store keeps "
+                             "the cached export; a run that records no recipe is exported from it, again each time. Not for an exported .keras model "
+                             "(default: the run's own record, else the store in its config.json)"),
     source.add_argument("--export-only", action="store_true",
                         help="write the exported model and stop, classifying nothing (default: off)")
     source.add_argument("--export-to", default=None, metavar="FILE",
-                        help="where to write the exported model with --export-only (default: RUN/exported.keras)")
+                        help="where --export-only writes the exported model; needs --export-only (default: RUN/exported.keras)")
     inputs = parser.add_argument_group("images")
     inputs.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files, folders (searched recursively) or CSV files listing images")
@@ -46,23 +50,48 @@ def build_parser():
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROGRAM}: warning: {message}", file=file or sys.stderr)
+
+
+def _check_arguments(args):
+    """Every check that needs no model, before any work and before any file or folder is made."""
+    from features.atomic_files import check_writable_file
+    from fusion.export import EXPORT_FILE_NAME, check_export_path
+
+    for name, value in (("top_k", args.top_k), ("batch_size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1. Received: {name}={value}")
+    if args.export_only:
+        if not Path(args.model).is_dir():
+            raise ValueError(f"--export-only needs a run folder. Received: model={args.model!r}")
+        target = check_export_path(args.export_to or Path(args.model) / EXPORT_FILE_NAME)
+        check_writable_file(target, "--export-to")
+    else:
+        if args.export_to:
+            raise ValueError(f"--export-to is where --export-only writes the model; give both, or neither. "
+                             f"Received: export_to={args.export_to!r}")
+        check_writable_file(args.out, "--out")
+
+
 def main(argv=None):
     args = parse_args_with_config(build_parser(), argv)
-    with exit_on_user_error(PROGRAM):
+    with exit_on_user_error(PROGRAM), warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
         from fusion.export import export_model
         from fusion.image_inputs import gather_image_paths
-        from fusion.predict import load_classifier, predict_images, write_predictions_csv
+        from fusion.predict import check_model_source, load_classifier, predict_images, write_predictions_csv
         from fusion.run_folder import record_written
 
+        _check_arguments(args)
+        image_paths = None if args.export_only else gather_image_paths(args.images, path_column=args.path_column)
+        check_model_source(args.model, store=args.store)
         if args.export_only:
-            if not Path(args.model).is_dir():
-                raise ValueError(f"--export-only needs a run folder. Received: model={args.model!r}")
             exported = export_model(args.model, args.export_to, store=args.store)
             record_written(args.model, Path(str(exported) + ".options.json").resolve())
             save_options(args, Path(str(exported) + ".options.json"))
             print(f"exported model: {exported}")
             return 0
-        image_paths = gather_image_paths(args.images, path_column=args.path_column)
         model = load_classifier(args.model, store=args.store)
         predictions = predict_images(model, image_paths, batch_size=args.batch_size, views=args.views,
                                      progress=not args.no_progress)

@@ -10,10 +10,11 @@ into one line on stderr and a non-zero exit instead of a traceback.
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tomllib
 from pathlib import Path
+
+from features.atomic_files import write_text_atomic
 
 # Errors a user can cause (bad value, missing file, missing package). Anything else is
 # a bug and keeps its traceback.
@@ -184,10 +185,7 @@ def save_options(args, path):
     options = {key: _jsonable(value) for key, value in options.items() if key != "config"}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(options, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(path, json.dumps(options, indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

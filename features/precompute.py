@@ -18,6 +18,7 @@ import numpy as np
 import keras
 
 from features import store as feature_store
+from features.atomic_files import open_atomic
 from features.backbones import (check_backbone_names, check_input_size, create_backbone, get_backbone_spec,
                                 resolve_weights, weights_sha256)
 from features.dataset import discover_images, fingerprints, reason_kind
@@ -510,15 +511,10 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
 
 def write_skipped_csv(path, rows):
     """Write (path, reason) rows to the CSV `path` whole or not at all (temporary file, fsync, rename)."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+    with open_atomic(path, newline="", encoding="utf-8") as handle:
         writer = csv_writer(handle)
         writer.writerow(["path", "reason"])
         writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 # Built feature extractors of this process, so that a second `precompute` (a notebook cell run

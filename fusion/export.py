@@ -4,15 +4,24 @@ The exported model holds, per backbone, the same resize, `preprocess_input`, fro
 pooling that made the store, then the run's trained fusion head. It is one `.keras` file that
 reloads with `keras.saving.load_model(path, safe_mode=True)` once `fusion` is imported (importing
 it registers fusionpipe's two custom layers: `PreprocessInput` and `ClassNames`).
+
+The recipe (input size, pooling, weights, seed, dtype, views, preprocessing, ...) comes from the
+run's config.json, where training recorded the store's `/features/<backbone>` attributes. A store
+given with `store=` must have been made with that same recipe; any difference is refused. The
+model file is written whole or not at all (temporary, fsync, rename), so concurrent exports of
+one run each leave a whole file.
 """
 
+import json
 from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
 
 from features import create_backbone
-from fusion.run import load_run
+from features.atomic_files import save_model_atomic
+from fusion.run import load_run, read_run_config
 from fusion.run_folder import record_written
 
 EXPORT_FILE_NAME = "exported.keras"
@@ -51,8 +60,19 @@ def _is_complete(recipe):
     return bool(recipe) and all(key in recipe for key in _RECIPE_KEYS)
 
 
-def _decoded(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+# Attributes kept for the record only: they do not change the features, so they may differ.
+_RECORD_ONLY_KEYS = ("keras_version", "backend_version")
+
+
+def _plain(value):
+    """An HDF5 attribute or a JSON value as plain JSON, so that the store's and config.json's compare equal."""
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("utf-8")
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    return json.loads(json.dumps(value, default=str))
 
 
 def feature_recipes(store_path, backbones):
@@ -80,7 +100,7 @@ def feature_recipes(store_path, backbones):
                     f"Store {store_path} has no features for backbone '{backbone}', which the run was trained on. "
                     f"Pass the store the run was trained on with --store. Received: store={str(store_path)!r}"
                 )
-            attrs = {key: _decoded(value) for key, value in store[f"features/{backbone}"].attrs.items()}
+            attrs = {key: _plain(value) for key, value in store[f"features/{backbone}"].attrs.items()}
             missing = [key for key in _RECIPE_KEYS if key not in attrs]
             if missing:
                 raise ValueError(
@@ -89,6 +109,73 @@ def feature_recipes(store_path, backbones):
                 )
             recipes[backbone] = attrs
     return recipes
+
+
+def check_store_recipes(store_path, recorded, backbones):
+    """The store's feature recipes, refused on any difference from the recipes a run recorded.
+
+    Every attribute the run recorded for a backbone (input size, pooling, weights, seed, dtype,
+    views, preprocessing, ...) must be the same in the store; only version numbers may differ.
+
+    Args:
+        store_path: the feature store given for the run.
+        recorded: dict backbone -> the recipe in the run's config.json (`feature_recipes`).
+        backbones: the backbones the run's fusion model takes.
+
+    Example:
+        >>> recipes = check_store_recipes("cache.h5", run.config["feature_recipes"], run.backbones)
+    """
+    recipes = feature_recipes(store_path, backbones)
+    for backbone in backbones:
+        for key, value in (recorded.get(backbone) or {}).items():
+            if key in _RECORD_ONLY_KEYS:
+                continue
+            found = recipes[backbone].get(key, "(not recorded)")
+            if _plain(found) != _plain(value):
+                raise ValueError(
+                    f"Store {store_path} was made with another recipe than the run was trained on: backbone "
+                    f"'{backbone}' has {key}={found!r} in the store, {key}={value!r} in the run's config.json. "
+                    f"Pass the store the run was trained on with --store, or train a run on this store. "
+                    f"Received: store={str(store_path)!r}"
+                )
+    return recipes
+
+
+def run_recipes(run_dir, store=None):
+    """The recipes to export a run with: the run's recorded ones, checked against `store` when it is given.
+
+    A run that recorded no complete recipe (trained on a store of another tool) takes them from
+    `store`, else from the store named in its config.json.
+
+    Args:
+        run_dir: a folder written by `run_train.py`.
+        store: a feature store to check against the run's recipes (default: None).
+
+    Example:
+        >>> run_recipes("runs/exp1", store="cache.h5")["resnet50"]["input_size"]
+        224
+    """
+    config = read_run_config(run_dir)
+    backbones = list(config["backbones"])
+    recorded = config.get("feature_recipes") or {}
+    complete = all(_is_complete(recorded.get(name)) for name in backbones)
+    if store is not None:
+        recipes = check_store_recipes(store, recorded, backbones)
+        return {name: recorded[name] for name in backbones} if complete else recipes
+    if complete:
+        return {name: recorded[name] for name in backbones}
+    store = config.get("arguments", {}).get("store")
+    if not store:
+        raise ValueError(f"Run {run_dir} records neither the feature recipes nor its store, so the backbones cannot be "
+                         f"rebuilt. Pass the store it was trained on with --store. Received: run={str(run_dir)!r}")
+    return feature_recipes(store, backbones)
+
+
+def records_recipes(run_dir):
+    """Whether a run's config.json holds every backbone's full recipe, so that it exports without its store."""
+    config = read_run_config(run_dir)
+    recorded = config.get("feature_recipes") or {}
+    return all(_is_complete(recorded.get(name)) for name in config["backbones"])
 
 
 def build_pixel_model(fusion_model, recipes, class_names):
@@ -124,32 +211,69 @@ def build_pixel_model(fusion_model, recipes, class_names):
     return keras.Model(image, probabilities, name="fusionpipe_classifier")
 
 
+def check_export_path(out):
+    """Refuse an export target that is not a `.keras` file name, before any work.
+
+    Example:
+        >>> check_export_path("model.h5")
+        Traceback (most recent call last):
+        ValueError: The exported model is saved in the .keras format; ...
+    """
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise ValueError(f"The exported model is saved in the .keras format; name the file *.keras. Received: out={str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"The export target {out.resolve()} is a folder. Expected a .keras file name. Received: out={str(out)!r}")
+    return out
+
+
 def export_model(run_dir, out=None, store=None):
     """Export the fusion model of a finished run as one pixels-to-probabilities `.keras` file.
+
+    The file is written whole or not at all: to a temporary in the same folder, then renamed,
+    so a kill leaves the old file (or none) and two exports at once both leave a whole file.
 
     Args:
         run_dir: a folder written by `run_train.py`.
         out: the `.keras` file to write (default: `RUN_DIR/exported.keras`).
-        store: read the recipes from this feature store instead of the run's config.json
-            (default: None, the run's own record, else the store it names).
+        store: a feature store to check against the recipes the run recorded, refused on any
+            difference; runs that recorded none take their recipes from it (default: None, the
+            run's own record, else the store its config.json names).
 
     Example:
         >>> model_path = export_model("runs/exp1")
     """
+    out = check_export_path(Path(out) if out else Path(run_dir) / EXPORT_FILE_NAME)
     run = load_run(run_dir)
-    recipes = run.config.get("feature_recipes")
-    if store or not recipes or not all(_is_complete(recipes.get(name)) for name in run.backbones):
-        # Runs trained on stores of another tool record no recipes; the store may still have them.
-        store = store or run.config.get("arguments", {}).get("store") or run.report.get("store")
-        recipes = feature_recipes(store, run.backbones)
+    recipes = run_recipes(run_dir, store)
     model = build_pixel_model(run.fusion_model, recipes, run.class_names)
-    out = Path(out) if out else Path(run_dir) / EXPORT_FILE_NAME
-    if out.suffix != ".keras":
-        raise ValueError(f"The exported model is saved in the .keras format; name the file *.keras. Received: out={str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     record_written(run_dir, out.resolve())  # only when it lies in the run folder
-    model.save(out)
+    save_model_atomic(model, out)
     return out
+
+
+def matches_run(model, run_dir):
+    """Whether an exported model has the run's class names and, per backbone, the recorded input size.
+
+    A cheap check that a cached export was made from this run's recipe (one made from another
+    store by an older version is not).
+
+    Example:
+        >>> matches_run(keras.saving.load_model("runs/exp1/exported.keras"), "runs/exp1")
+        True
+    """
+    config = read_run_config(run_dir)
+    recorded = config.get("feature_recipes") or {}
+    sizes = {layer.name.removesuffix("_resize"): int(layer.height)
+             for layer in model.layers if isinstance(layer, keras.layers.Resizing)}
+    try:
+        same_classes = tuple(class_names_of(model)) == tuple(config["class_names"])
+    except ValueError:
+        return False
+    expected = {name: int(recorded[name]["input_size"]) for name in config["backbones"]
+                if _is_complete(recorded.get(name))}
+    return same_classes and set(sizes) == set(config["backbones"]) and all(sizes[n] == s for n, s in expected.items())
 
 
 def class_names_of(model):

@@ -3,15 +3,18 @@
 import collections
 import csv
 import dataclasses
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from features.atomic_files import open_atomic
 from features.images import UnreadableImageError, load_image, resize_image
 from features.views import apply_view, view_names
-from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model
+from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model, matches_run, records_recipes, run_recipes
+from fusion.run import ModelFileError, load_keras_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,27 +38,71 @@ class Predictions:
         return np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
 
 
-def load_classifier(model_or_run, store=None):
-    """Load an exported model from a `.keras` file, or from a run folder (exporting it there once).
+def check_model_source(model_or_run, store=None):
+    """Refuse a model argument that cannot work, before any work: a missing path, `store` with a model file.
 
-    Args:
-        model_or_run: an exported `.keras` file, or a folder written by `run_train.py`.
-        store: the run's feature store, if it moved (default: the one in the run's config).
+    With a run folder, `store` is checked against the recipe the run recorded (see
+    `fusion.export.check_store_recipes`), so a store made otherwise is refused here.
 
     Example:
-        >>> model = load_classifier("runs/exp1")
+        >>> check_model_source("runs/exp1", store="cache_64px.h5")
+        Traceback (most recent call last):
+        ValueError: Store cache_64px.h5 was made with another recipe than the run was trained on: ...
     """
     path = Path(model_or_run)
     if path.is_dir():
-        exported = path / EXPORT_FILE_NAME
-        if not exported.is_file():
-            export_model(path, exported, store=store)
-        path = exported
+        if store is not None:
+            run_recipes(path, store)
+        return path
     if not path.is_file():
         raise FileNotFoundError(
             f"Model not found: {path.resolve()}. Expected an exported .keras file or a run folder written by run_train.py."
         )
-    return keras.saving.load_model(path, safe_mode=True)
+    if store is not None:
+        raise ValueError(
+            f"--store applies to a run folder, whose recipe it is checked against; the exported model {path} already "
+            f"holds its backbones and is used as it is. Drop --store, or pass the run folder. Received: store={str(store)!r}"
+        )
+    return path
+
+
+def load_classifier(model_or_run, store=None):
+    """Load an exported model from a `.keras` file, or from a run folder (exporting it there once).
+
+    A run folder's `exported.keras` is reused when it loads and matches the run; one that does
+    not (cut short by a kill, damaged) is exported again, with a warning that says so. With
+    `store`, the store is first checked against the run's recorded recipe and refused on any
+    difference; when it matches, the export made from that recipe is reused. A run that recorded
+    no recipe is exported again from `store`.
+
+    Args:
+        model_or_run: an exported `.keras` file, or a folder written by `run_train.py`.
+        store: the run's feature store, checked against the run's recorded recipe (default:
+            None, the run's own record, else the store its config.json names).
+
+    Example:
+        >>> model = load_classifier("runs/exp1")
+    """
+    path = check_model_source(model_or_run, store)
+    if not path.is_dir():
+        return load_keras_file(path, "export it again with `python run_predict.py RUN_DIR --export-only`")
+    exported = path / EXPORT_FILE_NAME
+    remedy = "delete it to export the run again"
+    if exported.is_file() and (store is None or records_recipes(path)):
+        try:
+            model = load_keras_file(exported, remedy)
+        except ModelFileError as error:
+            warnings.warn(f"{exported} {error.reason}; exporting the run again.", stacklevel=2)
+        else:
+            if matches_run(model, path):
+                return model
+            warnings.warn(f"{exported} was not made from this run's recipe (input sizes or class names differ); "
+                          f"exporting the run again.", stacklevel=2)
+    elif exported.is_file():
+        warnings.warn(f"Run {path} records no feature recipe to check {exported} against; exporting it again from "
+                      f"--store {store}.", stacklevel=2)
+    export_model(path, exported, store=store)
+    return load_keras_file(exported, remedy)
 
 
 def _per_backbone_model(model):
@@ -192,7 +239,7 @@ def write_predictions_csv(predictions, out, top_k=5, all_probabilities=False):
     probability_columns = [f"p_{name}" for name in class_names] if all_probabilities else []
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as handle:
+    with open_atomic(out, newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted_class", "probability", "top_k", *probability_columns, "error"])
         for path, row, best in zip(predictions.paths, predictions.probabilities, predictions.top_k(top_k)):

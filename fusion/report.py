@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from features.atomic_files import atomic_path, write_text_atomic  # noqa: E402
 from fusion.run_folder import record_written  # noqa: E402
 
 SIGNIFICANCE_LEVEL = 0.05
@@ -65,8 +66,12 @@ def summarize(test_metrics, backbones, mcnemar):
 
 
 def _save(figure, path):
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    # The temporary keeps the .png suffix, from which matplotlib takes the format.
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100)
+    finally:
+        plt.close(figure)
 
 
 def _model_comparison_figure(test_metrics, backbones):
@@ -181,8 +186,7 @@ def plot_training_curves(histories, path):
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def _number(value, digits=3):
@@ -344,7 +348,7 @@ def write_report(run_dir, report, histories):
         report["plots"][f"confusion matrix of {winner}"] = "plots/confusion_matrix.png"
     plot_training_curves(histories, run_dir / "plots" / "training_curves.png")
     report["plots"]["training curves"] = "plots/training_curves.png"
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    markdown_path = run_dir / "report.md"
-    markdown_path.write_text(render_markdown(report), encoding="utf-8")
+    # report.md first: report.json is what marks a run finished (see `fusion.run.load_run`).
+    markdown_path = write_text_atomic(run_dir / "report.md", render_markdown(report))
+    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return markdown_path

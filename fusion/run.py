@@ -5,6 +5,7 @@ import dataclasses
 import json
 import platform
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -12,6 +13,7 @@ import keras
 import numpy as np
 import sklearn
 
+from features.atomic_files import atomic_path, open_atomic, save_model_atomic, write_text_atomic
 from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
 from fusion.data import FeatureBatches, open_feature_source
 from fusion.evaluation import evaluate_probabilities, mcnemar_test
@@ -135,7 +137,7 @@ def _write_predictions(run_dir, info, test_rows, test_labels, probabilities_by_m
                    "predictions/test_probabilities.npz")
     class_names = list(info.class_names)
     for name, probabilities in probabilities_by_model.items():
-        with open(folder / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
+        with open_atomic(folder / f"{name}.csv", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "label", "predicted", "confidence"] + [f"p_{c}" for c in class_names])
             for row, label, probs in zip(test_rows, test_labels, probabilities):
@@ -144,12 +146,13 @@ def _write_predictions(run_dir, info, test_rows, test_labels, probabilities_by_m
                     [info.paths[row], class_names[label], class_names[best], f"{probs[best]:.6f}"]
                     + [f"{p:.6f}" for p in probs]
                 )
-    np.savez_compressed(
-        folder / "test_probabilities.npz",
-        rows=test_rows,
-        labels=test_labels,
-        **{name.replace("+", "_plus_"): probs for name, probs in probabilities_by_model.items()},
-    )
+    with atomic_path(folder / "test_probabilities.npz") as temporary:  # ends in .npz, so numpy keeps the name
+        np.savez_compressed(
+            temporary,
+            rows=test_rows,
+            labels=test_labels,
+            **{name.replace("+", "_plus_"): probs for name, probs in probabilities_by_model.items()},
+        )
 
 
 def train_run(
@@ -248,7 +251,7 @@ def train_run(
         "feature_recipes": {name: info.feature_recipes[name] for name in backbones},
     }
     record_written(run_dir, "config.json")
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     weights = class_weights(labels["train"], len(info.class_names), class_weight_mode)
     # Measured on the training rows only, so validation and test stay unseen; from the source, so
     # features already in memory are not read from the store again (streamed ones in chunks).
@@ -277,7 +280,7 @@ def train_run(
             checkpoint_path=run_dir / "models" / f"{name}.keras", history_path=run_dir / "history" / f"{name}.csv",
         )
         # The checkpoint holds the best epoch; so does the model after EarlyStopping restores it.
-        model.save(run_dir / "models" / f"{name}.keras")
+        save_model_atomic(model, run_dir / "models" / f"{name}.keras")
         models[name] = model
         histories[name] = history
         val_probabilities[name] = model.predict(batches("val", names), verbose=0)
@@ -334,12 +337,10 @@ def train_run(
                 test_probabilities[f"{name}+tta"] = probabilities
         test_probabilities["average+tta"] = average_probabilities([tta_probabilities[name] for name in backbones])
     record_written(run_dir, "models/weighted_average.json", "models/stacking.json")
-    (run_dir / "models" / "weighted_average.json").write_text(
-        json.dumps({"backbones": list(backbones), "weights": weighted.weights_.tolist()}, indent=2) + "\n"
-    )
-    (run_dir / "models" / "stacking.json").write_text(
-        json.dumps({"backbones": list(backbones), **stacker.to_dict()}, indent=2) + "\n"
-    )
+    write_text_atomic(run_dir / "models" / "weighted_average.json",
+                      json.dumps({"backbones": list(backbones), "weights": weighted.weights_.tolist()}, indent=2) + "\n")
+    write_text_atomic(run_dir / "models" / "stacking.json",
+                      json.dumps({"backbones": list(backbones), **stacker.to_dict()}, indent=2) + "\n")
     test_metrics = {
         name: evaluate_probabilities(labels["test"], probabilities, info.class_names, seed=seed)
         for name, probabilities in test_probabilities.items()
@@ -370,6 +371,71 @@ def train_run(
     )
 
 
+def _load_failure(error):
+    """The first line of the innermost reason a Keras load failed (Keras nests causes into one long message)."""
+    message = str(error).split("Exception encountered: ")[-1].strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+class ModelFileError(ValueError):
+    """A `.keras` file that is there but does not load; `reason` says why in a few words."""
+
+    def __init__(self, path, reason, remedy):
+        super().__init__(f"Model file {Path(path).resolve()} {reason}; {remedy}.")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def load_keras_file(path, remedy):
+    """Load a `.keras` file in safe mode; a file that does not load is a one-line `ModelFileError` naming it.
+
+    Args:
+        path: the `.keras` file.
+        remedy: what the user can do, ending the message (e.g. "train the run again").
+
+    Example:
+        >>> model = load_keras_file("runs/exp1/models/fusion.keras", "train the run again")
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model not found: {path.resolve()}. Expected a .keras file; {remedy}.")
+    if not zipfile.is_zipfile(path):
+        # Keras calls a file that is not a zip archive "not found"; here it is there, but cut short or not a model.
+        raise ModelFileError(path, f"is damaged: not a whole .keras file ({path.stat().st_size} bytes, not a complete "
+                                   f"zip archive; cut short?)", remedy)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # a zip that is no Keras model, a crafted or foreign config: all a bad file
+        raise ModelFileError(path, f"does not load as a fusionpipe model ({_load_failure(error)})", remedy) from None
+
+
+def _read_run_json(path, required):
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path.resolve()} is damaged: not valid JSON ({error}). Expected the file as run_train.py "
+                         f"wrote it; train the run again (run_train.py --overwrite) or point to another run.") from None
+    missing = [key for key in required if key not in content] if isinstance(content, dict) else ["JSON object"]
+    if missing:
+        raise ValueError(f"{path.resolve()} is damaged: it has no {', '.join(missing)}. Expected the file as "
+                         f"run_train.py wrote it; train the run again (run_train.py --overwrite) or point to another run.")
+    return content
+
+
+def read_run_config(run_dir):
+    """The config.json of a run folder: options, versions, class names, backbones and feature recipes.
+
+    Example:
+        >>> read_run_config("runs/exp1")["feature_recipes"]["resnet50"]["input_size"]
+        224
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"Not a finished run: {path.resolve()} is missing. Expected a folder written by "
+                                f"run_train.py; train first or point to another run.")
+    return _read_run_json(path, ("class_names", "backbones"))
+
+
 def load_run(run_dir):
     """Load a finished run: its Keras models (safe mode), class names, backbones, report and config.
 
@@ -387,11 +453,10 @@ def load_run(run_dir):
                 f"Not a finished run: {(run_dir / name).resolve()} is missing. Expected a folder written by "
                 f"run_train.py; train first or point to another run."
             )
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    models = {
-        path.stem: keras.saving.load_model(path, safe_mode=True) for path in sorted((run_dir / "models").glob("*.keras"))
-    }
+    config = read_run_config(run_dir)
+    report = _read_run_json(run_dir / "report.json", ())
+    damaged_run = "train the run again (run_train.py --overwrite) or point to another run"
+    models = {path.stem: load_keras_file(path, damaged_run) for path in sorted((run_dir / "models").glob("*.keras"))}
     for name, entry in report.get("training", {}).items():
         if "same_as" in entry:  # an ablation that is another model, saved once
             models[name] = models[entry["same_as"]]

@@ -3,17 +3,44 @@
 Every file is recorded in `written_files.json` before it is written: a run killed half way
 leaves a record that still covers what it wrote. Replacing a run deletes exactly the recorded
 files and the folders that held them, and refuses a folder that holds anything else.
+
+Files are written whole or not at all through `features.atomic_files`; the temporary a killed
+writer leaves (`<name>.tmp-<pid>-<random><suffix>`) belongs to the run when `<name>` is
+recorded, and is removed with it.
 """
 
+import contextlib
 import json
 import os
 from pathlib import Path
+
+from features.atomic_files import temporary_target, write_text_atomic
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent writers of one record may lose an entry
+    fcntl = None
 
 MANIFEST_NAME = "written_files.json"
 
 
 def _manifest(run_dir):
     return Path(run_dir) / MANIFEST_NAME
+
+
+@contextlib.contextmanager
+def _record_lock(run_dir):
+    # Two processes recording at once (two predictions on one run) must not lose each other's entries:
+    # the folder itself is locked, so no lock file joins the run's files.
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def read_written(run_dir):
@@ -46,17 +73,22 @@ def record_written(run_dir, *paths):
     """
     run_dir = Path(run_dir)
     resolved_dir = run_dir.resolve()
-    files = set(read_written(run_dir) or [])
-    for path in paths:
-        absolute = (run_dir / path).resolve()  # an absolute path stays as it is
-        try:
-            files.add(absolute.relative_to(resolved_dir).as_posix())
-        except ValueError:
-            continue
-    manifest = _manifest(run_dir)
-    temporary = manifest.with_name(manifest.name + ".tmp")
-    temporary.write_text(json.dumps({"files": sorted(files)}, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, manifest)
+    with _record_lock(run_dir):
+        files = set(read_written(run_dir) or [])
+        for path in paths:
+            absolute = (run_dir / path).resolve()  # an absolute path stays as it is
+            try:
+                files.add(absolute.relative_to(resolved_dir).as_posix())
+            except ValueError:
+                continue
+        write_text_atomic(_manifest(run_dir), json.dumps({"files": sorted(files)}, indent=1) + "\n")
+
+
+def _temporaries_of(names, written):
+    # Temporaries of `features.atomic_files` left by a killed writer: ours when the file they stand for is.
+    written = set(written) | {MANIFEST_NAME}
+    return {name for name in names if (target := temporary_target(Path(name).name)) is not None
+            and (Path(name).parent / target).as_posix() in written}
 
 
 def _present(run_dir):
@@ -66,7 +98,7 @@ def _present(run_dir):
     for folder, folder_names, file_names in os.walk(run_dir):
         base = Path(folder).relative_to(run_dir)
         found.update((base / name).as_posix() for name in folder_names + file_names)
-    return found - {MANIFEST_NAME, MANIFEST_NAME + ".tmp"}
+    return found - {MANIFEST_NAME}
 
 
 def prepare_run_folder(out_dir, overwrite):
@@ -99,16 +131,18 @@ def prepare_run_folder(out_dir, overwrite):
                 f"of the files a run wrote, so it is not a run folder (or one of an older version: delete it by hand). "
                 f"Choose a new --out. Received: out={out_dir}"
             )
-        ours = set(written)
+        present = _present(out_dir)
+        leftovers = _temporaries_of(present, written)
+        ours = set(written) | leftovers
         ours |= {parent.as_posix() for file in written for parent in Path(file).parents if parent != Path(".")}
-        others = sorted(_present(out_dir) - ours)
+        others = sorted(present - ours)
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
             raise FileExistsError(
                 f"Refusing to overwrite {out_dir.resolve()}: it holds files that no run wrote ({shown}). Move them "
                 f"out, or choose a new --out. Received: out={out_dir}"
             )
-        for file in written:
+        for file in set(written) | leftovers:
             (out_dir / file).unlink(missing_ok=True)
         # The folders that held them, deepest first, once empty.
         for folder in sorted(ours - set(written), key=lambda name: -name.count("/")):

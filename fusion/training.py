@@ -1,9 +1,13 @@
 """Train one model the Keras way: Adam, early stopping, checkpoint, learning-rate schedule, CSV history."""
 
+import csv
+import math
 from pathlib import Path
 
 import keras
 import numpy as np
+
+from features.atomic_files import open_atomic, save_model_atomic
 
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -34,6 +38,38 @@ def class_weights(labels, num_classes, mode="balanced"):
     }
 
 
+class _AtomicCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever `val_loss` improves, whole or not at all (`ModelCheckpoint` writes in place)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+        self.best = math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and loss < self.best:
+            self.best = float(loss)
+            save_model_atomic(self.model, self.path)
+
+
+class _AtomicHistory(keras.callbacks.Callback):
+    """The per-epoch history as CSV, rewritten whole after each epoch (`CSVLogger`'s columns: epoch, then sorted)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+        self.rows = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch, **{key: float(value) for key, value in (logs or {}).items()}})
+        columns = ["epoch"] + sorted({key for row in self.rows for key in row} - {"epoch"})
+        with open_atomic(self.path, newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, columns, restval="NA")
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
 def train_model(
     model,
     train_data,
@@ -49,8 +85,8 @@ def train_model(
     """Fit a compiled model with early stopping on validation loss, keeping the best weights.
 
     Callbacks: EarlyStopping(val_loss, best weights restored), ReduceLROnPlateau(val_loss,
-    halving after a third of `patience`), ModelCheckpoint (best model in `.keras` format) and
-    CSVLogger when the paths are given. The data shuffles itself (see `FeatureBatches`), so
+    halving after a third of `patience`), and, when the paths are given, a checkpoint of the best
+    model (`.keras`) and the per-epoch history (CSV), both written whole or not at all. The data shuffles itself (see `FeatureBatches`), so
     Keras does not shuffle again.
 
     Args:
@@ -77,10 +113,10 @@ def train_model(
     ]
     if checkpoint_path is not None:
         Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor="val_loss", save_best_only=True))
+        callbacks.append(_AtomicCheckpoint(checkpoint_path))
     if history_path is not None:
         Path(history_path).parent.mkdir(parents=True, exist_ok=True)
-        callbacks.append(keras.callbacks.CSVLogger(str(history_path)))
+        callbacks.append(_AtomicHistory(history_path))
     if class_weight is not None and isinstance(val_data, tuple) and len(val_data) == 2:
         # Early stopping must judge the objective being trained: weigh the validation loss alike.
         val_inputs, val_labels = val_data

@@ -141,3 +141,104 @@ def test_export_needs_no_store_when_the_run_recorded_the_recipes(float32_run, tm
     expected = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
     image = features.load_image(next((data / "class_0").glob("*.png"))).astype("float32")[None]
     np.testing.assert_allclose(model.predict_on_batch(image), expected.predict_on_batch(image), atol=1e-6)
+
+
+def _store_with(store, tmp_path, backbone, **attrs):
+    """A copy of `store` whose features of `backbone` say they were made otherwise (as another precompute would)."""
+    import shutil
+
+    copy = tmp_path / "other_recipe.h5"
+    shutil.copy(store, copy)
+    with h5py.File(copy, "r+") as handle:
+        for key, value in attrs.items():
+            handle[f"features/{backbone}"].attrs[key] = value
+    return copy
+
+
+@pytest.mark.parametrize("key, value, recorded", [
+    ("input_size", 64, "32"), ("pooling", "max", "'avg'"), ("weights", "imagenet", "'none'"),
+    ("views", "none", "'hflip'"), ("dtype", "float16", "'float32'"), ("seed", 7, "0"),
+    ("preprocessing", "keras.applications.resnet.preprocess_input",
+     "'keras.applications.mobilenet_v2.preprocess_input'"),
+])
+def test_a_store_made_with_another_recipe_is_refused(float32_run, tmp_path, key, value, recorded):
+    from fusion.export import check_store_recipes
+    from fusion.run import read_run_config
+
+    _, store, run_dir = float32_run
+    other = _store_with(store, tmp_path, "mobilenet_v2", **{key: value})
+    with pytest.raises(ValueError, match=(
+            f"Store {other} was made with another recipe than the run was trained on: backbone 'mobilenet_v2' has "
+            f"{key}={value!r} in the store, {key}={recorded} in the run's config.json. Pass the store the run was "
+            f"trained on with --store")):
+        check_store_recipes(other, read_run_config(run_dir)["feature_recipes"], BACKBONES)
+
+
+def test_the_store_the_run_was_trained_on_passes_and_versions_may_differ(float32_run, tmp_path):
+    from fusion.export import check_store_recipes, run_recipes
+    from fusion.run import read_run_config
+
+    _, store, run_dir = float32_run
+    recorded = read_run_config(run_dir)["feature_recipes"]
+    assert check_store_recipes(store, recorded, BACKBONES) == {name: recorded[name] for name in BACKBONES}
+    newer = _store_with(store, tmp_path, "densenet121", keras_version="9.9.9", backend_version="0.0")
+    assert run_recipes(run_dir, store=newer)["densenet121"]["input_size"] == INPUT_SIZE
+
+
+def test_export_with_another_recipe_is_refused_before_any_backbone_is_built(float32_run, tmp_path, monkeypatch):
+    import fusion.export
+
+    _, store, run_dir = float32_run
+    monkeypatch.setattr(fusion.export, "build_pixel_model", lambda *args: pytest.fail("built a model"))
+    other = _store_with(store, tmp_path, "densenet121", input_size=64)
+    with pytest.raises(ValueError, match="backbone 'densenet121' has input_size=64 in the store, input_size=32 in"):
+        export_model(run_dir, tmp_path / "x.keras", store=other)
+    assert not (tmp_path / "x.keras").exists()
+
+
+def test_a_failed_export_leaves_the_old_file_whole_and_no_temporary(float32_run, tmp_path, monkeypatch):
+    import fusion.export
+
+    _, _, run_dir = float32_run
+    target = tmp_path / "model.keras"
+    target.write_bytes(b"the previous export")
+    inputs = keras.Input((None, None, 3))
+    monkeypatch.setattr(fusion.export, "build_pixel_model",
+                        lambda *args: keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs)))
+
+    def save_half_then_fail(self, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # a Ctrl-C during the save
+
+    monkeypatch.setattr(keras.Model, "save", save_half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(run_dir, target)
+    assert target.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_the_export_name_is_checked_before_the_run_is_read(tmp_path):
+    with pytest.raises(ValueError, match=r"name the file \*\.keras"):
+        export_model(tmp_path / "no_run_here", tmp_path / "model.h5")
+    (tmp_path / "folder.keras").mkdir()
+    with pytest.raises(ValueError, match=r"folder\.keras is a folder. Expected a \.keras file name"):
+        export_model(tmp_path / "no_run_here", tmp_path / "folder.keras")
+
+
+def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run):
+    from fusion.export import matches_run
+
+    _, _, run_dir = float32_run
+
+    def exported_like(sizes, class_names=("class_0", "class_1")):
+        image = keras.Input((None, None, 3))
+        pooled = [keras.layers.GlobalAveragePooling2D()(keras.layers.Resizing(size, size, name=f"{name}_resize")(image))
+                  for name, size in sizes.items()]
+        probabilities = keras.layers.Dense(2, activation="softmax")(keras.layers.Concatenate()(pooled))
+        return keras.Model(image, ClassNames(class_names, name="class_names")(probabilities))
+
+    assert matches_run(keras.saving.load_model(run_dir / "exported.keras", safe_mode=True), run_dir)
+    assert matches_run(exported_like({"mobilenet_v2": 32, "densenet121": 32}), run_dir)
+    assert not matches_run(exported_like({"mobilenet_v2": 64, "densenet121": 32}), run_dir)  # made from a 64 px store
+    assert not matches_run(exported_like({"mobilenet_v2": 32}), run_dir)
+    assert not matches_run(exported_like({"mobilenet_v2": 32, "densenet121": 32}, ("cat", "dog")), run_dir)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -149,3 +150,187 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+def _copy_run(run_dir, tmp_path, exported=True):
+    import shutil
+
+    copy = shutil.copytree(run_dir, tmp_path / "run", ignore=None if exported else shutil.ignore_patterns("exported.keras"))
+    return copy
+
+
+def _run_cli(argv, capsys):
+    """Exit code, stdout and stderr lines of run_predict.main."""
+    try:
+        code = run_predict.main([str(arg) for arg in argv])
+    except SystemExit as raised:
+        code = raised.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.splitlines()
+
+
+def test_a_cut_short_cached_export_is_exported_again_saying_so(float32_run, tmp_path, capsys):
+    from fusion.run_folder import read_written
+
+    data, _, run_dir = float32_run
+    run_copy = _copy_run(run_dir, tmp_path)
+    exported = run_copy / "exported.keras"
+    exported.write_bytes(exported.read_bytes()[:4096])  # as a kill during the first export left it
+    out = tmp_path / "p.csv"
+    code, _, err = _run_cli([run_copy, image_paths(data)[0], "--out", out, "--no-progress"], capsys)
+    assert code == 0
+    assert err == [f"run_predict.py: warning: {exported} is damaged: not a whole .keras file (4096 bytes, not a "
+                   f"complete zip archive; cut short?); exporting the run again."]
+    assert keras.saving.load_model(exported, safe_mode=True).output_shape == (None, 2)
+    assert "exported.keras" in read_written(run_copy)
+    assert not [path for path in run_copy.iterdir() if ".tmp-" in path.name]
+    # The second prediction reuses the whole file, without a word.
+    assert _run_cli([run_copy, image_paths(data)[0], "--out", out, "--no-progress"], capsys)[::2] == (0, [])
+
+
+@pytest.mark.slow
+def test_two_first_predictions_on_one_run_at_once_both_succeed(float32_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data, _, run_dir = float32_run
+    run_copy = _copy_run(run_dir, tmp_path, exported=False)
+    outs = [tmp_path / f"p{index}.csv" for index in range(2)]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(run_predict.__file__).parent)}
+    processes = [
+        subprocess.Popen([sys.executable, run_predict.__file__, str(run_copy), str(data), "--out", str(out),
+                          "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+        for out in outs
+    ]
+    results = [process.communicate(timeout=600) for process in processes]
+    for process, (stdout, stderr) in zip(processes, results):
+        assert process.returncode == 0, stderr[-2000:]
+        assert "classified 16 images, skipped 0" in stdout
+    first, second = (list(csv.DictReader(open(out, encoding="utf-8"))) for out in outs)
+    assert first == second and len(first) == 16
+    assert keras.saving.load_model(run_copy / "exported.keras", safe_mode=True).output_shape == (None, 2)
+    assert sorted(path.name for path in run_copy.iterdir() if "exported" in path.name) == ["exported.keras"]
+
+
+def _crafted(exported, target, module):
+    """A copy of an exported model whose PreprocessInput layers name another module."""
+    import zipfile
+
+    with zipfile.ZipFile(exported) as source, zipfile.ZipFile(target, "w") as crafted:
+        for item in source.infolist():
+            content = source.read(item.filename)
+            if item.filename == "config.json":
+                text = content.decode()
+                assert '"module": "mobilenet_v2"' in text
+                content = text.replace('"module": "mobilenet_v2"', json.dumps({"module": module})[1:-1]).encode()
+            crafted.writestr(item, content)
+    return target
+
+
+def test_a_crafted_preprocess_module_is_one_line(float32_run, tmp_path, capsys, monkeypatch):
+    import fusion.predict
+
+    data, _, run_dir = float32_run
+    crafted = _crafted(run_dir / "exported.keras", tmp_path / "crafted.keras", "os")
+    monkeypatch.setattr(fusion.predict, "predict_images", lambda *args, **kwargs: pytest.fail("predicted"))
+    code, _, err = _run_cli([crafted, image_paths(data)[0], "--out", tmp_path / "p.csv"], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"run_predict.py: error: Model file {crafted} does not load as a fusionpipe model "
+                             f"(Unknown preprocessing module 'os'. Valid names: convnext, ")
+    assert "Received: module='os'" in err[0] and not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--top-k", "0"], "--top-k must be at least 1. Received: top_k=0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1. Received: batch_size=0"),
+    (["--out", "{tmp}/a_folder"], "--out {tmp}/a_folder is a folder. Expected a file name"),
+    (["--out", "{tmp}/a_file/new/p.csv"], "--out {tmp}/a_file/new/p.csv cannot be written: {tmp}/a_file is a file"),
+    (["--export-to", "{tmp}/m.keras"], "--export-to is where --export-only writes the model"),
+    (["--store", "{tmp}/a_file"], "--store applies to a run folder, whose recipe it is checked against"),
+])
+def test_prediction_arguments_are_checked_before_any_work(float32_run, tmp_path, capsys, monkeypatch, extra, message):
+    import fusion.export
+    import fusion.predict
+
+    data, _, run_dir = float32_run
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    for module, name in ((fusion.predict, "load_classifier"), (fusion.predict, "predict_images"),
+                         (fusion.export, "export_model")):
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: pytest.fail("work began"))
+    model = run_dir / "exported.keras" if "--store" in extra else run_dir
+    argv = [model, image_paths(data)[0], "--out", tmp_path / "p.csv"] + [arg.format(tmp=tmp_path) for arg in extra]
+    code, _, err = _run_cli(argv, capsys)
+    assert code == 2 and err == [err[0]] and err[0].startswith(f"run_predict.py: error: {message.format(tmp=tmp_path)}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "a_folder"]
+
+
+def test_a_store_made_with_another_recipe_is_refused_before_any_work(float32_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import fusion.predict
+    import h5py
+
+    data, store, run_dir = float32_run
+    other = tmp_path / "cache_64px.h5"
+    shutil.copy(store, other)
+    with h5py.File(other, "r+") as handle:  # what a precompute at --input-size 64 records
+        handle["features/mobilenet_v2"].attrs["input_size"] = 64
+    before = (run_dir / "exported.keras").stat().st_mtime_ns
+    monkeypatch.setattr(fusion.predict, "predict_images", lambda *args, **kwargs: pytest.fail("predicted"))
+    code, _, err = _run_cli([run_dir, image_paths(data)[0], "--store", other, "--out", tmp_path / "p.csv"], capsys)
+    assert code == 2 and err == [
+        f"run_predict.py: error: Store {other} was made with another recipe than the run was trained on: backbone "
+        f"'mobilenet_v2' has input_size=64 in the store, input_size=32 in the run's config.json. Pass the store the "
+        f"run was trained on with --store, or train a run on this store. Received: store={str(other)!r}"]
+    assert not (tmp_path / "p.csv").exists() and (run_dir / "exported.keras").stat().st_mtime_ns == before
+
+
+def test_the_matching_store_is_checked_and_the_cached_export_used(float32_run, tmp_path, capsys):
+    data, store, run_dir = float32_run
+    before = (run_dir / "exported.keras").read_bytes()
+    code, out, err = _run_cli([run_dir, image_paths(data)[0], "--store", store, "--out", tmp_path / "p.csv",
+                               "--no-progress"], capsys)
+    assert (code, err) == (0, []) and "classified 1 images" in out
+    assert (run_dir / "exported.keras").read_bytes() == before
+
+
+def test_a_run_without_a_recorded_recipe_is_exported_again_from_store(float32_run, tmp_path, monkeypatch):
+    import shutil
+
+    import fusion.predict
+
+    _, store, run_dir = float32_run
+    run_copy = _copy_run(run_dir, tmp_path)
+    config = json.loads((run_copy / "config.json").read_text())
+    del config["feature_recipes"]  # as a run trained on a store of another tool
+    (run_copy / "config.json").write_text(json.dumps(config))
+    exports = []
+
+    def export_copy(run, out, store=None):
+        exports.append((run, out, store))
+        shutil.copy(run_dir / "exported.keras", out)
+        return out
+
+    monkeypatch.setattr(fusion.predict, "export_model", export_copy)
+    with pytest.warns(UserWarning, match=f"Run {run_copy} records no feature recipe to check .*exported.keras "
+                                         f"against; exporting it again from --store {store}"):
+        model = load_classifier(run_copy, store=store)
+    assert exports == [(run_copy, run_copy / "exported.keras", store)] and model.output_shape == (None, 2)
+    # Without --store the cached export is used as it is.
+    assert load_classifier(run_copy).output_shape == (None, 2) and len(exports) == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("report.json", "{run}/report.json is damaged: not valid JSON"),
+    ("models/fusion.keras", "Model file {run}/models/fusion.keras is damaged: not a whole .keras file"),
+])
+def test_a_damaged_run_is_one_line_naming_the_file(float32_run, tmp_path, capsys, damage, message):
+    data, _, run_dir = float32_run
+    run_copy = _copy_run(run_dir, tmp_path, exported=False)
+    content = (run_copy / damage).read_bytes()
+    (run_copy / damage).write_bytes(content[: len(content) // 2])
+    code, _, err = _run_cli([run_copy, image_paths(data)[0], "--out", tmp_path / "p.csv"], capsys)
+    assert code == 2 and err == [err[0]] and err[0].startswith(f"run_predict.py: error: {message.format(run=run_copy)}")
+    assert not (tmp_path / "p.csv").exists() and not (run_copy / "exported.keras").exists()

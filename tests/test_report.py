@@ -172,3 +172,22 @@ def test_most_confused_pairs_keeps_the_largest_twenty_ties_by_name():
                          ("c23", "c24", 24, pytest.approx(24 / 74))]
     assert [count for _, _, count, _ in pairs] == [25, 25] + list(range(24, 6, -1))
     assert _most_confused_pairs(np.eye(40, dtype=int), class_names) == []
+
+
+def test_a_failure_while_writing_a_plot_leaves_the_old_report_whole_and_no_temporary(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    write_report(tmp_path, _report(0.90, 0.01), HISTORIES)
+    before = {path.relative_to(tmp_path).as_posix(): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+
+    def savefig_half_then_fail(self, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"\x89PNG\r\n\x1a\n half a plot")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(tmp_path, _report(0.70, 0.5), HISTORIES)
+    after = {path.relative_to(tmp_path).as_posix(): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert after == before
+    assert json.loads(after["report.json"])["summary"]["winner"] == "fusion"

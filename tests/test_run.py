@@ -305,3 +305,27 @@ def test_sixty_classes_some_without_test_images(tmp_path):
     assert low <= fusion["accuracy"] <= high and high - low > 0.02
     markdown = (tmp_path / "run" / "report.md").read_text()
     assert "Most confused pairs" in markdown and "confusion_matrix.png" not in markdown
+
+
+@pytest.mark.parametrize("name", ["report.json", "config.json"])
+def test_a_truncated_json_file_of_a_run_is_named_in_one_line(xor_run, tmp_path, name):
+    import shutil
+
+    run_dir = shutil.copytree(xor_run.run_dir, tmp_path / "run")
+    text = (run_dir / name).read_text()
+    (run_dir / name).write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=f"{run_dir / name} is damaged: not valid JSON .*train the run again") as raised:
+        load_run(run_dir)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_truncated_model_of_a_run_is_damaged_not_missing(xor_run, tmp_path):
+    import shutil
+
+    run_dir = shutil.copytree(xor_run.run_dir, tmp_path / "run")
+    model = run_dir / "models" / "fusion.keras"
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"Model file {model} is damaged: not a whole .keras file \\(1000 bytes, not a "
+                                         f"complete zip archive; cut short\\?\\); train the run again") as raised:
+        load_run(run_dir)
+    assert "not found" not in str(raised.value) and "\n" not in str(raised.value)

@@ -68,3 +68,34 @@ def test_paths_are_relative_to_the_run_folder_or_absolute(tmp_path, monkeypatch)
     prepare_run_folder("runs/exp1", overwrite=False)
     record_written("runs/exp1", "exported.keras", (tmp_path / "runs" / "exp1" / "p.csv"), (tmp_path / "p.csv"))
     assert read_written("runs/exp1") == ["exported.keras", "p.csv"]
+
+
+def test_a_killed_writers_temporary_of_a_recorded_file_goes_with_the_run(tmp_path):
+    from features.atomic_files import temporary_path
+
+    run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
+    record_written(run_dir, "models/fusion.keras")
+    _write(run_dir / "models" / "fusion.keras")
+    leftover = temporary_path(run_dir / "models" / "fusion.keras")  # as a kill during the save leaves it
+    _write(leftover)
+    prepare_run_folder(run_dir, overwrite=True)
+    assert sorted(path.name for path in run_dir.rglob("*")) == [MANIFEST_NAME]
+    # The same name for a file no run recorded is the user's: refused, kept.
+    record_written(run_dir, "config.json")
+    _write(run_dir / "config.json")
+    theirs = temporary_path(run_dir / "notes.md")
+    _write(theirs, "mine")
+    with pytest.raises(FileExistsError, match=f"it holds files that no run wrote \\({theirs.name}\\)"):
+        prepare_run_folder(run_dir, overwrite=True)
+    assert theirs.read_text() == "mine"
+
+
+def test_concurrent_records_keep_every_entry(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
+    names = [f"predictions_{index}.csv" for index in range(40)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda name: record_written(run_dir, name), names))
+    assert read_written(run_dir) == sorted(names)
+    assert sorted(path.name for path in run_dir.iterdir()) == [MANIFEST_NAME]  # no temporary left behind
