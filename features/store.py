@@ -53,7 +53,7 @@ def _damaged(path, what, received):
 
 @contextlib.contextmanager
 def store_errors(path):
-    """Turn what h5py raises on a damaged file (OSError, RuntimeError, KeyError) into one `StoreError` line.
+    """Turn what h5py raises on a damaged file (OSError, RuntimeError, KeyError, bad UTF-8) into one `StoreError` line.
 
     Example:
         >>> with h5py.File("cache.h5", "r") as store_file, store_errors("cache.h5"):
@@ -63,6 +63,9 @@ def store_errors(path):
         yield
     except (StoreError, StoreBusyError, FileNotFoundError):
         raise
+    except UnicodeDecodeError as error:
+        raise _damaged(path, f"a string in it is not valid UTF-8 ({error.reason} at byte {error.start})",
+                       "UnicodeDecodeError") from None
     except (OSError, RuntimeError, KeyError) as error:
         text = error.args[0] if isinstance(error, KeyError) and error.args else error
         detail = " ".join(str(text).split()) or type(error).__name__
@@ -183,8 +186,9 @@ def rewrite_store(store_path, copy=True):
     if copy:
         shutil.copyfile(store_path, temporary)
     try:
-        # HDF5 1.10 format: checksummed metadata, so a flipped byte there is an error, not a wrong value.
-        with h5py.File(temporary, "a" if copy else "w", libver=("v110", "latest")) as store:
+        # The HDF5 1.8 format checksums its metadata, so a flipped byte there is an error, not a wrong
+        # value. Not 1.10: its superblock stays marked "open for write" after a kill, refusing readers.
+        with h5py.File(temporary, "a" if copy else "w", libver=("v108", "v108")) as store:
             yield store
         _fsync_path(temporary)
         os.replace(temporary, store_path)

@@ -82,6 +82,11 @@ def _flip_object_header(path, paths):
     _flip(path, data.index(b"OHDR", first + 4) + 12, 0xFF)
 
 
+def _flip_path_string(path, paths):
+    # An image path's first character, in HDF5's global heap: no longer UTF-8.
+    _flip(path, path.read_bytes().index(paths[0].encode()), 0xFF)
+
+
 def _truncate(path, paths):
     size = path.stat().st_size
     with open(path, "r+b") as handle:
@@ -113,6 +118,7 @@ CASES = {
                                 r"is damaged: HDF5 cannot open it \(.*superblock.*\)", "info"),
     "flipped object header byte": (_flip_object_header, r"is damaged: HDF5 cannot open it \(.*checksum.*\)|is damaged: "
                                                          r"HDF5 could not read it \(.*checksum.*\)", "info"),
+    "flipped byte in an image path": (_flip_path_string, r"is damaged: a string in it is not valid UTF-8", "info"),
     "flipped byte in a feature row": (_flip_row(f"features/{BACKBONE}", 5),
                                       rf"is damaged: row 5 of /features/{BACKBONE} \(backbone {BACKBONE}, image "
                                       r"{path5}\) does not match the checksum written with it\. Rebuild it", "rows"),
