@@ -27,6 +27,9 @@ def build_parser():
     output.add_argument("--on-change", default="refuse", choices=["refuse", "add"],
                         help="when the images on disk no longer match the store: refuse, or add the "
                         "new images only (default: refuse)")
+    output.add_argument("--retry-skipped", action="store_true",
+                        help="try every skipped (unreadable) image of the store again; a skipped file that changed "
+                        "on disk is always tried again (default: off)")
     models = parser.add_argument_group("backbones")
     models.add_argument("--backbones", nargs="+", default=["resnet50"], metavar="NAME",
                         help="registry names, e.g. xception resnet50 inception_v3 densenet201 vgg19; "
@@ -117,10 +120,15 @@ def main(argv=None):
             views=args.views, precision=args.precision, val_fraction=args.val_fraction,
             test_fraction=args.test_fraction, csv=args.csv, csv_path_column=args.csv_path_column,
             csv_label_column=args.csv_label_column, csv_split_column=args.csv_split_column,
-            on_change=args.on_change, decode_workers=args.decode_workers, progress=not args.no_progress,
+            on_change=args.on_change, retry_skipped=args.retry_skipped, decode_workers=args.decode_workers, progress=not args.no_progress,
             split_map=parse_split_map(args.split_map), recursive=args.recursive,
             min_images_per_class=args.min_images_per_class, require_all=args.require_all,
             allow_outside_data=args.allow_outside_data, max_pixels=args.max_pixels)
+        # The options in effect: an existing store's splits were made with its own options, not today's.
+        for key, (_, in_effect) in summary.options_differing.items():
+            if key == "split_map":
+                in_effect = [f"{folder}={split}" for folder, split in in_effect.items()] or None
+            setattr(args, key, in_effect)
         save_options(args, f"{args.out}.options.json")
         print("\n".join(summary.lines()))
     return 0

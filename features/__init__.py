@@ -15,7 +15,7 @@ from features.backbones import (
 from features.dataset import ImageTable, discover_images, make_splits
 from features.images import UnreadableImageError, load_image, resize_image
 from features.precompute import PrecomputeSummary, precompute
-from features.store import FeatureStore, StoreBusyError, load_store
+from features.store import FeatureStore, StoreBusyError, StoreError, load_store
 from features.views import DIHEDRAL_VIEWS, apply_view, view_names
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "PrecomputeSummary",
     "PreprocessInput",
     "StoreBusyError",
+    "StoreError",
     "UnreadableImageError",
     "apply_view",
     "create_backbone",

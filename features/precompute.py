@@ -3,6 +3,7 @@
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -58,6 +59,12 @@ class PrecomputeSummary:
         skipped_csv: the CSV file listing `skipped` and `left_out` in full (default: "").
         dropped_classes: classes left out because none of their images could be read (default: ()).
         class_names: the store's classes (default: ()).
+        retried: skipped images tried again in this run, because they changed on disk or
+            `retry_skipped` asked for it (default: 0).
+        options: the options in effect: those given, except the ones that made an existing
+            store's rows and splits, which come from the store (default: empty).
+        options_differing: option -> (given, in effect) where the store's value was kept
+            (default: empty).
     """
 
     store_path: str
@@ -74,6 +81,9 @@ class PrecomputeSummary:
     skipped_csv: str = ""
     dropped_classes: tuple = ()
     class_names: tuple = ()
+    retried: int = 0
+    options: dict = dataclasses.field(default_factory=dict)
+    options_differing: dict = dataclasses.field(default_factory=dict)
 
     def lines(self):
         """The summary as lines of text for the terminal: counts by reason, never one line per file."""
@@ -82,6 +92,11 @@ class PrecomputeSummary:
             lines.append(f"  {name}: computed {self.computed[name]}, reused {self.reused[name]}")
         if self.added_images:
             lines.append(f"  added {self.added_images} new image(s) to the store")
+        if self.retried:
+            lines.append(f"  tried {self.retried} skipped image(s) again (changed on disk, or --retry-skipped)")
+        for key, (given, in_effect) in self.options_differing.items():
+            lines.append(f"  {key}={given} given, but the store was made with {key}={in_effect}: its rows keep the "
+                         f"splits they were made with, and {key}={in_effect} is recorded as the option in effect")
         if self.missing_on_disk:
             lines.append(f"  {self.missing_on_disk} stored image(s) are no longer on disk; their rows are kept")
         by_reason = collections.Counter(reason_kind(reason) for _, reason in self.skipped)
@@ -229,9 +244,9 @@ class _Writer(threading.Thread):
                     kind, rows = job[0], job[1]
                     if kind == "features":
                         _, rows, name, features, view_features = job
-                        _write_rows(store["features"][name], rows, features)
+                        _write_checked(store, "features", name, rows, features)
                         if view_features is not None:
-                            _write_rows(store["views"][name], rows, view_features)
+                            _write_checked(store, "views", name, rows, view_features)
                         sync()
                         _write_rows(store["progress"][name], rows, np.ones(len(rows), np.uint8))
                     else:
@@ -246,6 +261,16 @@ class _Writer(threading.Thread):
             # Keep draining so that the producer never blocks on a dead writer.
             while self.jobs.get() is not None:
                 pass
+
+
+def _write_checked(store, group, name, rows, values):
+    # The rows, then the CRC32 of their bytes as stored; both are on disk before the rows are marked done.
+    dataset = store[group][name]
+    values = np.asarray(values).astype(dataset.dtype, copy=False)
+    _write_rows(dataset, rows, values)
+    key = f"checksums/{group}/{name}"
+    if key in store:  # a backbone of a store written before checksums has none
+        _write_rows(store[key], rows, feature_store.row_checksums(values))
 
 
 def _write_rows(dataset, rows, values):
@@ -273,17 +298,28 @@ def _prepare_image(path, decode_size, sizes, views, max_pixels=DEFAULT_MAX_PIXEL
 
 
 def _open_store(out):
-    """Open an existing `out` for reading, refusing any file that is not a feature store (it stays untouched)."""
+    """Open an existing `out` for reading, refusing any file that is not a feature store (it stays untouched).
+
+    A store that is damaged (truncated, datasets deleted, rows that do not line up) is refused
+    with a `StoreError`, and left untouched too.
+    """
     try:
         store = h5py.File(out, "r")
     except OSError as error:
+        if feature_store.is_hdf5(out):
+            feature_store.open_store(out)  # raises the StoreError that says it is damaged
         raise ValueError(f"{out} exists but is not an HDF5 file ({error}); it is left untouched. Choose another "
                          f"--out. Received: out={out}") from None
-    if "format_version" not in store.attrs or "images" not in store:
+    try:
+        with feature_store.store_errors(out):
+            if "format_version" not in store.attrs or "images" not in store:
+                raise ValueError(f"{out} is an HDF5 file but not a feature store written by run_precompute.py (no "
+                                 f"format_version attribute or /images group); it is left untouched. Choose another "
+                                 f"--out. Received: out={out}")
+            feature_store.check_store(store, out, finished=False, require_features=False)
+    except BaseException:
         store.close()
-        raise ValueError(f"{out} is an HDF5 file but not a feature store written by run_precompute.py (no "
-                         f"format_version attribute or /images group); it is left untouched. Choose another --out. "
-                         f"Received: out={out}")
+        raise
     return store
 
 
@@ -303,21 +339,31 @@ def _check_labels_unchanged(store_path, table, stored_paths, stored_labels, clas
             f"to a new --out for the new labels. Received: {len(changed)} relabeled image(s)")
 
 
-def _reconcile(store_path, table, on_change):
-    """Compare the images on disk with the store; add new ones when allowed. Returns (added, missing)."""
+def _reconcile(store_path, table, on_change, retry_skipped=False):
+    """Compare the images on disk with the store; add new ones when allowed, retry skipped ones.
+
+    A skipped image is tried again when its file changed on disk (a repaired file), or with
+    `retry_skipped`: it leaves `/skipped` and is added as a new row.
+
+    Returns:
+        (added, missing, retried): images added, stored images missing on disk, skipped images retried.
+    """
     disk_prints = fingerprints(table.root, table.paths)
-    with h5py.File(store_path, "r") as store:
+    with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
         stored_paths = feature_store.read_strings(store["images/path"])
         stored_prints = store["images/fingerprint"][()]
         stored_labels = store["images/label"][()]
-        skipped_paths, _, skipped_prints = feature_store.read_skipped(store)
+        skipped_paths, skipped_reasons, skipped_prints = feature_store.read_skipped(store)
         class_names = feature_store.read_strings_attr(store, "class_names")
+        count = len(stored_paths)
     _check_labels_unchanged(store_path, table, stored_paths, stored_labels, class_names)
-    known = dict(zip(stored_paths, map(tuple, stored_prints)))
-    known.update(zip(skipped_paths, map(tuple, skipped_prints)))
+    stored = dict(zip(stored_paths, map(tuple, stored_prints)))
+    skipped = dict(zip(skipped_paths, map(tuple, skipped_prints)))
     on_disk = dict(zip(table.paths, map(tuple, disk_prints)))
-    new = [path for path in table.paths if path not in known]
-    changed = [path for path in table.paths if path in known and known[path] != on_disk[path]]
+    retry = [path for path in table.paths
+             if path in skipped and path not in stored and (retry_skipped or skipped[path] != on_disk[path])]
+    new = [path for path in table.paths if path not in stored and path not in skipped]
+    changed = [path for path in table.paths if path in stored and stored[path] != on_disk[path]]
     missing = [path for path in stored_paths if path not in on_disk]
     if changed:
         raise ValueError(
@@ -330,27 +376,32 @@ def _reconcile(store_path, table, on_change):
             f"{f' (e.g. {new[0]})' if new else ''} and {len(missing)} stored image(s) missing on disk"
             f"{f' (e.g. {missing[0]})' if missing else ''}. Pass --on-change add to add the new images only "
             f"(missing ones keep their rows), or write to a new --out. Received: on_change={on_change!r}")
-    if new:
+    added = new + retry
+    if added:
         index_of = {path: i for i, path in enumerate(table.paths)}
-        for name in table.class_names:
-            if name not in class_names:
-                class_names.append(name)
-        labels = [class_names.index(table.class_names[table.labels[index_of[p]]])
-                  if table.labels[index_of[p]] >= 0 else -1 for p in new]
-        with h5py.File(store_path, "r") as store:
-            count = store["images/path"].shape[0]
+        labels = []
+        for path in added:
+            label = table.labels[index_of[path]]
+            if label >= 0 and table.class_names[label] not in class_names:
+                # Only classes that an added image needs; a class whose images all stay skipped stays out.
+                class_names.append(table.class_names[label])
+            labels.append(class_names.index(table.class_names[label]) if label >= 0 else -1)
+        retried = set(retry)
+        kept = [i for i, path in enumerate(skipped_paths) if path not in retried]
         feature_store.rebuild_rows(
             store_path, np.arange(count),
-            new_rows={"paths": new, "labels": labels, "splits": [table.splits[index_of[p]] for p in new],
-                      "fingerprints": np.asarray([on_disk[p] for p in new]).reshape(-1, 2)},
-            class_names=class_names)
-    return len(new), len(missing)
+            new_rows={"paths": added, "labels": labels, "splits": [table.splits[index_of[p]] for p in added],
+                      "fingerprints": np.asarray([on_disk[p] for p in added]).reshape(-1, 2)},
+            class_names=class_names,
+            skipped=([skipped_paths[i] for i in kept], [skipped_reasons[i] for i in kept],
+                     np.asarray(skipped_prints).reshape(-1, 2)[kept]))
+    return len(new), len(missing), len(retry)
 
 
 def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=None, pooling="avg",
                dtype="float16", batch_size=32, views="none", precision="float32", val_fraction=0.1,
                test_fraction=0.1, csv=None, csv_path_column="path", csv_label_column="label",
-               csv_split_column="split", on_change="refuse", decode_workers=None, progress=True,
+               csv_split_column="split", on_change="refuse", retry_skipped=False, decode_workers=None, progress=True,
                split_map=None, recursive=False, min_images_per_class=1, require_all=False,
                allow_outside_data=False, max_pixels=DEFAULT_MAX_PIXELS, log=print):
     """Compute the features of every readable image of `data` with each backbone into store `out`.
@@ -378,6 +429,8 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         csv_split_column: CSV column of the split, used when present (default: "split").
         on_change: when the images on disk differ from the store: "refuse" or "add" the new
             ones (default: "refuse").
+        retry_skipped: try every skipped image of the store again, not only those whose file
+            changed on disk (default: False).
         decode_workers: threads decoding images (default: None, 4 or the CPU count if fewer).
         progress: show a tqdm progress bar on stderr (default: True).
         split_map: dict top folder name -> "train", "val", "test" or "skip", for split folders
@@ -423,24 +476,28 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                             split_map=split_map, recursive=recursive, min_images_per_class=min_images_per_class,
                             require_all=require_all, allow_outside_data=allow_outside_data)
     out = Path(out)
+    # A symlinked --out: the lock, the temporary copy and the replace act on the file it names,
+    # so the link stays a link and two runs through two names still exclude each other.
+    store_path = out.resolve()
     skipped_csv = out.with_name(out.name + ".skipped.csv")
     for line in table.describe(left_out_file=skipped_csv):
         log(line)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
     options = dict(data=str(Path(data).resolve()), backbones=backbones, weights=weights_label, seed=seed,
                    input_size=input_size, pooling=pooling, dtype=dtype, batch_size=batch_size, views=views,
                    precision=precision, val_fraction=val_fraction, test_fraction=test_fraction,
                    csv=str(csv) if csv else None, split_map=dict(split_map or {}), recursive=recursive,
                    min_images_per_class=min_images_per_class, allow_outside_data=allow_outside_data,
                    max_pixels=max_pixels)
-    with feature_store.store_lock(out):
-        added, missing = 0, 0
-        created = not out.exists()
+    with feature_store.store_lock(store_path):
+        added, missing, retried = 0, 0, 0
+        created = not store_path.exists()
         if not created:
-            _open_store(out).close()  # an --out that is not a store is refused before anything beside it is touched
-        feature_store.remove_stale_temporary(out)
+            # An --out that is not a store, or a damaged one, is refused before anything beside it is touched.
+            _open_store(store_path).close()
+        feature_store.remove_stale_temporary(store_path)
         if created:
-            with feature_store.rewrite_store(out, copy=False) as store:
+            with feature_store.rewrite_store(store_path, copy=False) as store:
                 store.attrs["format_version"] = feature_store.FORMAT_VERSION
                 store.attrs["data_root"] = table.root
                 store.attrs["layout"] = table.layout
@@ -451,14 +508,18 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                 feature_store.write_skipped(store, [], [], np.zeros((0, 2), np.int64))
         wanted = {name: _backbone_attrs(name, input_sizes[name], pooling, weights_label, seed, dtype,
                                         precision, extra_views, weight_files[name]) for name in backbones}
-        with _open_store(out) as store:
+        with _open_store(store_path) as store, feature_store.store_errors(store_path):
             to_add = [name for name in backbones if "features" not in store or name not in store["features"]]
             # Settings are checked before new images are added, so a refused run changes nothing.
             for name in backbones:
                 if name not in to_add:
-                    _check_stored_backbone(store["features"][name], wanted[name], out)
+                    _check_stored_backbone(store["features"][name], wanted[name], store_path)
+            # Rows to reuse or resume from are checked against their checksums before any work.
+            feature_store.verify_store(store, store_path, [name for name in backbones if name not in to_add])
+            created_with = _decode_options(store.attrs.get("created_with"))
+        in_effect, differing = _options_in_effect(options, created_with, weights_label)
         if not created:
-            added, missing = _reconcile(out, table, on_change)
+            added, missing, retried = _reconcile(store_path, table, on_change, retry_skipped)
         models = {}
         build_seconds = 0.0
 
@@ -475,11 +536,11 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             # The feature shape (spatial maps with pooling none) comes from the built model.
             for name in to_add:
                 get_model(name)
-            with feature_store.rewrite_store(out) as store:
+            with feature_store.rewrite_store(store_path) as store:
                 for name in to_add:
                     feature_store.add_backbone(store, name, models[name].output_shape[1:], dtype,
                                                wanted[name], extra_views)
-        with h5py.File(out, "r") as store:
+        with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
             paths = feature_store.read_strings(store["images/path"])
             unreadable = store["pending/unreadable"][()].astype(bool)
             done = {name: store["progress"][name][()].astype(bool) for name in backbones}
@@ -494,11 +555,12 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         if len(todo_rows):
             # Images are read from DATA as given now, not from the stored data_root: a data
             # folder moved since the store was made (same files, same fingerprints) still reads.
-            computed, skipped_now, timings = _run(out, table.root, paths, todo_rows, done, models, active, input_sizes,
-                                                  extra_views, batch_size, decode_workers, progress, max_pixels)
+            computed, skipped_now, timings = _run(store_path, table.root, paths, todo_rows, done, models, active,
+                                                  input_sizes, extra_views, batch_size, decode_workers, progress,
+                                                  max_pixels)
         timings = {"build": build_seconds, **timings}
-        dropped_classes = _finish(out, backbones)
-        with h5py.File(out, "r") as store:
+        dropped_classes = _finish(store_path, backbones)
+        with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
             skipped_paths, skipped_reasons, _ = feature_store.read_skipped(store)
             image_count = store["images/path"].shape[0]
             class_names = feature_store.read_strings_attr(store, "class_names")
@@ -506,7 +568,33 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         write_skipped_csv(skipped_csv, skipped + table.left_out)
     return PrecomputeSummary(str(out), image_count, computed, reused, skipped, skipped_now, added, missing,
                              time.perf_counter() - started, timings, table.left_out, str(skipped_csv),
-                             dropped_classes, tuple(class_names))
+                             dropped_classes, tuple(class_names), retried, in_effect, differing)
+
+
+def _decode_options(text):
+    if text is None:
+        return {}
+    try:
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+    except ValueError:
+        return {}
+
+
+# Options that made an existing store's rows and splits: the store keeps what they made, so its
+# values are the ones in effect. The seed makes the split too, but with random weights it also
+# makes the features, and a stored backbone's seed must match (`_check_stored_backbone`).
+_STORE_OPTIONS = ("val_fraction", "test_fraction", "split_map")
+
+
+def _options_in_effect(given, created_with, weights_label):
+    """The options in effect for this store, and option -> (given, in effect) where they differ."""
+    keys = _STORE_OPTIONS + (("seed",) if weights_label != "none" else ())
+    in_effect, differing = dict(given), {}
+    for key in keys:
+        if key in created_with and created_with[key] != given[key]:
+            in_effect[key] = created_with[key]
+            differing[key] = (given[key], created_with[key])
+    return in_effect, differing
 
 
 def write_skipped_csv(path, rows):
@@ -654,7 +742,7 @@ def _finish(out, backbones):
 
     Returns the names of the classes dropped.
     """
-    with h5py.File(out, "r") as store:
+    with feature_store.open_store(out) as store, feature_store.store_errors(out):
         unreadable = store["pending/unreadable"][()].astype(bool)
         complete = all(np.all(store["progress"][name][()][~unreadable] == 1) for name in backbones)
         if not complete or not np.any(unreadable):

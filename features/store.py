@@ -1,10 +1,14 @@
 """The HDF5 feature store: its layout, crash-safe changes, the writer lock, and the loader.
 
-Crash safety rests on three rules (see the README section "store"):
+Crash safety rests on three rules (see the README section "How it never loses work"):
 every structural change (new store, new backbone, new or dropped rows) is made on a copy
 that is fsynced and `os.replace`d over the store; feature datasets are created at full size
 with their chunks allocated at once and no compression, so filling rows writes raw data
-only; and rows are marked done in `/progress/<backbone>` only after their features are on disk.
+only; and rows are marked done in `/progress/<backbone>` only after their features, and the
+CRC32 of each row in `/checksums/<features|views>/<backbone>`, are on disk.
+
+Every refusal of a damaged or unfinished store is a `StoreError`, one line that says what is
+wrong and how to finish or rebuild the store.
 """
 
 import contextlib
@@ -13,12 +17,16 @@ import fcntl
 import json
 import os
 import shutil
+import warnings
+import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-FORMAT_VERSION = 1
+# 2: every feature and view row carries a CRC32 in /checksums. Stores of version 1 have none.
+FORMAT_VERSION = 2
+CHECKSUMS_SINCE = 2
 
 STRING_DTYPE = h5py.string_dtype("utf-8")
 
@@ -30,6 +38,65 @@ _CHUNK_BYTES = 1 << 20
 
 class StoreBusyError(OSError):
     """Another process is writing the same store."""
+
+
+class StoreError(ValueError):
+    """A feature store is unfinished or damaged; the message says what is wrong and how to finish or rebuild it."""
+
+
+REBUILD = "Rebuild it with run_precompute.py and a new --out (or delete the file and run the same command again)"
+
+
+def _damaged(path, what, received):
+    return StoreError(f"Feature store {path} is damaged: {what}. {REBUILD}. Received: {received}")
+
+
+@contextlib.contextmanager
+def store_errors(path):
+    """Turn what h5py raises on a damaged file (OSError, RuntimeError, KeyError, bad UTF-8) into one `StoreError` line.
+
+    Example:
+        >>> with h5py.File("cache.h5", "r") as store_file, store_errors("cache.h5"):
+        ...     labels = store_file["images/label"][()]
+    """
+    try:
+        yield
+    except (StoreError, StoreBusyError, FileNotFoundError):
+        raise
+    except UnicodeDecodeError as error:
+        raise _damaged(path, f"a string in it is not valid UTF-8 ({error.reason} at byte {error.start})",
+                       "UnicodeDecodeError") from None
+    except (OSError, RuntimeError, KeyError) as error:
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error
+        detail = " ".join(str(text).split()) or type(error).__name__
+        raise _damaged(path, f"HDF5 could not read it ({detail})", type(error).__name__) from None
+
+
+def open_store(path):
+    """Open a feature store read-only: FileNotFoundError when missing, `StoreError` when it cannot be read.
+
+    Example:
+        >>> with open_store("cache.h5") as store_file:
+        ...     print(list(store_file["features"]))
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Feature store not found: {path.resolve()}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        detail = " ".join(str(error).split())
+        if is_hdf5(path):
+            raise _damaged(path, f"HDF5 cannot open it ({detail}); the file is truncated or its bytes were changed",
+                           "an unreadable HDF5 file") from None
+        raise StoreError(f"{path.resolve()} is not a readable HDF5 feature store ({detail}). Expected a file "
+                         f"written by run_precompute.py. Received: store={path}") from None
+
+
+def is_hdf5(path):
+    """Whether the file at `path` begins with the HDF5 signature."""
+    with open(path, "rb") as handle:
+        return handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
 
 
 def lock_path(store_path):
@@ -119,7 +186,9 @@ def rewrite_store(store_path, copy=True):
     if copy:
         shutil.copyfile(store_path, temporary)
     try:
-        with h5py.File(temporary, "a" if copy else "w") as store:
+        # The HDF5 1.8 format checksums its metadata, so a flipped byte there is an error, not a wrong
+        # value. Not 1.10: its superblock stays marked "open for write" after a kill, refusing readers.
+        with h5py.File(temporary, "a" if copy else "w", libver=("v108", "v108")) as store:
             yield store
         _fsync_path(temporary)
         os.replace(temporary, store_path)
@@ -194,18 +263,112 @@ def read_skipped(store):
 
 
 def add_backbone(store, name, row_shape, dtype, attrs, view_names=()):
-    """Create `/features/<name>`, `/progress/<name>` and, with views, `/views/<name>` at full size."""
+    """Create `/features/<name>`, `/progress/<name>`, their checksums and, with views, `/views/<name>` at full size."""
     count = store["images/path"].shape[0]
     features = create_preallocated(store.require_group("features"), name, (count,) + tuple(row_shape), dtype)
     for key, value in attrs.items():
         features.attrs[key] = value
+    create_preallocated(store.require_group("checksums/features"), name, (count,), np.uint32)
     if view_names:
         views = create_preallocated(store.require_group("views"), name,
                                     (count, len(view_names)) + tuple(row_shape), dtype)
         set_strings_attr(views, "view_names", view_names)
         for key, value in attrs.items():
             views.attrs[key] = value
+        create_preallocated(store.require_group("checksums/views"), name, (count,), np.uint32)
     create_preallocated(store.require_group("progress"), name, (count,), np.uint8)
+
+
+def row_checksums(values):
+    """The CRC32 (`zlib.crc32`) of each row of `values`, over its bytes as stored (little-endian).
+
+    Example:
+        >>> row_checksums(np.zeros((2, 4), np.float16)).dtype
+        dtype('uint32')
+    """
+    values = np.asarray(values)
+    values = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))
+    rows = values.reshape(len(values), -1).view(np.uint8) if values.size else values.reshape(len(values), 0)
+    return np.fromiter((zlib.crc32(row) for row in rows), np.uint32, len(values))
+
+
+def read_checksums(store_file, group, backbone):
+    """The stored CRC32 of every row of `/<group>/<backbone>` ("features" or "views"), or None where there are none."""
+    key = f"checksums/{group}/{backbone}"
+    return store_file[key][()] if key in store_file else None
+
+
+def verify_rows(store_file, path, group, backbone, rows, values, expected):
+    """Refuse rows whose CRC32 differs from the one written with them, naming backbone, row and image.
+
+    Args:
+        store_file: the open store (its `/images/path` names the image of a bad row).
+        path: the store's path, for the message.
+        group: "features" or "views".
+        backbone: the backbone name.
+        rows: the store row index of each row of `values`.
+        values: the rows as read.
+        expected: the stored checksums of all rows (`read_checksums`); None checks nothing.
+    """
+    if expected is None or len(rows) == 0:
+        return
+    rows = np.asarray(rows, dtype=np.int64)
+    bad = np.flatnonzero(row_checksums(values) != expected[rows])
+    if len(bad):
+        row = int(rows[bad[0]])
+        image = read_strings(store_file["images/path"])[row] if "images/path" in store_file else "?"
+        raise _damaged(path, f"row {row} of /{group}/{backbone} (backbone {backbone}, image {image}) does not match "
+                             f"the checksum written with it", f"{len(bad)} damaged row(s) among {len(rows)} read")
+
+
+# Rows read at once when a whole dataset is verified, so any store fits in memory.
+_VERIFY_BYTES = 64 * 1024**2
+
+
+def verify_store(store_file, path, backbones):
+    """Check every done row of `backbones` (features and views) against its checksum, reading in blocks.
+
+    Example:
+        >>> with h5py.File("cache.h5", "r") as store_file:
+        ...     verify_store(store_file, "cache.h5", ["resnet50"])
+    """
+    for backbone in backbones:
+        for group in ("features", "views"):
+            if group not in store_file or backbone not in store_file[group]:
+                continue
+            expected = read_checksums(store_file, group, backbone)
+            if expected is None:
+                continue
+            dataset = store_file[group][backbone]
+            done = np.ones(len(dataset), bool)
+            if "progress" in store_file and backbone in store_file["progress"]:
+                done = store_file["progress"][backbone][()].reshape(-1) == 1
+            row_bytes = max(1, int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize)
+            block = max(1, _VERIFY_BYTES // row_bytes)
+            for start in range(0, len(dataset), block):
+                rows = np.flatnonzero(done[start:start + block]) + start
+                if len(rows):
+                    values = dataset[start:start + block][rows - start]
+                    verify_rows(store_file, path, group, backbone, rows, values, expected)
+
+
+def missing_checksums(store_file, backbones):
+    """The backbones whose rows carry no checksums, in a store run_precompute.py wrote before it wrote them.
+
+    Stores of other tools carry none by design and are not listed.
+    """
+    if "format_version" not in store_file.attrs:
+        return []
+    return [name for name in backbones if read_checksums(store_file, "features", name) is None]
+
+
+def warn_missing_checksums(store_file, path, backbones, stacklevel=3):
+    """Say once that damage to these backbones' rows cannot be detected (a store written before checksums)."""
+    missing = missing_checksums(store_file, backbones)
+    if missing:
+        warnings.warn(f"Feature store {path} was written before feature rows carried checksums: damage to the rows of "
+                      f"{', '.join(missing)} cannot be detected. Rebuild it with run_precompute.py and a new --out to "
+                      f"get them; it is read without that check.", stacklevel=stacklevel)
 
 
 def _copy_rows(source, target, keep_rows, block=256):
@@ -251,7 +414,7 @@ def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped
         )
         _copy_rows(old["pending/unreadable"], new["pending/unreadable"], keep_rows)
         _copy_rows(old["pending/reason"], new["pending/reason"], keep_rows)
-        for group_name in ("features", "views", "progress"):
+        for group_name in ("features", "views", "progress", "checksums/features", "checksums/views"):
             if group_name not in old:
                 continue
             for name, dataset in old[group_name].items():
@@ -327,14 +490,14 @@ def check_finished(store_file, backbones, path):
             done = np.asarray(store_file["progress"][backbone][()]).reshape(-1)
             missing = int(np.sum(done != 1))
             if missing:
-                raise ValueError(
+                raise StoreError(
                     f"Feature store {path} is unfinished: {missing} of {len(done)} rows of {backbone} were never computed "
                     f"(a precompute run stopped before the end). Run the same run_precompute.py command again to finish "
                     f"it. Received: {missing} unfinished rows")
     if "pending" in store_file and "unreadable" in store_file["pending"]:
         pending = int(np.sum(np.asarray(store_file["pending/unreadable"][()]) != 0))
         if pending:
-            raise ValueError(
+            raise StoreError(
                 f"Feature store {path} is unfinished: {pending} unreadable image(s) are still pending (a precompute run "
                 f"stopped before the end). Run the same run_precompute.py command again to finish it. "
                 f"Received: {pending} pending rows")
@@ -350,13 +513,145 @@ def _decode_attr(value):
     return value
 
 
+SPLITS = ("train", "val", "test")
+
+_LAYOUT = ("Expected the layout in README.md (\"The feature store\"): /images/path, /images/label, /images/split, "
+           "/features/<backbone> and the root attribute class_names")
+
+
+def _require(group, name, path, what, ours):
+    if name not in group:
+        fix = (f"It was deleted or damaged: {REBUILD}" if ours else "Write it with run_precompute.py or add it")
+        raise StoreError(f"Feature store {path} has no {what}. {_LAYOUT}. {fix}. Received: keys={sorted(group.keys())}")
+    return group[name]
+
+
+def _require_rows(store_file, key, shape, path):
+    # A dataset of run_precompute.py's own bookkeeping: present and one row per image.
+    if key not in store_file:
+        raise _damaged(path, f"/{key} is missing (deleted?)", f"keys of /{key.rsplit('/', 1)[0]}="
+                       f"{sorted(store_file[key.rsplit('/', 1)[0]].keys()) if key.rsplit('/', 1)[0] in store_file else []}")
+    if store_file[key].shape != shape:
+        raise _damaged(path, f"/{key} does not line up with /images (one row per image)",
+                       f"shape={store_file[key].shape}, expected {shape}")
+
+
+def check_store(store_file, path, *, finished=True, require_features=True):
+    """Refuse a store that is damaged or unfinished with one line (`StoreError`); return its backbones.
+
+    Checks the required layout (class names, `/images/*` and `/features/*` with one row per
+    image, labels that name a class, known split names, views that line up) and, in stores
+    written by run_precompute.py, its bookkeeping (`/progress`, `/pending`, `/checksums`,
+    `/skipped`). Feature rows are checked against their checksums where they are read.
+
+    Args:
+        store_file: the open store.
+        path: its path, for the messages.
+        finished: also refuse rows never computed or pending (`check_finished`) (default: True).
+        require_features: refuse a store without feature datasets (default: True).
+
+    Example:
+        >>> with open_store("cache.h5") as store_file, store_errors("cache.h5"):
+        ...     backbones = check_store(store_file, "cache.h5")
+    """
+    ours = "format_version" in store_file.attrs  # written by run_precompute.py, with its bookkeeping
+    if "class_names" not in store_file.attrs:
+        raise StoreError(
+            f"Feature store {path} has no root attribute 'class_names'. Expected the class names as UTF-8 strings "
+            f"(label i is class_names[i]); add them with h5py: f.attrs['class_names'] = [...]. "
+            f"Received: attributes={sorted(store_file.attrs)}")
+    class_names = [str(name) for name in np.asarray(_decode_attr(store_file.attrs["class_names"])).reshape(-1)]
+    images = _require(store_file, "images", path, "/images group", ours)
+    path_rows = _require(images, "path", path, "/images/path dataset", ours).shape
+    labels = np.asarray(_require(images, "label", path, "/images/label dataset", ours)[()]).reshape(-1)
+    splits = np.asarray(read_strings(_require(images, "split", path, "/images/split dataset", ours)), dtype=object)
+    num_rows = len(labels)
+    if "features" in store_file or require_features:
+        features = _require(store_file, "features", path, "/features group", ours)
+        backbones = tuple(name for name in features if isinstance(features[name], h5py.Dataset))
+    else:
+        backbones = ()
+    if ours or "progress" in store_file:
+        orphans = sorted(set(store_file["progress"]) - set(backbones)) if "progress" in store_file else []
+        if orphans:
+            raise _damaged(path, f"/progress/{orphans[0]} has no /features/{orphans[0]} (deleted?)",
+                           f"backbones with features: {list(backbones)}")
+    if require_features and not backbones:
+        raise StoreError(f"Feature store {path} has no datasets under /features. Expected one (N, D) or (N, H, W, D) "
+                         f"dataset per backbone. Received: /features keys={list(store_file['features'])}")
+    if path_rows != (num_rows,) or len(splits) != num_rows:
+        raise StoreError(
+            f"Feature store {path}: /images datasets do not line up. Expected the same number of rows in /images/path, "
+            f"/images/label and /images/split. {REBUILD}. Received: path={path_rows[0] if path_rows else 0}, "
+            f"label={num_rows}, split={len(splits)} rows")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise StoreError(f"Feature store {path}: /images/label must hold integers. Received: dtype={labels.dtype}")
+    bad = (labels < -1) | (labels >= len(class_names))
+    if bad.any():
+        raise StoreError(
+            f"Feature store {path}: labels must lie in [-1, {len(class_names) - 1}] for {len(class_names)} class "
+            f"names (-1 = unlabeled); class_names is shorter than the labels need, or the labels were changed. "
+            f"{REBUILD}. Received: labels={sorted(set(labels[bad].tolist()))[:10]}")
+    unknown = sorted(set(splits.tolist()) - set(SPLITS))
+    if unknown:
+        raise StoreError(f"Feature store {path}: unknown split names in /images/split. Expected only "
+                         f"{', '.join(SPLITS)}. Received: splits={unknown}")
+    for backbone in backbones:
+        dataset = store_file["features"][backbone]
+        if dataset.ndim not in (2, 4) or dataset.shape[0] != num_rows:
+            raise StoreError(
+                f"Feature store {path}: /features/{backbone} does not line up with /images. Expected shape "
+                f"({num_rows}, D) or ({num_rows}, H, W, D), one row per image. {REBUILD}. Received: shape={dataset.shape}")
+        if "views" in store_file and backbone in store_file["views"]:
+            views = store_file["views"][backbone]
+            row_shape = dataset.shape[1:]
+            if views.ndim != 2 + len(row_shape) or views.shape[0] != num_rows or views.shape[2:] != row_shape:
+                raise StoreError(
+                    f"Feature store {path}: /views/{backbone} does not line up with /features/{backbone}. Expected "
+                    f"shape ({num_rows}, V, {', '.join(map(str, row_shape))}). Received: shape={views.shape}")
+            names = views.attrs.get("view_names")
+            if names is not None and len(np.asarray(names).reshape(-1)) != views.shape[1]:
+                raise StoreError(
+                    f"Feature store {path}: /views/{backbone} has {views.shape[1]} views but "
+                    f"{len(np.asarray(names).reshape(-1))} view_names. Expected one name per view. "
+                    f"Received: view_names={[str(n) for n in _decode_attr(np.asarray(names).reshape(-1))]}")
+    if ours:
+        _require_rows(store_file, "images/fingerprint", (num_rows, 2), path)
+        _require_rows(store_file, "pending/unreadable", (num_rows,), path)
+        _require_rows(store_file, "pending/reason", (num_rows,), path)
+    elif "pending" in store_file and "unreadable" in store_file["pending"]:
+        _require_rows(store_file, "pending/unreadable", (num_rows,), path)
+    if ours or "progress" in store_file:
+        for backbone in backbones:
+            _require_rows(store_file, f"progress/{backbone}", (num_rows,), path)
+    with_checksums = ours and int(_decode_attr(store_file.attrs["format_version"])) >= CHECKSUMS_SINCE
+    for backbone in backbones:
+        for group in ("features", "views"):
+            has_data = group in store_file and backbone in store_file[group]
+            key = f"checksums/{group}/{backbone}"
+            if has_data and (with_checksums or key in store_file):
+                _require_rows(store_file, key, (num_rows,), path)
+    if ours and "skipped" in store_file:
+        lengths = {name: len(store_file["skipped"][name]) for name in ("path", "reason", "fingerprint")
+                   if name in store_file["skipped"]}
+        if len(lengths) != 3 or len(set(lengths.values())) != 1:
+            raise _damaged(path, "/skipped/path, /skipped/reason and /skipped/fingerprint do not line up",
+                           f"rows={lengths}")
+    if finished:
+        check_finished(store_file, backbones, path)
+    return backbones
+
+
 def load_store(path, backbones=None, views=False):
-    """Load the features, labels, splits and class names of a finished store.
+    """Load the features, labels, splits and class names of a finished store, every row checked against its checksum.
 
     Args:
         path: the HDF5 store written by `precompute`.
         backbones: names of the backbones to load (default: None, all in the store).
         views: also load `/views/<backbone>` where present (default: False).
+
+    Raises:
+        StoreError: the store is unfinished or damaged (one line says how to finish or rebuild it).
 
     Example:
         >>> store = load_store("cache.h5", backbones=["resnet50"])
@@ -364,10 +659,8 @@ def load_store(path, backbones=None, views=False):
         (800, 2048)
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Feature store not found: {path.resolve()}")
-    with h5py.File(path, "r") as store:
-        available = sorted(store["features"].keys()) if "features" in store else []
+    with open_store(path) as store, store_errors(path):
+        available = sorted(check_store(store, path, finished=False, require_features=False))
         if backbones is None:
             backbones = available
         elif isinstance(backbones, str):
@@ -378,12 +671,16 @@ def load_store(path, backbones=None, views=False):
                              f"{', '.join(available) or 'none'}. Run run_precompute.py with them first. "
                              f"Received: backbones={list(backbones)}")
         check_finished(store, backbones, path)
+        warn_missing_checksums(store, path, backbones)
         features, view_arrays, view_names, info = {}, {}, {}, {}
         for name in backbones:
             features[name] = store["features"][name][()]
+            rows = np.arange(len(features[name]))
+            verify_rows(store, path, "features", name, rows, features[name], read_checksums(store, "features", name))
             info[name] = {key: _decode_attr(value) for key, value in store["features"][name].attrs.items()}
             if views and "views" in store and name in store["views"]:
                 view_arrays[name] = store["views"][name][()]
+                verify_rows(store, path, "views", name, rows, view_arrays[name], read_checksums(store, "views", name))
                 view_names[name] = tuple(_decode_attr(store["views"][name].attrs["view_names"]))
         skipped_paths, skipped_reasons, _ = read_skipped(store)
         return FeatureStore(

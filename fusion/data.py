@@ -1,10 +1,16 @@
-"""Feed store features to Keras: from memory when they fit, streamed from HDF5 in contiguous blocks otherwise."""
+"""Feed store features to Keras: from memory when they fit, streamed from HDF5 in contiguous blocks otherwise.
+
+Every feature and view row is checked against its stored CRC32 when it is read (all rows at once in
+memory, the rows of each read when streamed): a damaged row stops training with one `StoreError`
+line naming backbone, row and image, instead of training on it.
+"""
 
 import os
 
-import h5py
 import keras
 import numpy as np
+
+from features import store as feature_store
 
 # Keep the features in memory only while they take at most this share of the available memory;
 # the rest goes to the models, the predictions and the other processes on the machine.
@@ -27,21 +33,53 @@ def available_memory_bytes():
 
 
 class _ArraySource:
-    """All rows of the chosen backbones (and views) held in memory, in their stored dtype."""
+    """All rows of the chosen backbones (and views) held in memory, in their stored dtype, checked once."""
 
     streamed = False
 
     def __init__(self, store_path, backbones, with_views):
         self.features, self.views = {}, {}
-        with h5py.File(store_path, "r") as store_file:
+        with feature_store.open_store(store_path) as store_file, feature_store.store_errors(store_path):
             for backbone in backbones:
-                self.features[backbone] = store_file["features"][backbone][()]
+                self.features[backbone] = self._read(store_file, store_path, "features", backbone)
                 if with_views and "views" in store_file and backbone in store_file["views"]:
-                    self.views[backbone] = store_file["views"][backbone][()]
+                    self.views[backbone] = self._read(store_file, store_path, "views", backbone)
+
+    @staticmethod
+    def _read(store_file, store_path, group, backbone):
+        array = store_file[group][backbone][()]
+        feature_store.verify_rows(store_file, store_path, group, backbone, np.arange(len(array)), array,
+                                  feature_store.read_checksums(store_file, group, backbone))
+        return array
 
     def gather(self, backbone, blocks, rows, views=False):
         array = self.views[backbone] if views else self.features[backbone]
         return array[np.concatenate([rows[start:stop] for start, stop in blocks])]
+
+
+class _CheckedRows:
+    """An h5py dataset whose reads (`dataset[a:b]`, `dataset[rows]`) are checked against the store's checksums."""
+
+    def __init__(self, source, group, backbone):
+        self._source, self._group, self._backbone = source, group, backbone
+        self._dataset = source._open()[group][backbone]
+
+    shape = property(lambda self: self._dataset.shape)
+    dtype = property(lambda self: self._dataset.dtype)
+    ndim = property(lambda self: self._dataset.ndim)
+    nbytes = property(lambda self: self._dataset.nbytes)
+
+    def __len__(self):
+        return len(self._dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            rows = np.arange(*key.indices(len(self._dataset)))
+        elif isinstance(key, (int, np.integer)):
+            return self[np.asarray([key])][0]
+        else:
+            rows = np.asarray(key, dtype=np.int64)
+        return self._source._checked_read(self._group, self._backbone, self._dataset, key, rows)
 
 
 # A block is read as one contiguous range when that range holds at most this many rows per row
@@ -60,7 +98,7 @@ def _read_rows(dataset, block_rows):
 
 
 class _HDF5Source:
-    """Rows read from the store on demand, one contiguous range per block."""
+    """Rows read from the store on demand, one contiguous range per block, each row checked as it is read."""
 
     streamed = True
 
@@ -69,29 +107,41 @@ class _HDF5Source:
         self.backbones = tuple(backbones)
         self.with_views = with_views
         self._file = None
+        self._checksums = {}
 
     def _open(self):
         # Opened lazily so that the source can be built (and copied) before any read.
         if self._file is None:
-            self._file = h5py.File(self.store_path, "r")
+            self._file = feature_store.open_store(self.store_path)
         return self._file
+
+    def _checked_read(self, group, backbone, dataset, key, rows):
+        store_file = self._open()
+        with feature_store.store_errors(self.store_path):
+            if (group, backbone) not in self._checksums:
+                self._checksums[group, backbone] = feature_store.read_checksums(store_file, group, backbone)
+            values = dataset[key] if key is not None else _read_rows(dataset, rows)
+            feature_store.verify_rows(store_file, self.store_path, group, backbone, rows, values,
+                                      self._checksums[group, backbone])
+        return values
 
     @property
     def features(self):
-        # h5py datasets, read on demand: the same mapping `_ArraySource.features` holds in memory.
-        return {name: self._open()["features"][name] for name in self.backbones}
+        # Read on demand, like the arrays `_ArraySource.features` holds in memory, and checked the same way.
+        return {name: _CheckedRows(self, "features", name) for name in self.backbones}
 
     @property
     def views(self):
         store_file = self._open()
         if not self.with_views or "views" not in store_file:
             return {}
-        return {name: store_file["views"][name] for name in self.backbones if name in store_file["views"]}
+        return {name: _CheckedRows(self, "views", name) for name in self.backbones if name in store_file["views"]}
 
     def gather(self, backbone, blocks, rows, views=False):
-        store_file = self._open()
-        dataset = store_file["views"][backbone] if views else store_file["features"][backbone]
-        return np.concatenate([_read_rows(dataset, rows[start:stop]) for start, stop in blocks])
+        group = "views" if views else "features"
+        dataset = self._open()[group][backbone]
+        return np.concatenate([self._checked_read(group, backbone, dataset, None, rows[start:stop])
+                               for start, stop in blocks])
 
     def close(self):
         if self._file is not None:
@@ -116,7 +166,7 @@ def open_feature_source(store_path, backbones, *, stream=None, with_views=False,
     """
     if stream is None:
         if needed_bytes is None:
-            with h5py.File(store_path, "r") as store_file:
+            with feature_store.open_store(store_path) as store_file, feature_store.store_errors(store_path):
                 needed_bytes = sum(store_file["features"][name].nbytes for name in backbones)
         stream = needed_bytes > MEMORY_SHARE * available_memory_bytes()
     source_class = _HDF5Source if stream else _ArraySource

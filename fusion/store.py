@@ -3,12 +3,10 @@
 import dataclasses
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from features.store import check_finished
-
-SPLITS = ("train", "val", "test")
+from features import store as feature_store
+from features.store import SPLITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +65,8 @@ def _decode_strings(values):
     )
 
 
-def _require(group, name, path, what):
-    if name not in group:
-        raise ValueError(
-            f"Feature store {path} has no {what}. Expected the layout in README.md "
-            f"(\"The feature store\"): /images/path, /images/label, /images/split, /features/<backbone> "
-            f"and the root attribute class_names. Write it with run_precompute.py or add it. "
-            f"Received: keys={sorted(group.keys())}"
-        )
-    return group[name]
-
-
 def open_store(path):
-    """Open a feature store read-only, with clear errors for a missing or non-HDF5 file.
+    """Open a feature store read-only, with clear errors for a missing or unreadable file.
 
     Args:
         path: the `.h5` store written by `run_precompute.py`.
@@ -88,16 +75,7 @@ def open_store(path):
         >>> with open_store("cache.h5") as store_file:
         ...     print(list(store_file["features"]))
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Feature store not found: {path.resolve()}")
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(
-            f"{path.resolve()} is not a readable HDF5 feature store ({error}). "
-            f"Expected a file written by run_precompute.py. Received: store={path}"
-        ) from None
+    return feature_store.open_store(path)
 
 
 def _plain_attribute(value):
@@ -114,93 +92,42 @@ def _plain_attribute(value):
 def read_store_info(path):
     """Read and check the labels, splits, class names and feature shapes of a feature store.
 
-    Only `/images/*`, the `class_names` attribute and `/features/*` are required; other
-    datasets, attributes and a `/skipped` group are ignored.
+    Only `/images/*`, the `class_names` attribute and `/features/*` are required; the
+    bookkeeping of run_precompute.py (`/progress`, `/pending`, `/checksums`, `/skipped`) is
+    checked where present. Feature rows are checked against their checksums when the data
+    source reads them (`fusion.data`).
 
     Args:
         path: the `.h5` store.
+
+    Raises:
+        StoreError: the store is unfinished or damaged (one line says how to finish or rebuild it).
 
     Example:
         >>> info = read_store_info("cache.h5")
         >>> info.backbones, info.class_names
     """
     path = Path(path)
-    with open_store(path) as store_file:
-        if "class_names" not in store_file.attrs:
-            raise ValueError(
-                f"Feature store {path} has no root attribute 'class_names'. Expected the class names "
-                f"as UTF-8 strings (label i is class_names[i]); add them with "
-                f"h5py: f.attrs['class_names'] = [...]. Received: attributes={sorted(store_file.attrs)}"
-            )
+    with open_store(path) as store_file, feature_store.store_errors(path):
+        backbones = feature_store.check_store(store_file, path)
+        feature_store.warn_missing_checksums(store_file, path, backbones)
         class_names = tuple(_decode_strings(store_file.attrs["class_names"]))
-        images = _require(store_file, "images", path, "/images group")
-        paths = _decode_strings(_require(images, "path", path, "/images/path dataset")[()])
-        labels = np.asarray(_require(images, "label", path, "/images/label dataset")[()]).reshape(-1)
-        splits = _decode_strings(_require(images, "split", path, "/images/split dataset")[()])
-        features = _require(store_file, "features", path, "/features group")
-        backbones = tuple(name for name in features if isinstance(features[name], h5py.Dataset))
-        if not backbones:
-            raise ValueError(
-                f"Feature store {path} has no datasets under /features. Expected one (N, D) or "
-                f"(N, H, W, D) dataset per backbone. Received: /features keys={list(features)}"
-            )
-        num_rows = len(labels)
-        if len(paths) != num_rows or len(splits) != num_rows:
-            raise ValueError(
-                f"Feature store {path}: /images datasets do not line up. Expected the same number of rows "
-                f"in /images/path, /images/label and /images/split. Received: path={len(paths)}, "
-                f"label={num_rows}, split={len(splits)} rows"
-            )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"Feature store {path}: /images/label must hold integers. Received: dtype={labels.dtype}"
-            )
-        labels = labels.astype(np.int64)
-        bad = (labels < -1) | (labels >= len(class_names))
-        if bad.any():
-            raise ValueError(
-                f"Feature store {path}: labels must lie in [-1, {len(class_names) - 1}] for "
-                f"{len(class_names)} class names (-1 = unlabeled). Received: labels={sorted(set(labels[bad].tolist()))[:10]}"
-            )
-        unknown = sorted(set(splits.tolist()) - set(SPLITS))
-        if unknown:
-            raise ValueError(
-                f"Feature store {path}: unknown split names in /images/split. Expected only "
-                f"{', '.join(SPLITS)}. Received: splits={unknown}"
-            )
+        paths = _decode_strings(store_file["images/path"][()])
+        labels = np.asarray(store_file["images/label"][()]).reshape(-1).astype(np.int64)
+        splits = _decode_strings(store_file["images/split"][()])
         feature_shapes, feature_dtypes, view_names, feature_recipes = {}, {}, {}, {}
         for backbone in backbones:
-            dataset = features[backbone]
-            if dataset.ndim not in (2, 4) or dataset.shape[0] != num_rows:
-                raise ValueError(
-                    f"Feature store {path}: /features/{backbone} does not line up with /images. "
-                    f"Expected shape ({num_rows}, D) or ({num_rows}, H, W, D), one row per image. "
-                    f"Received: shape={dataset.shape}"
-                )
+            dataset = store_file["features"][backbone]
             feature_shapes[backbone] = tuple(int(size) for size in dataset.shape[1:])
             feature_dtypes[backbone] = dataset.dtype.name
             feature_recipes[backbone] = {key: _plain_attribute(value) for key, value in dataset.attrs.items()}
             view_names[backbone] = ()
             if "views" in store_file and backbone in store_file["views"]:
                 views = store_file["views"][backbone]
-                expected = (num_rows, None) + feature_shapes[backbone]
-                if views.ndim != len(expected) or views.shape[0] != num_rows or views.shape[2:] != expected[2:]:
-                    raise ValueError(
-                        f"Feature store {path}: /views/{backbone} does not line up with /features/{backbone}. "
-                        f"Expected shape ({num_rows}, V, {', '.join(map(str, feature_shapes[backbone]))}). "
-                        f"Received: shape={views.shape}"
-                    )
                 names = views.attrs.get("view_names")
-                names = tuple(_decode_strings(names)) if names is not None else tuple(
+                view_names[backbone] = tuple(_decode_strings(names)) if names is not None else tuple(
                     f"view{index + 1}" for index in range(views.shape[1])
                 )
-                if len(names) != views.shape[1]:
-                    raise ValueError(
-                        f"Feature store {path}: /views/{backbone} has {views.shape[1]} views but "
-                        f"{len(names)} view_names. Expected one name per view. Received: view_names={list(names)}"
-                    )
-                view_names[backbone] = names
-        check_finished(store_file, backbones, path)
     info = StoreInfo(
         path=path,
         class_names=class_names,

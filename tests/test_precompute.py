@@ -423,3 +423,76 @@ def test_weight_files_record_their_sha256_and_stores_without_it_still_resume(dat
         store["progress/vgg16"][0] = 0  # one row left to compute
     summary = precompute(data, out, ["vgg16"], **options)
     assert summary.computed == {"vgg16": 1} and summary.reused == {"vgg16": 11}
+
+
+def test_a_repaired_skipped_image_is_tried_again(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    first = precompute(data, out, ["vgg16"], **FAST)
+    assert [path for path, _ in first.skipped] == ["cat/broken.jpg"]
+    # Repaired under the same name: its fingerprint changed, so it is tried again, without --on-change add.
+    make_class_folders(tmp_path / "fixed", classes=("cat",), per_class=1, seed=4)
+    os.replace(tmp_path / "fixed" / "cat" / "cat_000.jpg", data / "cat" / "broken.jpg")
+    summary = precompute(data, out, ["vgg16"], **FAST)
+    assert summary.retried == 1 and summary.added_images == 0 and summary.computed == {"vgg16": 1}
+    assert summary.skipped == () and summary.images == 13
+    assert "  tried 1 skipped image(s) again (changed on disk, or --retry-skipped)" in summary.lines()
+    loaded = load_store(out)
+    assert loaded.labels[loaded.paths.tolist().index("cat/broken.jpg")] == 0
+    # Now stored: a change to it is refused like any stored image's (its features would no longer match).
+    (data / "cat" / "broken.jpg").write_bytes(b"broken again, longer this time")
+    with pytest.raises(ValueError, match=r"1 image\(s\) changed on disk since they were stored"):
+        precompute(data, out, ["vgg16"], **FAST)
+
+
+def test_a_skipped_image_that_changed_and_is_still_broken_stays_skipped(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], **FAST)
+    (data / "cat" / "broken.jpg").write_bytes(b"still not a jpeg, but another file")
+    summary = precompute(data, out, ["vgg16"], **FAST)
+    assert summary.retried == 1 and summary.computed == {"vgg16": 0} and summary.skipped_now == 1
+    assert [path for path, _ in summary.skipped] == ["cat/broken.jpg"] and summary.images == 12
+    again = precompute(data, out, ["vgg16"], **FAST)  # its new fingerprint is recorded: not tried a third time
+    assert again.retried == 0 and again.skipped_now == 0 and len(again.skipped) == 1
+
+
+def test_a_class_whose_images_all_stay_skipped_stays_out_when_images_are_added(tmp_path):
+    data = tmp_path / "data"
+    make_class_folders(data, classes=("cat", "dog"), per_class=3)
+    (data / "eel").mkdir()
+    (data / "eel" / "bad.jpg").write_bytes(b"nope")
+    out = tmp_path / "cache.h5"
+    assert precompute(data, out, ["vgg16"], **FAST).dropped_classes == ("eel",)
+    (data / "dog" / "dog_new.jpg").write_bytes((data / "cat" / "cat_000.jpg").read_bytes())  # one new dog image
+    summary = precompute(data, out, ["vgg16"], on_change="add", **FAST)
+    assert summary.added_images == 1 and summary.class_names == ("cat", "dog")
+
+
+def test_a_symlinked_out_is_locked_and_replaced_through_its_target(data, tmp_path):
+    from features.store import StoreBusyError, store_lock
+
+    real = tmp_path / "stores" / "real.h5"
+    real.parent.mkdir()
+    precompute(data, real, ["vgg16"], **FAST)
+    link = tmp_path / "link.h5"
+    link.symlink_to(real)
+    with store_lock(real):  # a run writing the real file excludes one writing through the link
+        with pytest.raises(StoreBusyError, match=r"real\.h5\.lock is held"):
+            precompute(data, link, ["vgg16", "resnet50"], **FAST)
+    summary = precompute(data, link, ["vgg16", "resnet50"], **FAST)
+    assert summary.computed == {"vgg16": 0, "resnet50": 12}
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert sorted(load_store(real).features) == ["resnet50", "vgg16"]
+    assert (real.parent / "real.h5.lock").exists() and not (tmp_path / "link.h5.lock").exists()
+    assert not (tmp_path / "link.h5.tmp").exists() and not (real.parent / "real.h5.tmp").exists()
+
+
+def test_the_options_in_effect_are_the_stores_own(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    first = precompute(data, out, ["vgg16"], val_fraction=0.2, **FAST)
+    assert first.options["val_fraction"] == 0.2 and first.options_differing == {}
+    again = precompute(data, out, ["vgg16"], val_fraction=0.3, test_fraction=0.2, **FAST)
+    assert again.options["val_fraction"] == 0.2 and again.options["test_fraction"] == 0.1
+    assert again.options_differing == {"val_fraction": (0.3, 0.2), "test_fraction": (0.2, 0.1)}
+    assert ("  val_fraction=0.3 given, but the store was made with val_fraction=0.2: its rows keep the splits they "
+            "were made with, and val_fraction=0.2 is recorded as the option in effect") in again.lines()
+    np.testing.assert_array_equal(load_store(out).splits, load_store(first.store_path).splits)

@@ -169,3 +169,45 @@ def test_cli_config_values_of_the_wrong_type_stop_before_any_work(tmp_path, caps
         assert code == 2 and expected in output.err and "Traceback" not in output.err
         assert output.err.strip().splitlines()[-1].startswith("run_precompute.py: error: Option ")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_retry_skipped_tries_unchanged_skipped_files_again(tmp_path, capsys, monkeypatch):
+    from features.images import UnreadableImageError
+
+    pipeline = sys.modules["features.precompute"]
+    make_class_folders(tmp_path / "data", per_class=3)
+    out = tmp_path / "cache.h5"
+    argv = [str(tmp_path / "data"), "--out", str(out), "--backbones", "vgg16", "--weights", "none", "--input-size",
+            "32", "--no-progress"]
+    real = pipeline.load_image
+
+    def flaky(path, min_size=None, **options):  # a read error that goes away (a network drive), file unchanged
+        if str(path).endswith("cat_001.jpg"):
+            raise UnreadableImageError(path, "read error")
+        return real(path, min_size, **options)
+
+    monkeypatch.setattr(pipeline, "load_image", flaky)
+    assert main(argv) == 0
+    assert "cat/cat_001.jpg: read error" in capsys.readouterr().out
+    monkeypatch.setattr(pipeline, "load_image", real)
+    assert main(argv) == 0  # unchanged on disk: stays skipped
+    assert "vgg16: computed 0, reused 5" in capsys.readouterr().out
+    assert main(argv + ["--retry-skipped"]) == 0
+    printed = capsys.readouterr().out
+    assert "vgg16: computed 1, reused 5" in printed and "tried 1 skipped image(s) again" in printed
+    assert "skipped 0 unreadable image(s)" in printed and len(load_store(out)) == 6
+
+
+def test_cli_options_json_records_the_options_in_effect(tmp_path, capsys):
+    make_class_folders(tmp_path / "data", per_class=5)
+    out = tmp_path / "cache.h5"
+    argv = [str(tmp_path / "data"), "--out", str(out), "--backbones", "vgg16", "--weights", "none", "--input-size",
+            "32", "--no-progress"]
+    assert main(argv + ["--val-fraction", "0.2"]) == 0
+    assert main(argv + ["--val-fraction", "0.3", "--batch-size", "4"]) == 0
+    assert "val_fraction=0.3 given, but the store was made with val_fraction=0.2" in capsys.readouterr().out
+    options = json.loads((tmp_path / "cache.h5.options.json").read_text())
+    # The store's split options, this run's batch size: the file reruns the same store with --config.
+    assert options["val_fraction"] == 0.2 and options["test_fraction"] == 0.1 and options["batch_size"] == 4
+    assert main(["--config", str(tmp_path / "cache.h5.options.json")]) == 0
+    assert "given, but the store was made with" not in capsys.readouterr().out
