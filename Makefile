@@ -3,11 +3,12 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
-$(VENV)/.runtime-installed: requirements.txt
+$(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
@@ -17,8 +18,13 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 demo: $(VENV)/.runtime-installed
 	$(PY) examples/demo.py
 
+# Two workers (pytest-xdist): the suite is mostly single-threaded graph tracing, so two cores halve it.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
+
+# The inner loop: everything but the tests marked slow (whole scripts, subprocesses, every backbone).
+test-fast: $(VENV)/.dev-installed
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: $(VENV)/.runtime-installed
 	$(PY) benchmarks/bench_precompute.py

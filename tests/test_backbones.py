@@ -32,6 +32,7 @@ def test_registry_has_the_required_backbones_with_native_sizes():
 
 
 @pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.slow
 def test_every_backbone_builds_with_its_feature_size(name):
     spec = get_backbone_spec(name)
     model = create_backbone(name, input_size=spec.min_input_size, weights="none")

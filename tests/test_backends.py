@@ -58,6 +58,7 @@ def test_packages_import_keras_not_tensorflow(package):
     assert offenders == {}
 
 
+@pytest.mark.slow
 def test_precompute_and_training_run_under_jax(tmp_path):
     pytest.importorskip("jax")
     script = JAX_SCRIPT.format(root=str(REPO_ROOT), tests=str(REPO_ROOT / "tests"), base=str(tmp_path))

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Whole runs of a script or notebook: in `make test`, not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 
 

@@ -50,6 +50,7 @@ def test_exported_model_carries_class_names_and_no_lambda(float32_run):
     assert {"Resizing", "PreprocessInput", "ClassNames"} <= layer_types
 
 
+@pytest.mark.slow
 def test_exported_model_reloads_in_a_fresh_process(float32_run, tmp_path):
     data, _, run_dir = float32_run
     model_path = run_dir / "exported.keras"

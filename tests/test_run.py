@@ -98,6 +98,7 @@ def test_features_on_any_scale_train_the_same_model(tmp_path):
     assert _accuracy(runs[1], "fusion") > 0.6
 
 
+@pytest.mark.slow
 def test_the_same_seed_repeats_a_run_exactly(tmp_path):
     store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=150, backbones=("a", "b"), seed=6)
     settings = {"units": 8, "epochs": 3, "ablation": False, **QUIET}
@@ -174,6 +175,7 @@ def test_run_folder_holds_models_histories_plots_and_config(xor_run):
     assert config["arguments"]["head_units"] == [32] and config["arguments"]["streamed"] is False
 
 
+@pytest.mark.slow
 def test_loaded_run_predicts_the_same_in_a_fresh_process(xor_run, tmp_path):
     script = (
         "import sys, h5py, numpy as np\n"

@@ -70,6 +70,7 @@ def test_list_backbones(capsys):
     assert "densenet201" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_features(tmp_path):
     data = tmp_path / "data"
     make_class_folders(data, classes=("a", "b"), per_class=30, size=(64, 48))
