@@ -15,11 +15,11 @@ one run each leave a whole file.
 import json
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 
 from features import create_backbone
+from features import store as feature_store
 from features.atomic_files import save_model_atomic
 from fusion.run import load_run, read_run_config
 from fusion.run_folder import record_written
@@ -93,7 +93,9 @@ def feature_recipes(store_path, backbones):
             f"input size, pooling and weights; pass its new place with --store."
         )
     recipes = {}
-    with h5py.File(store_path, "r") as store:
+    # Through the store's own checks: an unfinished or damaged store is refused here too, in one line.
+    with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
+        feature_store.check_store(store, store_path)
         for backbone in backbones:
             if f"features/{backbone}" not in store:
                 raise ValueError(

@@ -1,8 +1,10 @@
 """The exported pixels-to-classes model: parity with the store path, safe reloading, errors."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import keras
@@ -11,7 +13,9 @@ import pytest
 
 import features
 from _run_fixtures import BACKBONES, INPUT_SIZE
+from features.store import StoreError
 from fusion.export import ClassNames, build_pixel_model, class_names_of, export_model, feature_recipes
+from fusion.synthetic import write_synthetic_store
 
 
 def store_path_probabilities(store, run_dir):
@@ -91,11 +95,24 @@ def test_store_without_the_backbone_is_refused(float32_run, tmp_path):
 
 
 def test_foreign_store_without_recipes_is_refused(tmp_path):
-    store = tmp_path / "foreign.h5"
-    with h5py.File(store, "w") as handle:
-        handle["features/resnet50"] = np.zeros((2, 4), "float16")
+    store = write_synthetic_store(tmp_path / "foreign.h5", "random", num_rows=20, backbones=("resnet50",))
     with pytest.raises(ValueError, match="do not record input_size, pooling, weights"):
         feature_recipes(store, ["resnet50"])
+
+
+def test_an_unfinished_or_damaged_store_is_not_exported_from(float32_run, tmp_path):
+    _, store, _ = float32_run
+    unfinished = tmp_path / "unfinished.h5"
+    shutil.copyfile(store, unfinished)
+    with h5py.File(unfinished, "r+") as handle:
+        backbone = sorted(handle["progress"])[0]
+        handle["progress"][backbone][3] = 0
+    with pytest.raises(StoreError, match=rf"is unfinished: 1 of \d+ rows of {backbone} were never computed"):
+        feature_recipes(unfinished, [backbone])
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(Path(store).read_bytes()[:2000])
+    with pytest.raises(StoreError, match="is damaged: HDF5 cannot open it"):
+        feature_recipes(truncated, [backbone])
 
 
 def test_export_file_must_be_keras_format(float32_run, tmp_path):
