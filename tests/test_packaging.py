@@ -1,5 +1,6 @@
 """The project installs as one distribution: declared dependencies, one version, the packages and the scripts."""
 
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -7,6 +8,8 @@ import sys
 import tomllib
 import zipfile
 from pathlib import Path
+
+import pytest
 
 import features
 
@@ -66,3 +69,17 @@ def test_the_wheel_holds_both_packages_the_stage_scripts_and_their_console_entry
     for line in ("fusionpipe-precompute = run_precompute:main", "fusionpipe-train = run_train:main",
                  "fusionpipe-predict = run_predict:main"):
         assert line in entry_points
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["fusionpipe-precompute", "fusionpipe-train", "fusionpipe-predict"])
+def test_installed_console_scripts_run(script, tmp_path):
+    try:
+        installed = importlib.metadata.version("fusionpipe")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fusionpipe is not installed in this environment (make test installs it with pip install -e .)")
+    assert installed == features.__version__
+    program = Path(sys.executable).parent / script
+    result = subprocess.run([str(program), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: run_")
