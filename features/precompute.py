@@ -111,8 +111,8 @@ class PrecomputeSummary:
             lines.append(f"  {len(self.dropped_classes)} class(es) left out, none of their images could be read: "
                          + ", ".join(self.dropped_classes))
         if self.left_out:
-            lines.append(f"  left out {len(self.left_out)} image(s) that the data names (CSV rows without a file, "
-                         "classes below --min-images-per-class)")
+            lines.append(f"  left out {len(self.left_out)} image(s) that the data names (CSV rows without a file or "
+                         "outside DATA, broken symlinks, classes below --min-images-per-class)")
         if self.skipped_csv and (self.skipped or self.left_out):
             lines.append(f"  every skipped and left-out image, with its reason: {self.skipped_csv}")
         return lines
@@ -212,6 +212,16 @@ def _check_stored_backbone(dataset, wanted, store_path):
                 f"Store {store_path} already holds '{wanted['backbone']}' features made with {key}={stored}, "
                 f"but this run asks for {key}={wanted[key]}. Use another --out for different settings, "
                 f"or the same settings to reuse them. Received: {key}={wanted[key]!r}")
+    # A weights file replaced under the same name makes other features: compared where both runs know
+    # the hash (stores written before it was recorded have none).
+    stored_hash = dataset.attrs.get("weights_sha256")
+    stored_hash = stored_hash.decode() if isinstance(stored_hash, bytes) else stored_hash
+    if stored_hash not in (None, "none") and wanted["weights_sha256"] not in ("none", stored_hash):
+        raise ValueError(
+            f"Store {store_path} already holds '{wanted['backbone']}' features made with a weights file of sha256 "
+            f"{stored_hash}, but {wanted['backbone']}'s weights file now has sha256 {wanted['weights_sha256']}: the "
+            f"file was replaced, and its features would differ. Restore the file, or use another --out. "
+            f"Received: weights_sha256={wanted['weights_sha256']!r}")
 
 
 class _Writer(threading.Thread):

@@ -423,6 +423,16 @@ def test_weight_files_record_their_sha256_and_stores_without_it_still_resume(dat
         store["progress/vgg16"][0] = 0  # one row left to compute
     summary = precompute(data, out, ["vgg16"], **options)
     assert summary.computed == {"vgg16": 1} and summary.reused == {"vgg16": 11}
+    # A weights file replaced under the same name is refused on resume: its features would differ.
+    other = tmp_path / "other.h5"
+    precompute(data, other, ["vgg16"], **options)
+    with h5py.File(weights_file, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, create_backbone("vgg16", input_size=32, weights="none",
+                                                                            seed=4).get_layer("vgg16"))
+    replaced = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match=rf"the file was replaced, and its features would differ\. Restore the file, "
+                                         rf"or use another --out\. Received: weights_sha256='{replaced}'"):
+        precompute(data, other, ["vgg16"], **options)
 
 
 def test_a_repaired_skipped_image_is_tried_again(data, tmp_path):
