@@ -18,7 +18,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from features import create_backbone
+from features import create_backbone, resolve_weights
+from features.backbones import weights_sha256
 from features import store as feature_store
 from features.atomic_files import save_model_atomic
 from fusion.run import load_run, read_run_config
@@ -180,6 +181,20 @@ def records_recipes(run_dir):
     return all(_is_complete(recorded.get(name)) for name in config["backbones"])
 
 
+def _check_weights_file(backbone, recipe):
+    # A weights file replaced since precompute would rebuild another backbone than the one the head saw.
+    expected = str(recipe.get("weights_sha256", "none"))
+    if expected == "none":
+        return
+    weights_file = resolve_weights(backbone, recipe["weights"])
+    found = weights_sha256(weights_file) if weights_file else "none"
+    if found != expected:
+        raise ValueError(
+            f"The weights file of {backbone} ({weights_file}) has sha256 {found}, but the store's features were made "
+            f"with a file of sha256 {expected}: the exported model would not compute the features the head was "
+            f"trained on. Put the original file back (see --weights). Received: weights_sha256={found!r}")
+
+
 def build_pixel_model(fusion_model, recipes, class_names):
     """Chain resize, backbone and pooling per backbone into `fusion_model`, from one image input.
 
@@ -196,6 +211,7 @@ def build_pixel_model(fusion_model, recipes, class_names):
     for backbone in (tensor.name for tensor in fusion_model.inputs):
         recipe = recipes[backbone]
         input_size = int(recipe["input_size"])
+        _check_weights_file(backbone, recipe)
         # The same resize that precompute applies (features.resize_image), as a layer.
         resized = keras.layers.Resizing(
             input_size, input_size, interpolation="bilinear", antialias=True, name=f"{backbone}_resize"

@@ -260,3 +260,15 @@ def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run):
     assert not matches_run(exported_like({"mobilenet_v2": 64, "densenet121": 32}), run_dir)  # made from a 64 px store
     assert not matches_run(exported_like({"mobilenet_v2": 32}), run_dir)
     assert not matches_run(exported_like({"mobilenet_v2": 32, "densenet121": 32}, ("cat", "dog")), run_dir)
+
+
+def test_a_replaced_weights_file_is_refused_before_any_backbone_is_built(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    weights_file = folder / features.get_backbone_spec("vgg16").weights_file
+    weights_file.write_bytes(b"weights of another training run")
+    head = keras.Sequential([keras.Input((4,), name="vgg16"), keras.layers.Dense(2, activation="softmax")])
+    recipe = {"input_size": 32, "weights": str(folder), "pooling": "avg", "seed": 0, "weights_sha256": "0" * 64}
+    with pytest.raises(ValueError, match=r"The weights file of vgg16 \(.*\) has sha256 [0-9a-f]{64}, but the store's "
+                                         r"features were made with a file of sha256 0{64}"):
+        build_pixel_model(head, {"vgg16": recipe}, ["a", "b"])
