@@ -161,7 +161,7 @@ def run_recipes(run_dir, store=None):
     config = read_run_config(run_dir)
     backbones = list(config["backbones"])
     recorded = config.get("feature_recipes") or {}
-    complete = all(_is_complete(recorded.get(name)) for name in backbones)
+    complete = _records_every_recipe(config)
     if store is not None:
         recipes = check_store_recipes(store, recorded, backbones)
         return {name: recorded[name] for name in backbones} if complete else recipes
@@ -174,11 +174,14 @@ def run_recipes(run_dir, store=None):
     return feature_recipes(store, backbones)
 
 
-def records_recipes(run_dir):
-    """Whether a run's config.json holds every backbone's full recipe, so that it exports without its store."""
-    config = read_run_config(run_dir)
+def _records_every_recipe(config):
     recorded = config.get("feature_recipes") or {}
     return all(_is_complete(recorded.get(name)) for name in config["backbones"])
+
+
+def records_recipes(run_dir):
+    """Whether a run's config.json holds every backbone's full recipe, so that it exports without its store."""
+    return _records_every_recipe(read_run_config(run_dir))
 
 
 def _check_weights_file(backbone, recipe):

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from features import store as feature_store
-from features.store import SPLITS
+from features.store import SPLITS, open_store  # the store's owner opens it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,19 +63,6 @@ def _decode_strings(values):
         [value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value) for value in values],
         dtype=object,
     )
-
-
-def open_store(path):
-    """Open a feature store read-only, with clear errors for a missing or unreadable file.
-
-    Args:
-        path: the `.h5` store written by `run_precompute.py`.
-
-    Example:
-        >>> with open_store("cache.h5") as store_file:
-        ...     print(list(store_file["features"]))
-    """
-    return feature_store.open_store(path)
 
 
 def _plain_attribute(value):
