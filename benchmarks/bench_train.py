@@ -10,9 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from features.cli import add_config_option, exit_on_user_error, parse_args_with_config  # noqa: E402
+# features and fusion come from the installed project: `pip install -e .` (make bench runs it).
+from features.cli import add_config_option, exit_on_user_error, parse_args_with_config
 
 
 def _build_parser():

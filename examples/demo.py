@@ -13,8 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+# features and fusion come from the installed project: `pip install -e .` (make demo runs it).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, save_options  # noqa: E402

@@ -1,8 +1,10 @@
-"""Test settings: quiet TensorFlow, no weight downloads, the repository root on sys.path."""
+"""Test settings: quiet TensorFlow, no weight downloads.
+
+The repository root comes first on sys.path through pytest.ini (`pythonpath = .`), so that a checkout or
+worktree tests its own packages even where another checkout is installed editable.
+"""
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -10,10 +12,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Never download ImageNet weights from the tests, also on a machine that could.
 os.environ["FUSIONPIPE_OFFLINE"] = "1"
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from _run_fixtures import trained_run  # noqa: E402
 

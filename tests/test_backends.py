@@ -12,9 +12,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 JAX_SCRIPT = """
-import json, sys
+import json
 from pathlib import Path
-sys.path[:0] = [{root!r}, {tests!r}]
 import keras, numpy as np, features, fusion
 from _run_fixtures import write_two_class_images
 base = Path({base!r})
@@ -61,8 +60,10 @@ def test_packages_import_keras_not_tensorflow(package):
 @pytest.mark.slow
 def test_precompute_and_training_run_under_jax(tmp_path):
     pytest.importorskip("jax")
-    script = JAX_SCRIPT.format(root=str(REPO_ROOT), tests=str(REPO_ROOT / "tests"), base=str(tmp_path))
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    script = JAX_SCRIPT.format(base=str(tmp_path))
+    # This checkout's packages and the test helpers, ahead of any installed copy.
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                             env=environment)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,13 +11,14 @@ import pytest
 # Whole runs of a script or notebook: in `make test`, not in `make test-fast`.
 pytestmark = pytest.mark.slow
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO_ROOT / "benchmarks"
 
 
 def _run(name, *args):
     """Run a benchmark script as a user would; returns what it printed."""
     result = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -69,7 +69,8 @@ def test_exported_model_reloads_in_a_fresh_process(float32_run, tmp_path):
         "print(json.dumps(model.predict_on_batch(image).tolist()))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
-                            env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                 "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert result.returncode == 0, result.stderr[-2000:]
     there = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(there, here, atol=1e-6)

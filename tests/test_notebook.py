@@ -16,6 +16,8 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     for key, value in {
         "QUICKSTART_WORK": str(tmp_path), "QUICKSTART_LIMIT": "80", "QUICKSTART_BACKBONES": "mobilenet_v2 densenet121",
         "QUICKSTART_INPUT_SIZE": "32", "QUICKSTART_EPOCHS": "2", "MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "3",
+        # The kernel imports this checkout's packages, ahead of any installed copy.
+        "PYTHONPATH": str(NOTEBOOK.parent.parent),
     }.items():
         monkeypatch.setenv(key, value)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
