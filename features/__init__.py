@@ -1,22 +1,40 @@
-"""fusionpipe stage 1: frozen backbones over a folder of images, cached in one HDF5 store."""
+"""fusionpipe stage 1: frozen backbones over a folder of images, cached in one HDF5 store.
+
+The public names below load on first use (PEP 562), so that `import features.cli` and every
+script's `--help` answer without importing Keras.
+"""
+
+import importlib
 
 # The project's one version number (pyproject.toml reads it from here).
 __version__ = "0.3.0"
 
-from features.backbones import (
-    BackboneSpec,
-    PreprocessInput,
-    create_backbone,
-    get_backbone_spec,
-    has_imagenet_weights,
-    list_backbones,
-    resolve_weights,
-)
-from features.dataset import ImageTable, discover_images, make_splits
-from features.images import UnreadableImageError, load_image, resize_image
-from features.precompute import PrecomputeSummary, precompute
-from features.store import FeatureStore, StoreBusyError, StoreError, load_store
-from features.views import DIHEDRAL_VIEWS, apply_view, view_names
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "BackboneSpec": "features.backbones",
+    "PreprocessInput": "features.backbones",
+    "create_backbone": "features.backbones",
+    "get_backbone_spec": "features.backbones",
+    "has_imagenet_weights": "features.backbones",
+    "list_backbones": "features.backbones",
+    "resolve_weights": "features.backbones",
+    "ImageTable": "features.dataset",
+    "discover_images": "features.dataset",
+    "make_splits": "features.dataset",
+    "UnreadableImageError": "features.images",
+    "load_image": "features.images",
+    "resize_image": "features.images",
+    # moved to features.pipeline by the split
+    "PrecomputeSummary": "features.precompute",
+    "precompute": "features.precompute",
+    "FeatureStore": "features.store",
+    "StoreBusyError": "features.store",
+    "StoreError": "features.store",
+    "load_store": "features.store",
+    "DIHEDRAL_VIEWS": "features.views",
+    "apply_view": "features.views",
+    "view_names": "features.views",
+}
 
 __all__ = [
     "BackboneSpec",
@@ -42,3 +60,20 @@ __all__ = [
     "resolve_weights",
     "view_names",
 ]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    # Every public name of that submodule becomes a module attribute: later look-ups skip this
+    # function, and `precompute` the function replaces `features.precompute` the submodule, which
+    # the import just bound to that name.
+    for public_name, owner in _EXPORTS.items():
+        if owner == module.__name__:
+            globals()[public_name] = getattr(module, public_name)
+    return globals()[name]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

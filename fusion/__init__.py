@@ -1,18 +1,43 @@
-"""fusionpipe stages 2 and 3: fusion model, baselines and the report; the exported model and prediction."""
+"""fusionpipe stages 2 and 3: fusion model, baselines and the report; the exported model and prediction.
 
-from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
-from fusion.data import FeatureBatches, open_feature_source
-from fusion.evaluation import bootstrap_accuracy_interval, evaluate_probabilities, mcnemar_test
-from fusion.export import ClassNames, build_pixel_model, class_names_of, export_model
-from fusion.image_inputs import gather_image_paths
-from fusion.model import build_fusion_model
-from fusion.predict import Predictions, load_classifier, predict_images, write_predictions_csv
-from fusion.report import write_report
-from fusion.run import FusionRun, load_run, train_run
-from fusion.statistics import feature_statistics
-from fusion.store import StoreInfo, read_store_info, select_backbones
-from fusion.synthetic import write_synthetic_store
-from fusion.training import class_weights, train_model
+The public names below load on first use (PEP 562), so that importing one light submodule, or a
+script's `--help`, does not import Keras.
+"""
+
+import importlib
+
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "StackingClassifier": "fusion.baselines",
+    "WeightedAverage": "fusion.baselines",
+    "average_probabilities": "fusion.baselines",
+    "FeatureBatches": "fusion.data",
+    "open_feature_source": "fusion.data",
+    "bootstrap_accuracy_interval": "fusion.evaluation",
+    "evaluate_probabilities": "fusion.evaluation",
+    "mcnemar_test": "fusion.evaluation",
+    "ClassNames": "fusion.export",
+    "build_pixel_model": "fusion.export",
+    "class_names_of": "fusion.export",
+    "export_model": "fusion.export",
+    "gather_image_paths": "fusion.image_inputs",
+    "build_fusion_model": "fusion.model",
+    "Predictions": "fusion.predict",
+    "load_classifier": "fusion.predict",
+    "predict_images": "fusion.predict",
+    "write_predictions_csv": "fusion.predict",
+    "write_report": "fusion.report",
+    "FusionRun": "fusion.run",
+    "load_run": "fusion.run",
+    "train_run": "fusion.run",
+    "feature_statistics": "fusion.statistics",
+    "StoreInfo": "fusion.store",
+    "read_store_info": "fusion.store",
+    "select_backbones": "fusion.store",
+    "write_synthetic_store": "fusion.synthetic",
+    "class_weights": "fusion.training",
+    "train_model": "fusion.training",
+}
 
 __all__ = [
     "ClassNames",
@@ -45,3 +70,18 @@ __all__ = [
     "write_report",
     "write_synthetic_store",
 ]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    # Every public name of that submodule becomes a module attribute: later look-ups skip this function.
+    for public_name, owner in _EXPORTS.items():
+        if owner == module.__name__:
+            globals()[public_name] = getattr(module, public_name)
+    return globals()[name]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
