@@ -8,7 +8,7 @@ import importlib
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
-    "StackingClassifier": "fusion.baselines",
+    "LogisticStacking": "fusion.baselines",
     "WeightedAverage": "fusion.baselines",
     "average_probabilities": "fusion.baselines",
     "FeatureBatches": "fusion.data",
@@ -43,8 +43,8 @@ __all__ = [
     "ClassNames",
     "FeatureBatches",
     "FusionRun",
+    "LogisticStacking",
     "Predictions",
-    "StackingClassifier",
     "StoreInfo",
     "WeightedAverage",
     "average_probabilities",

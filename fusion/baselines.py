@@ -72,15 +72,17 @@ class WeightedAverage:
         return average_probabilities(probabilities, self.weights_)
 
 
-class StackingClassifier:
-    """Logistic regression on the models' log probabilities, fitted on held-out data.
+class LogisticStacking:
+    """Stacking by a logistic regression on the models' log probabilities, fitted on held-out data.
+
+    Unlike scikit-learn's `StackingClassifier`, it takes the models' probabilities, not the models.
 
     Args:
         regularization: inverse L2 strength `C` of the logistic regression (default: 1.0).
         seed: random state of the solver (default: 0).
 
     Example:
-        >>> stacker = StackingClassifier().fit([val_a, val_b], val_labels)
+        >>> stacker = LogisticStacking().fit([val_a, val_b], val_labels)
         >>> test_probabilities = stacker.predict_proba([test_a, test_b])
     """
 

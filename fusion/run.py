@@ -14,7 +14,7 @@ import numpy as np
 import sklearn
 
 from features.atomic_files import atomic_path, open_atomic, save_model_atomic, write_text_atomic
-from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
+from fusion.baselines import LogisticStacking, WeightedAverage, average_probabilities
 from fusion.data import FeatureBatches, open_feature_source
 from fusion.evaluation import evaluate_probabilities, mcnemar_test
 from fusion.model import build_fusion_model
@@ -329,7 +329,7 @@ def train_run(
     test_probabilities["average"] = average_probabilities(singles_test)
     weighted = WeightedAverage().fit(singles_val, labels["val"])
     test_probabilities["weighted_average"] = weighted.predict_proba(singles_test)
-    stacker = StackingClassifier(seed=seed).fit(singles_val, labels["val"])
+    stacker = LogisticStacking(seed=seed).fit(singles_val, labels["val"])
     test_probabilities["stacking"] = stacker.predict_proba(singles_test)
     if tta:
         for name, probabilities in list(tta_probabilities.items()):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
+from fusion.baselines import LogisticStacking, WeightedAverage, average_probabilities
 
 
 def _one_hot(labels, num_classes=3, confidence=0.9):
@@ -34,7 +34,7 @@ def test_weighted_average_puts_its_weight_on_the_informative_model():
 def test_stacking_learns_to_read_a_model_that_is_always_wrong_in_a_fixed_way():
     shifted = _one_hot((LABELS + 1) % 3)  # names the next class every time
     assert np.mean(average_probabilities([shifted, RANDOM]).argmax(1) == LABELS) < 0.5
-    stacker = StackingClassifier().fit([shifted, RANDOM], LABELS)
+    stacker = LogisticStacking().fit([shifted, RANDOM], LABELS)
     assert np.mean(stacker.predict_proba([shifted, RANDOM]).argmax(1) == LABELS) == 1.0
     saved = stacker.to_dict()
     assert saved["classes"] == [0, 1, 2] and np.shape(saved["coef"]) == (3, 6)
@@ -43,5 +43,5 @@ def test_stacking_learns_to_read_a_model_that_is_always_wrong_in_a_fixed_way():
 def test_predict_before_fit_raises():
     with pytest.raises(ValueError, match=r"This WeightedAverage is not fitted yet. Call fit"):
         WeightedAverage().predict_proba([GOOD])
-    with pytest.raises(ValueError, match=r"This StackingClassifier is not fitted yet"):
-        StackingClassifier().predict_proba([GOOD])
+    with pytest.raises(ValueError, match=r"This LogisticStacking is not fitted yet"):
+        LogisticStacking().predict_proba([GOOD])
