@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from features.images import IMAGE_EXTENSIONS
-from features.layout import (SPLITS, broken_links_under, images_in, images_under, read_folder_images,
-                             split_by_words)
+from features.layout import broken_links_under, images_in, images_under, read_folder_images, split_by_words
+from features.store import SPLITS  # the store owns the split names
 
 # Classes listed one per line in the summary; past this, the smallest ones.
-SUMMARY_MAX_CLASSES = 30
+_SUMMARY_MAX_CLASSES = 30
 
 _PATH_COLUMN_FALLBACKS = ("path", "image", "filename", "file", "id", "image_id")
 
@@ -60,7 +60,7 @@ class ImageTable:
                 counts[self.class_names[label]][split] += 1
         return counts
 
-    def describe(self, left_out_file=None, max_classes=SUMMARY_MAX_CLASSES):
+    def describe(self, left_out_file=None, max_classes=_SUMMARY_MAX_CLASSES):
         """The summary of what was found, as lines for the terminal: layout, classes per split, notes.
 
         Args:
@@ -107,7 +107,7 @@ def reason_kind(reason):
     return re.split(r" \(|: ", reason, maxsplit=1)[0]
 
 
-def check_fractions(val_fraction, test_fraction):
+def _check_fractions(val_fraction, test_fraction):
     """Validate the split fractions: each in [0, 1), their sum below 1."""
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
@@ -163,7 +163,7 @@ def _keep_one_train_image_per_class(labels, splits, movable=None):
 
 def _make_splits(labels, val_fraction, test_fraction, seed):
     """(splits, too_small): a stratified split, classes with fewer images than splits all in train."""
-    check_fractions(val_fraction, test_fraction)
+    _check_fractions(val_fraction, test_fraction)
     labels = np.asarray(labels, dtype=np.int64)
     splits = ["train"] * len(labels)
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
@@ -458,7 +458,7 @@ def discover_images(data, csv_path=None, csv_path_column="path", csv_label_colum
         >>> table.class_names
         ('daisy', 'rose')
     """
-    check_fractions(val_fraction, test_fraction)
+    _check_fractions(val_fraction, test_fraction)
     if not isinstance(min_images_per_class, int) or min_images_per_class < 1:
         raise ValueError(f"min_images_per_class must be a positive integer. "
                          f"Received: min_images_per_class={min_images_per_class!r}")

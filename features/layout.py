@@ -13,11 +13,10 @@ import re
 from pathlib import Path
 
 from features.images import IMAGE_EXTENSIONS
-
-SPLITS = ("train", "val", "test")
+from features.store import SPLITS  # the store owns the split names
 
 # `--split-map` may also send a folder nowhere (e.g. a competition's unlabeled `pred/` folder).
-SKIP = "skip"
+_SKIP = "skip"
 
 # Whole words that name a split, compared in lower case after dropping trailing digits and the
 # suffixes below: "Training_Data", "trainset", "seg_train", "TestImages" all name one.
@@ -70,9 +69,9 @@ def parse_split_map(values):
             pairs.append((name, split))
     split_map = {name: split.strip().lower() for name, split in pairs}
     for name, split in split_map.items():
-        if split not in SPLITS + (SKIP,):
+        if split not in SPLITS + (_SKIP,):
             raise ValueError(f"--split-map sends folder {name!r} to unknown split {split!r}. Valid splits: "
-                             f"{', '.join(SPLITS + (SKIP,))}. Received: split_map={split_map}")
+                             f"{', '.join(SPLITS + (_SKIP,))}. Received: split_map={split_map}")
     return split_map
 
 
@@ -80,7 +79,7 @@ def _is_image_file(path):
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def visible_dirs(folder):
+def _visible_dirs(folder):
     """Sub-folders of `folder`, sorted, without hidden ones and archive leftovers such as __MACOSX."""
     return sorted(p for p in folder.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_FOLDERS)
@@ -132,13 +131,13 @@ def split_by_words(name):
     return found.pop() if len(found) == 1 else None
 
 
-def split_by_meaning(name):
+def _split_by_meaning(name):
     """The split a folder name contains anywhere: train, val/valid/dev, or test (case-insensitive), or None.
 
     Looser than `split_by_words`; used only for a level whose structure already says it holds splits.
 
     Example:
-        >>> split_by_meaning("mytrainfolder")
+        >>> _split_by_meaning("mytrainfolder")
         'train'
     """
     lower = name.lower()
@@ -152,7 +151,7 @@ def split_by_meaning(name):
 def _unwrap(folder):
     """Descend through wrapper folders: a lone sub-folder that holds only folders, or has the same name."""
     while not images_in(folder):
-        children = visible_dirs(folder)
+        children = _visible_dirs(folder)
         if len(children) != 1:
             break
         child = children[0]
@@ -170,7 +169,7 @@ def _shares_subfolders(folders):
     for folder in folders:
         if images_in(folder):
             return False
-        names = {child.name for child in visible_dirs(folder)}
+        names = {child.name for child in _visible_dirs(folder)}
         if not names:
             return False
         name_sets.append(names)
@@ -187,7 +186,7 @@ def _class_images(class_dir, recursive, data):
     # Images of one class folder; nested folders with images are merged only when asked.
     if recursive:
         return images_under(class_dir)
-    nested = [child.name for child in visible_dirs(class_dir) if images_under(child)]
+    nested = [child.name for child in _visible_dirs(class_dir) if images_under(child)]
     if nested:
         shown = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
         raise ValueError(
@@ -198,7 +197,7 @@ def _class_images(class_dir, recursive, data):
 
 
 def _map_splits(folders, split_map, mapper, base, data):
-    """Folder -> split (or SKIP) for each split folder; an error names the ones that cannot be mapped."""
+    """Folder -> split (or "skip") for each split folder; an error names the ones that cannot be mapped."""
     split_map = dict(split_map or {})
     unknown = sorted(set(split_map) - {folder.name for folder in folders})
     if unknown:
@@ -216,7 +215,7 @@ def _map_splits(folders, split_map, mapper, base, data):
             f"pass one of them as DATA. Received: data={data}")
     taken = {}
     for folder, split in mapped.items():
-        if split == SKIP or folder.name in split_map:
+        if split == _SKIP or folder.name in split_map:
             continue  # a folder mapped by hand may join another folder's split
         if split in taken:
             raise ValueError(
@@ -254,20 +253,20 @@ def read_folder_images(data, split_map=None, recursive=False):
     root = Path(data)
     split_map = parse_split_map(split_map)
     base = _unwrap(root)
-    top = visible_dirs(base)
+    top = _visible_dirs(base)
     if not top:
         entries = tuple((_relative(path, root), None, None) for path in images_in(base))
         return FolderImages(entries, (), "flat", f"flat folder of unlabeled images in {base}")
     by_words = {folder: split_by_words(folder.name) for folder in top}
     is_split_level, mapper, how = False, split_by_words, "named"
     if split_map:
-        is_split_level, mapper, how = True, split_by_meaning, "mapped by --split-map"
+        is_split_level, mapper, how = True, _split_by_meaning, "mapped by --split-map"
     elif all(by_words.values()):
         is_split_level = True
     elif _splits_inside(top):
         return _splits_in_class_folders(root, base, top, recursive, data)
     elif _shares_subfolders([_unwrap(folder) for folder in top]) and not recursive:
-        is_split_level, mapper, how = True, split_by_meaning, "recognised by their shared class folders"
+        is_split_level, mapper, how = True, _split_by_meaning, "recognised by their shared class folders"
     else:
         named = [folder.name for folder, split in by_words.items() if split and not images_in(folder)]
         if named:
@@ -289,10 +288,10 @@ def read_folder_images(data, split_map=None, recursive=False):
     mapped = _map_splits(top, split_map, mapper, base, data)
     entries, class_names = [], set()
     for folder, split in mapped.items():
-        if split == SKIP:
+        if split == _SKIP:
             continue
         inner = _unwrap(folder)
-        for class_dir in visible_dirs(inner):
+        for class_dir in _visible_dirs(inner):
             class_names.add(class_dir.name)
             entries += [(_relative(path, root), class_dir.name, split)
                         for path in _class_images(class_dir, recursive, data)]
@@ -306,7 +305,7 @@ def read_folder_images(data, split_map=None, recursive=False):
 
 def _splits_inside(top):
     # True when the class folders hold only split folders (cat/train/, cat/test/, dog/train/, ...).
-    inner = {child.name for folder in top for child in visible_dirs(folder)}
+    inner = {child.name for folder in top for child in _visible_dirs(folder)}
     return bool(inner) and all(split_by_words(name) for name in inner) and not any(images_in(f) for f in top)
 
 
@@ -314,7 +313,7 @@ def _splits_in_class_folders(root, base, top, recursive, data):
     # cat/train/*.jpg, cat/test/*.jpg, dog/train/*.jpg: the split level sits inside the classes.
     entries = []
     for class_dir in top:
-        for split_dir in visible_dirs(class_dir):
+        for split_dir in _visible_dirs(class_dir):
             split = split_by_words(split_dir.name)
             entries += [(_relative(path, root), class_dir.name, split)
                         for path in _class_images(split_dir, recursive, data)]

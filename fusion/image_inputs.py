@@ -3,8 +3,7 @@
 import csv
 from pathlib import Path
 
-# Suffixes the image decoder reads; anything else in a folder is not an image and is ignored.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+from features.images import IMAGE_EXTENSIONS  # what the decoder reads; other files in a folder are ignored
 
 
 def _csv_image_paths(csv_path, path_column):
@@ -41,7 +40,7 @@ def gather_image_paths(sources, path_column="path"):
     for source in map(Path, sources):
         if source.is_dir():
             image_paths.extend(
-                sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+                sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
             )
         elif source.suffix.lower() == ".csv":
             if not source.is_file():
@@ -52,6 +51,6 @@ def gather_image_paths(sources, path_column="path"):
     if not image_paths:
         raise ValueError(
             f"No images found in {', '.join(str(source) for source in sources)}: the folders hold no file ending in "
-            f"{', '.join(sorted(IMAGE_SUFFIXES))} and the CSV files list none. Received: images={list(map(str, sources))}"
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))} and the CSV files list none. Received: images={list(map(str, sources))}"
         )
     return image_paths
