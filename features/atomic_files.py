@@ -13,15 +13,15 @@ import re
 import secrets
 from pathlib import Path
 
-# `report.json` -> `report.json.tmp-1234-0a1b2c3d.json`; matches only names `temporary_path` makes.
+# `report.json` -> `report.json.tmp-1234-0a1b2c3d.json`; matches only names `_temporary_path` makes.
 _TEMPORARY_PATTERN = re.compile(r"^(?P<target>.+)\.tmp-\d+-[0-9a-f]{8}(?P<suffix>\.[^./]*)?$")
 
 
-def temporary_path(path):
+def _temporary_path(path):
     """A fresh temporary name next to `path`, with the same suffix.
 
     Example:
-        >>> temporary_path("runs/exp1/report.json")
+        >>> _temporary_path("runs/exp1/report.json")
         PosixPath('runs/exp1/report.json.tmp-1234-0a1b2c3d.json')
     """
     path = Path(path)
@@ -29,7 +29,7 @@ def temporary_path(path):
 
 
 def temporary_target(name):
-    """The file name a temporary of `temporary_path` stands for, or None when `name` is not one.
+    """The file name a temporary of `_temporary_path` stands for, or None when `name` is not one.
 
     Example:
         >>> temporary_target("report.json.tmp-1234-0a1b2c3d.json")
@@ -73,7 +73,7 @@ def atomic_path(path):
         ...     figure.savefig(temporary)
     """
     path = Path(path)
-    temporary = temporary_path(path)
+    temporary = _temporary_path(path)
     try:
         yield temporary
         if not temporary.is_file():

@@ -18,10 +18,10 @@ from features.atomic_files import write_text_atomic
 
 # Errors a user can cause (bad value, missing file, missing package). Anything else is
 # a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError)
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, OSError)
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+_EXIT_USER_ERROR = 2
+_EXIT_INTERRUPTED = 130
 
 
 def add_config_option(parser):
@@ -200,8 +200,8 @@ def exit_on_user_error(program):
         yield
     except KeyboardInterrupt:
         print(f"{program}: interrupted; run the same command again to continue.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except USER_ERRORS as error:
+        sys.exit(_EXIT_INTERRUPTED)
+    except _USER_ERRORS as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"{program}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(_EXIT_USER_ERROR)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DIGITS_CLASS_NAMES = tuple(str(digit) for digit in range(10))
+_DIGITS_CLASS_NAMES = tuple(str(digit) for digit in range(10))
 
 
 def write_digits_dataset(root, image_size=32, limit=None):
@@ -35,13 +35,13 @@ def write_digits_dataset(root, image_size=32, limit=None):
     digits = load_digits()
     images, targets = digits.images, digits.target
     if limit is not None:
-        if int(limit) < len(DIGITS_CLASS_NAMES):
+        if int(limit) < len(_DIGITS_CLASS_NAMES):
             raise ValueError(
                 f"limit must keep at least one image per class (>= 10). Received: limit={limit}"
             )
         images, targets = images[: int(limit)], targets[: int(limit)]
     root = Path(root)
-    for class_name in DIGITS_CLASS_NAMES:
+    for class_name in _DIGITS_CLASS_NAMES:
         (root / class_name).mkdir(parents=True, exist_ok=True)
     for index, (scan, target) in enumerate(zip(images, targets)):
         path = root / str(target) / f"digit_{index:04d}.png"

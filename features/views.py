@@ -5,7 +5,7 @@ import numpy as np
 # The 7 non-identity symmetries of the square.
 DIHEDRAL_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
 
-VIEW_SETS = {"none": (), "hflip": ("hflip",), "dihedral": DIHEDRAL_VIEWS}
+_VIEW_SETS = {"none": (), "hflip": ("hflip",), "dihedral": DIHEDRAL_VIEWS}
 
 _VIEWS = {
     "identity": lambda image: image,
@@ -26,10 +26,10 @@ def view_names(views="none"):
         >>> view_names("hflip")
         ('hflip',)
     """
-    if views not in VIEW_SETS:
-        raise ValueError(f"Unknown views '{views}'. Valid values: {', '.join(VIEW_SETS)}. "
+    if views not in _VIEW_SETS:
+        raise ValueError(f"Unknown views '{views}'. Valid values: {', '.join(_VIEW_SETS)}. "
                          f"Received: views={views!r}")
-    return VIEW_SETS[views]
+    return _VIEW_SETS[views]
 
 
 def apply_view(image, name):

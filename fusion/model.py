@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-POOLINGS = ("avg", "max", "avgmax")
+_POOLINGS = ("avg", "max", "avgmax")
 
 
 def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, head_units, learning_rate):
@@ -29,8 +29,8 @@ def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, hea
             f"head_units must be positive layer sizes, e.g. [256]. Received: head_units={list(head_units)}",
         ),
         (
-            pooling in POOLINGS,
-            f"Unknown pooling {pooling!r}. Valid values: {', '.join(POOLINGS)}. Received: pooling={pooling!r}",
+            pooling in _POOLINGS,
+            f"Unknown pooling {pooling!r}. Valid values: {', '.join(_POOLINGS)}. Received: pooling={pooling!r}",
         ),
     ]
     for passed, message in checks:

@@ -3,7 +3,7 @@
 import numpy as np
 
 # Bytes of features read at once; the statistics of a store larger than memory are still exact.
-CHUNK_BYTES = 64 * 1024**2
+_CHUNK_BYTES = 64 * 1024**2
 
 
 class _NonFiniteRow(ValueError):
@@ -18,7 +18,7 @@ def _channel_moments(array, mask):
     """Count, mean and summed squared deviation per last-axis channel of `array[mask]`."""
     channels = array.shape[-1]
     row_bytes = max(1, int(np.prod(array.shape[1:])) * array.dtype.itemsize)
-    chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+    chunk_rows = max(1, _CHUNK_BYTES // row_bytes)
     count, mean, squares = 0, np.zeros(channels), np.zeros(channels)
     for start in range(0, len(array), chunk_rows):
         keep = mask[start : start + chunk_rows]

@@ -5,7 +5,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-KINDS = ("xor", "noisy_views", "random")
+_KINDS = ("xor", "noisy_views", "random")
 
 
 def _string_data(values, string_format):
@@ -62,8 +62,8 @@ def write_synthetic_store(
     Example:
         >>> write_synthetic_store(tmp_path / "xor.h5", kind="xor", num_rows=400)
     """
-    if kind not in KINDS:
-        raise ValueError(f"Unknown kind {kind!r}. Valid kinds: {', '.join(KINDS)}. Received: kind={kind!r}")
+    if kind not in _KINDS:
+        raise ValueError(f"Unknown kind {kind!r}. Valid kinds: {', '.join(_KINDS)}. Received: kind={kind!r}")
     if kind == "xor" and len(backbones) < 2:
         raise ValueError(f"kind='xor' needs at least two backbones. Received: backbones={list(backbones)}")
     rng = np.random.default_rng(seed)

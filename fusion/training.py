@@ -9,7 +9,7 @@ import numpy as np
 
 from features.atomic_files import open_atomic, save_model_atomic
 
-CLASS_WEIGHTS = ("none", "balanced")
+_CLASS_WEIGHTS = ("none", "balanced")
 
 
 def class_weights(labels, num_classes, mode="balanced"):
@@ -24,9 +24,9 @@ def class_weights(labels, num_classes, mode="balanced"):
         >>> class_weights([0, 0, 0, 1], num_classes=2)
         {0: 0.666..., 1: 2.0}
     """
-    if mode not in CLASS_WEIGHTS:
+    if mode not in _CLASS_WEIGHTS:
         raise ValueError(
-            f"Unknown class weight mode {mode!r}. Valid values: {', '.join(CLASS_WEIGHTS)}. "
+            f"Unknown class weight mode {mode!r}. Valid values: {', '.join(_CLASS_WEIGHTS)}. "
             f"Received: class_weight={mode!r}"
         )
     if mode == "none":

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from features.atomic_files import (
+    _temporary_path,
     atomic_path,
     check_writable_file,
     open_atomic,
     save_model_atomic,
-    temporary_path,
     temporary_target,
     write_text_atomic,
 )
@@ -98,11 +98,11 @@ def test_a_writer_that_writes_nothing_is_an_error_and_leaves_the_old_file(tmp_pa
 
 
 def test_temporary_names_are_unique_keep_the_suffix_and_map_back():
-    first, second = temporary_path("runs/exp1/exported.keras"), temporary_path("runs/exp1/exported.keras")
+    first, second = _temporary_path("runs/exp1/exported.keras"), _temporary_path("runs/exp1/exported.keras")
     assert first != second and first.suffix == ".keras" and first.parent.as_posix() == "runs/exp1"
     assert first.name.startswith(f"exported.keras.tmp-{os.getpid()}-")
     assert temporary_target(first.name) == "exported.keras"
-    assert temporary_target(temporary_path("notes").name) == "notes"
+    assert temporary_target(_temporary_path("notes").name) == "notes"
     for name in ("exported.keras", "exported.keras.tmp", "a.keras.tmp-1-0a1b2c3d.json", "a.tmp-x-0a1b2c3d"):
         assert temporary_target(name) is None, name
 

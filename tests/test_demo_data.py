@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.demo_data import DIGITS_CLASS_NAMES, write_digits_dataset
+from features.demo_data import _DIGITS_CLASS_NAMES, write_digits_dataset
 
 
 def test_writes_every_digit_in_its_class_folder(tmp_path):
     written = write_digits_dataset(tmp_path, image_size=16)
     assert written == 1797
-    counts = {name: len(list((tmp_path / name).glob("*.png"))) for name in DIGITS_CLASS_NAMES}
+    counts = {name: len(list((tmp_path / name).glob("*.png"))) for name in _DIGITS_CLASS_NAMES}
     assert sum(counts.values()) == 1797
     assert min(counts.values()) >= 170  # every class is present, roughly balanced
     assert not list(tmp_path.rglob("*.part"))

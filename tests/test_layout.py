@@ -5,7 +5,7 @@ import collections
 import pytest
 
 from features.dataset import discover_images
-from features.layout import read_folder_images, split_by_meaning, split_by_words
+from features.layout import _split_by_meaning, read_folder_images, split_by_words
 from tests._features_fixtures import make_class_folders
 
 CLASSES = ("glioma", "meningioma", "pituitary")
@@ -144,7 +144,7 @@ def test_split_words_and_meaning():
         "train", "train", "test", "val", "train", "val"]
     # Whole words only: class names that merely contain a split's letters stay classes.
     assert [split_by_words(name) for name in ("valley", "device", "contest", "trainer", "train_test")] == [None] * 5
-    assert [split_by_meaning(name) for name in ("imgtrain", "x_testx", "trainval", "holdout")] == [
+    assert [_split_by_meaning(name) for name in ("imgtrain", "x_testx", "trainval", "holdout")] == [
         "train", "test", "train", None]
 
 

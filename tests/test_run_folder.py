@@ -71,19 +71,19 @@ def test_paths_are_relative_to_the_run_folder_or_absolute(tmp_path, monkeypatch)
 
 
 def test_a_killed_writers_temporary_of_a_recorded_file_goes_with_the_run(tmp_path):
-    from features.atomic_files import temporary_path
+    from features.atomic_files import _temporary_path
 
     run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
     record_written(run_dir, "models/fusion.keras")
     _write(run_dir / "models" / "fusion.keras")
-    leftover = temporary_path(run_dir / "models" / "fusion.keras")  # as a kill during the save leaves it
+    leftover = _temporary_path(run_dir / "models" / "fusion.keras")  # as a kill during the save leaves it
     _write(leftover)
     prepare_run_folder(run_dir, overwrite=True)
     assert sorted(path.name for path in run_dir.rglob("*")) == [MANIFEST_NAME]
     # The same name for a file no run recorded is the user's: refused, kept.
     record_written(run_dir, "config.json")
     _write(run_dir / "config.json")
-    theirs = temporary_path(run_dir / "notes.md")
+    theirs = _temporary_path(run_dir / "notes.md")
     _write(theirs, "mine")
     with pytest.raises(FileExistsError, match=f"it holds files that no run wrote \\({theirs.name}\\)"):
         prepare_run_folder(run_dir, overwrite=True)

@@ -16,7 +16,7 @@ def test_channel_means_and_mean_variance_over_the_chosen_rows(tmp_path, monkeypa
     with h5py.File(tmp_path / "features.h5", "w") as store:
         store["maps"] = maps
     # A few rows per chunk, so that chunks merge and some hold none of the rows.
-    monkeypatch.setattr(fusion.statistics, "CHUNK_BYTES", 3 * maps[0].nbytes)
+    monkeypatch.setattr(fusion.statistics, "_CHUNK_BYTES", 3 * maps[0].nbytes)
     with h5py.File(tmp_path / "features.h5", "r") as store:
         statistics = feature_statistics({"vectors": vectors, "maps": store["maps"]}, rows=rows)
     np.testing.assert_allclose(statistics["vectors"][0], vectors[rows].mean(0), rtol=1e-5)
@@ -50,7 +50,7 @@ def test_a_non_finite_training_row_is_named_and_refused(tmp_path, monkeypatch):
     vectors[17, 2] = np.inf
     with h5py.File(tmp_path / "features.h5", "w") as store:
         store["a"] = vectors
-    monkeypatch.setattr(fusion.statistics, "CHUNK_BYTES", 7 * vectors[0].nbytes)
+    monkeypatch.setattr(fusion.statistics, "_CHUNK_BYTES", 7 * vectors[0].nbytes)
     rows = np.arange(10, 40)
     with h5py.File(tmp_path / "features.h5", "r") as store:
         with pytest.raises(ValueError, match=r"The features of 'a' hold NaN or infinite values in row 17: the store is "
