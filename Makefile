@@ -29,6 +29,7 @@ test-fast: $(VENV)/.dev-installed
 bench: $(VENV)/.runtime-installed
 	$(PY) benchmarks/bench_precompute.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_cli.py
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -45,3 +45,12 @@ def test_bench_train_prints_memory_and_streamed_speed():
     streamed = _number(r"streamed from HDF5 \(blocks of +8 rows\): +(\d+) samples/s", printed)
     assert memory > 0 and streamed > 0
     assert abs(_number(r"streamed / in memory: ([\d.]+)", printed) - streamed / memory) < 0.02
+
+
+def test_bench_cli_prints_each_scripts_help_time_beside_importing_keras():
+    printed = _run("bench_cli", "--repeats", "1")
+    keras_seconds = _number(r"python -c import keras +([\d.]+) s", printed)
+    for script in ("run_precompute.py", "run_train.py", "run_predict.py"):
+        seconds = _number(rf"{script} --help +([\d.]+) s", printed)
+        share = _number(rf"{script} --help +[\d.]+ s +([\d.]+) of import keras", printed)
+        assert abs(share - seconds / keras_seconds) < 0.002

@@ -1,6 +1,8 @@
 """The project installs as one distribution: declared dependencies, one version, the packages and the scripts."""
 
 import importlib.metadata
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -10,6 +12,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import features
 
@@ -33,6 +37,21 @@ def _imported_top_level_modules(folder):
 def test_requirements_files_and_pyproject_declare_the_same_dependencies():
     assert sorted(PYPROJECT["project"]["dependencies"]) == _requirements("requirements.txt")
     assert sorted(PYPROJECT["project"]["optional-dependencies"]["dev"]) == _requirements("requirements-dev.txt")
+
+
+def test_every_requirement_is_pinned_in_constraints_to_a_version_it_allows():
+    requirements = [Requirement(line) for name in ("requirements.txt", "requirements-dev.txt")
+                    for line in _requirements(name)]
+    pins = {}
+    for line in _requirements("constraints.txt"):
+        name, separator, version = line.partition("==")
+        assert separator, f"constraints.txt must pin exact versions (name==version). Received: {line!r}"
+        pins[canonicalize_name(name)] = version.strip()
+    unpinned = sorted(str(requirement) for requirement in requirements if canonicalize_name(requirement.name) not in pins)
+    assert unpinned == [], f"Requirements without a pin in constraints.txt: {unpinned}"
+    outside = sorted(f"{requirement} (pinned {pins[canonicalize_name(requirement.name)]})" for requirement in requirements
+                     if not requirement.specifier.contains(pins[canonicalize_name(requirement.name)], prereleases=True))
+    assert outside == [], f"constraints.txt pins versions the requirements exclude: {outside}"
 
 
 def test_every_third_party_module_the_packages_import_is_declared():
@@ -83,3 +102,36 @@ def test_installed_console_scripts_run(script, tmp_path):
     result = subprocess.run([str(program), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: run_")
+
+
+# Modules that take seconds to import; `--help` must answer before any of them loads.
+HEAVY_MODULES = ("keras", "tensorflow", "h5py", "sklearn", "jax", "scipy", "matplotlib")
+
+HELP_PROBE = """
+import contextlib, io, json, runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit:
+        pass
+heavy = sorted({{name.split(".")[0] for name in sys.modules}} & set({heavy!r}))
+print(json.dumps({{"heavy": heavy, "help": printed.getvalue()}}))
+"""
+
+SCRIPTS = ["run_precompute.py", "run_train.py", "run_predict.py", "examples/demo.py",
+           "benchmarks/bench_precompute.py", "benchmarks/bench_train.py", "benchmarks/bench_cli.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_imports_no_heavy_module(script, tmp_path):
+    # A fresh interpreter, this checkout first on the path; the time it takes is benchmarks/bench_cli.py's to show.
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", HELP_PROBE.format(heavy=HEAVY_MODULES), str(ROOT / script)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["help"].startswith("usage: ")
+    assert outcome["heavy"] == [], f"{script} --help imported {outcome['heavy']}"
