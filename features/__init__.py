@@ -4,7 +4,7 @@ The public names below load on first use (PEP 562), so that `import features.cli
 script's `--help` answer without importing Keras.
 """
 
-import importlib
+from importlib import import_module as _import_module
 
 # The project's one version number (pyproject.toml reads it from here).
 __version__ = "0.3.0"
@@ -65,7 +65,7 @@ __all__ = [
 def __getattr__(name):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
+    module = _import_module(_EXPORTS[name])
     # Every public name of that submodule becomes a module attribute: later look-ups skip this
     # function, and `precompute` the function replaces `features.precompute` the submodule, which
     # the import just bound to that name.

@@ -4,7 +4,7 @@ The public names below load on first use (PEP 562), so that importing one light 
 script's `--help`, does not import Keras.
 """
 
-import importlib
+from importlib import import_module as _import_module
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -75,7 +75,7 @@ __all__ = [
 def __getattr__(name):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
+    module = _import_module(_EXPORTS[name])
     # Every public name of that submodule becomes a module attribute: later look-ups skip this function.
     for public_name, owner in _EXPORTS.items():
         if owner == module.__name__:

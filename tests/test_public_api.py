@@ -47,6 +47,8 @@ def test_readme_documents_exactly_the_names_in_all(package):
 def test_every_public_name_resolves_to_a_documented_object(package):
     module = importlib.import_module(package)
     assert len(module.__all__) == len(set(module.__all__))
+    # The lazy loader's table (name -> submodule) and __all__ name the same things.
+    assert sorted(module._EXPORTS) == sorted(module.__all__)
     undocumented = []
     for name in module.__all__:
         value = getattr(module, name)  # an AttributeError names the broken entry
