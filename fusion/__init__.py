@@ -1,7 +1,7 @@
 """fusionpipe stages 2 and 3: fusion model, baselines and the report; the exported model and prediction.
 
-The public names below load on first use (PEP 562), so that importing one light submodule, or a
-script's `--help`, does not import Keras.
+The public names below load on first use (PEP 562), as in `features`; importing the package itself
+loads the two modules that register fusionpipe's Keras layers (see the end of this file).
 """
 
 from importlib import import_module as _import_module
@@ -85,3 +85,10 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+# Importing fusion registers fusionpipe's two Keras layers, `PreprocessInput` (features.backbones) and
+# `ClassNames` (fusion.export), so that exported models load with safe mode after `import fusion`, as
+# README.md promises. This one import is eager; it loads Keras.
+from features import backbones as _backbones  # noqa: E402, F401
+from fusion import export as _export  # noqa: E402, F401

@@ -2,7 +2,11 @@
 
 import importlib
 import inspect
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +83,16 @@ def test_lazy_names_are_the_objects_of_their_modules():
     assert callable(features.precompute) and inspect.isfunction(features.precompute)
     with pytest.raises(AttributeError, match="module 'fusion' has no attribute 'StackingClassifier'"):
         fusion.StackingClassifier  # noqa: B018 - renamed LogisticStacking
+
+
+@pytest.mark.slow
+def test_import_fusion_registers_both_keras_layers_in_a_fresh_process():
+    # README.md: exported models load with safe mode after `import fusion`, whatever else is imported.
+    probe = ("import fusion, json, keras\n"
+             "print(json.dumps([getattr(keras.saving.get_registered_object(f'fusionpipe>{name}'), '__name__', None)"
+             " for name in ('PreprocessInput', 'ClassNames')]))\n")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["PreprocessInput", "ClassNames"]
