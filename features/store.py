@@ -503,6 +503,236 @@ def check_finished(store_file, backbones, path):
                 f"Received: {pending} pending rows")
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreIndex:
+    """What a feature store holds apart from its feature rows, read once by `read_index`.
+
+    Attributes:
+        path: the store file.
+        class_names: tuple of class names; label `i` is `class_names[i]`.
+        paths: (N,) object array of image paths, relative to `data_root`.
+        labels: (N,) int64 class indices, `-1` when unlabeled.
+        splits: (N,) object array of split names.
+        backbones: tuple of backbone names, the datasets under `/features`.
+        feature_shapes: dict backbone -> per-image feature shape, `(D,)` or `(H, W, D)`.
+        feature_dtypes: dict backbone -> numpy dtype name of the stored features.
+        view_names: dict backbone -> tuple of extra view names (empty without `/views/<backbone>`).
+        recipes: dict backbone -> the attributes of `/features/<backbone>` (how its features were
+            made) as plain JSON values; empty for stores that record none.
+        skipped: tuple of (path, reason) of the images that could not be read.
+        data_root: the folder the images were read from ("" when not recorded).
+    """
+
+    path: Path
+    class_names: tuple
+    paths: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    backbones: tuple
+    feature_shapes: dict
+    feature_dtypes: dict
+    view_names: dict
+    recipes: dict
+    skipped: tuple
+    data_root: str
+
+
+def read_index(path, *, finished=True):
+    """Open, check and read everything of a store but its feature rows: labels, splits, class names, shapes, recipes.
+
+    Only `/images/*`, the `class_names` attribute and `/features/*` are required; the bookkeeping of
+    run_precompute.py (`/progress`, `/pending`, `/checksums`, `/skipped`) is checked where present.
+    Feature rows are checked against their checksums where they are read (`FeatureRows`).
+
+    Args:
+        path: the `.h5` store.
+        finished: refuse rows never computed or pending (default: True).
+
+    Raises:
+        StoreError: the store is unfinished or damaged (one line says how to finish or rebuild it).
+
+    Example:
+        >>> index = read_index("cache.h5")
+        >>> index.backbones, index.class_names
+    """
+    path = Path(path)
+    with open_store(path) as store_file, store_errors(path):
+        backbones = check_store(store_file, path, finished=finished)
+        warn_missing_checksums(store_file, path, backbones, stacklevel=4)
+        shapes, dtypes, view_names, recipes = {}, {}, {}, {}
+        for backbone in backbones:
+            dataset = store_file["features"][backbone]
+            shapes[backbone] = tuple(int(size) for size in dataset.shape[1:])
+            dtypes[backbone] = dataset.dtype.name
+            recipes[backbone] = {key: _decode_attr(value) for key, value in dataset.attrs.items()}
+            view_names[backbone] = ()
+            if "views" in store_file and backbone in store_file["views"]:
+                views = store_file["views"][backbone]
+                names = views.attrs.get("view_names")
+                view_names[backbone] = (tuple(str(name) for name in _decode_attr(np.asarray(names).reshape(-1)))
+                                        if names is not None else
+                                        tuple(f"view{index + 1}" for index in range(views.shape[1])))
+        skipped = store_file.get("skipped", {})  # other tools may list skipped images without fingerprints
+        skipped_paths = read_strings(skipped["path"]) if "path" in skipped else []
+        skipped_reasons = read_strings(skipped["reason"]) if "reason" in skipped else [""] * len(skipped_paths)
+        return StoreIndex(
+            path=path,
+            class_names=tuple(str(name) for name in _decode_attr(np.asarray(store_file.attrs["class_names"]).reshape(-1))),
+            paths=np.asarray(read_strings(store_file["images/path"]), dtype=object),
+            labels=np.asarray(store_file["images/label"][()]).reshape(-1).astype(np.int64),
+            splits=np.asarray(read_strings(store_file["images/split"]), dtype=object),
+            backbones=backbones,
+            feature_shapes=shapes,
+            feature_dtypes=dtypes,
+            view_names=view_names,
+            recipes=recipes,
+            skipped=tuple(zip(skipped_paths, skipped_reasons)),
+            data_root=str(_decode_attr(store_file.attrs.get("data_root", ""))),
+        )
+
+
+# A block of rows is read as one contiguous range when that range holds at most this many rows per
+# row wanted; a split spread thinly over the store (a 1% test split) is read row by row instead, so
+# memory stays bounded by the rows wanted, not by the distance between them.
+MAX_READ_SPAN = 2
+
+
+def _read_rows(dataset, rows):
+    """Rows `rows` (sorted, unique) of an HDF5 dataset, reading little beyond them."""
+    first, last = int(rows[0]), int(rows[-1]) + 1
+    if last - first <= MAX_READ_SPAN * len(rows):
+        return dataset[first:last][rows - first]
+    return dataset[rows]
+
+
+class FeatureRows:
+    """Checked reads of the feature and view rows of a store, which stays open until `close`.
+
+    Every row read is checked against the CRC32 written with it; a damaged row is a `StoreError`
+    naming backbone, row and image. The file is opened on the first read, so the object can be
+    built (and copied) before any.
+
+    Args:
+        path: the `.h5` store.
+
+    Example:
+        >>> with FeatureRows("cache.h5") as rows:
+        ...     first = rows.read("features", "resnet50", np.arange(10))
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = None
+        self._checksums = {}
+
+    def _open(self):
+        if self._file is None:
+            self._file = open_store(self.path)
+        return self._file
+
+    def _dataset(self, group, backbone):
+        with store_errors(self.path):
+            return self._open()[group][backbone]
+
+    def has(self, group, backbone):
+        """Whether `/<group>/<backbone>` exists ("features" or "views")."""
+        store_file = self._open()
+        with store_errors(self.path):
+            return group in store_file and backbone in store_file[group]
+
+    def shape(self, group, backbone):
+        """The shape of `/<group>/<backbone>`, rows first."""
+        return self._dataset(group, backbone).shape
+
+    def dtype(self, group, backbone):
+        """The stored dtype of `/<group>/<backbone>`."""
+        return self._dataset(group, backbone).dtype
+
+    def nbytes(self, group, backbone):
+        """The bytes `/<group>/<backbone>` takes in memory, in its stored dtype."""
+        return self._dataset(group, backbone).nbytes
+
+    def read(self, group, backbone, rows=None):
+        """Rows `rows` (sorted, unique store indices; default: None, all) of `/<group>/<backbone>`, checked."""
+        dataset = self._dataset(group, backbone)
+        with store_errors(self.path):
+            if (group, backbone) not in self._checksums:
+                self._checksums[group, backbone] = read_checksums(self._file, group, backbone)
+            if rows is None:
+                rows = np.arange(len(dataset))
+                values = dataset[()]
+            else:
+                rows = np.asarray(rows, dtype=np.int64)
+                values = _read_rows(dataset, rows) if len(rows) else dataset[:0]
+            verify_rows(self._file, self.path, group, backbone, rows, values, self._checksums[group, backbone])
+        return values
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def write_plain_store(path, class_names, paths, labels, splits, features, views=None, string_format="utf8",
+                      skipped=(), extra_attrs=None, extra_image_columns=None):
+    """Write a store with only the required layout, as another tool would (no bookkeeping, no checksums).
+
+    Used for generated data sets (`fusion.write_synthetic_store`) and to test that stores of other
+    tools are read.
+
+    Args:
+        path: the `.h5` file to write (replaced when present).
+        class_names: label i is `class_names[i]`.
+        paths, labels, splits: one per image.
+        features: dict backbone -> array (N, ...).
+        views: dict backbone -> (array (N, V, ...), view names) (default: None).
+        string_format: "utf8" (variable-length UTF-8) or "bytes" (fixed-length bytes) (default: "utf8").
+        skipped: (path, reason) pairs written to `/skipped` when any (default: ()).
+        extra_attrs: more root attributes (default: None).
+        extra_image_columns: dict name -> array, more `/images/<name>` datasets (default: None).
+
+    Example:
+        >>> write_plain_store("plain.h5", ["cat", "dog"], ["a.png"], [0], ["train"], {"resnet50": np.zeros((1, 4))})
+    """
+    if string_format not in ("utf8", "bytes"):
+        raise ValueError(f"Unknown string_format {string_format!r}. Valid values: utf8, bytes. "
+                         f"Received: string_format={string_format!r}")
+
+    def strings(values):
+        values = [str(value) for value in values]
+        if string_format == "bytes":
+            encoded = [value.encode("utf-8") for value in values]
+            return np.array(encoded, dtype=f"S{max([1] + [len(value) for value in encoded])}")
+        return np.array(values, dtype=STRING_DTYPE)
+
+    with h5py.File(path, "w") as store_file:
+        store_file.attrs["class_names"] = strings(class_names)
+        for key, value in (extra_attrs or {}).items():
+            store_file.attrs[key] = value
+        images = store_file.create_group("images")
+        images["path"] = strings(paths)
+        images["label"] = np.asarray(labels, dtype=np.int64)
+        images["split"] = strings(splits)
+        for key, value in (extra_image_columns or {}).items():
+            images[key] = value
+        group = store_file.create_group("features")
+        for backbone, values in features.items():
+            group[backbone] = values
+        for backbone, (values, names) in (views or {}).items():
+            dataset = store_file.require_group("views").create_dataset(backbone, data=values)
+            dataset.attrs["view_names"] = strings(names)
+        if skipped:
+            group = store_file.create_group("skipped")
+            group["path"] = strings([path for path, _ in skipped])
+            group["reason"] = strings([reason for _, reason in skipped])
+
+
 def _decode_attr(value):
     if isinstance(value, bytes):
         return value.decode("utf-8")
