@@ -9,8 +9,8 @@ from features.dataset import fingerprints
 def create_store(store_path, table, options):
     """Write a new store for the images of `table`, with no backbone yet, atomically.
 
-    Its root attributes record the format, the data root and layout, the options given and the
-    class names.
+    Its root attributes record the format, the data root and layout, the options given, the
+    class names and the version of fusionpipe that made it.
 
     Args:
         store_path: the store to create (under the writer lock).
@@ -20,8 +20,11 @@ def create_store(store_path, table, options):
     Example:
         >>> create_store(Path("cache.h5").resolve(), discover_images("flowers/"), {"seed": 0})
     """
+    from features import __version__  # read at call time: the package imports this module
+
     with feature_store.rewrite_store(store_path, copy=False) as store:
         store.attrs["format_version"] = feature_store.FORMAT_VERSION
+        store.attrs["fusionpipe_version"] = __version__
         store.attrs["data_root"] = table.root
         store.attrs["layout"] = table.layout
         store.attrs["created_with"] = feature_store.options_json(options)

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-import features  # noqa: F401
+import features
 from features import compute, create_backbone, extractors, load_image, load_store, precompute, resize_image
 from features.views import apply_view
 from tests._features_fixtures import make_class_folders
@@ -57,6 +57,16 @@ def test_precompute_writes_the_documented_layout(data, tmp_path):
         loaded.select("dev")
     with pytest.raises(ValueError, match=r"Backbone\(s\) xception not in store"):
         load_store(out, backbones=["xception"])
+
+
+def test_a_store_records_the_fusionpipe_version_that_made_it(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], **FAST)  # created, then rewritten without its unreadable row
+    with h5py.File(out, "r") as store:
+        assert store.attrs["fusionpipe_version"] == features.__version__
+    precompute(data, out, ["vgg16", "mobilenet_v2"], **FAST)  # another rewrite: a new backbone
+    with h5py.File(out, "r") as store:
+        assert store.attrs["fusionpipe_version"] == features.__version__
 
 
 def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, monkeypatch):
