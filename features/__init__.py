@@ -14,8 +14,9 @@ from features.backbones import (
 )
 from features.dataset import ImageTable, discover_images, make_splits
 from features.images import UnreadableImageError, load_image, resize_image
-from features.precompute import PrecomputeSummary, precompute
+from features.pipeline import precompute
 from features.store import FeatureStore, StoreBusyError, StoreError, load_store
+from features.summary import PrecomputeSummary
 from features.views import DIHEDRAL_VIEWS, apply_view, view_names
 
 __all__ = [

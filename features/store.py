@@ -928,3 +928,53 @@ def load_store(path, backbones=None, views=False):
 def options_json(options):
     """Options as a JSON text for an HDF5 attribute."""
     return json.dumps(options, sort_keys=True, default=str)
+
+
+def open_to_resume(path):
+    """Open an existing store read-only for a run to complete, refusing any file that is not a feature store.
+
+    A file that is not a store stays untouched, and so does a store that is damaged (truncated,
+    datasets deleted, rows that do not line up): it is refused with a `StoreError`.
+
+    Args:
+        path: the existing `--out` of a run.
+
+    Example:
+        >>> with open_to_resume("cache.h5") as store_file:
+        ...     stored = list(store_file.get("features", {}))
+    """
+    try:
+        store_file = h5py.File(path, "r")
+    except OSError as error:
+        if is_hdf5(path):
+            open_store(path)  # raises the StoreError that says it is damaged
+        raise ValueError(f"{path} exists but is not an HDF5 file ({error}); it is left untouched. Choose another "
+                         f"--out. Received: out={path}") from None
+    try:
+        with store_errors(path):
+            if "format_version" not in store_file.attrs or "images" not in store_file:
+                raise ValueError(f"{path} is an HDF5 file but not a feature store written by run_precompute.py (no "
+                                 f"format_version attribute or /images group); it is left untouched. Choose another "
+                                 f"--out. Received: out={path}")
+            check_store(store_file, path, finished=False, require_features=False)
+    except BaseException:
+        store_file.close()
+        raise
+    return store_file
+
+
+def open_for_rows(path):
+    """Open the store read-write to fill rows of its datasets in place, and for nothing else.
+
+    Only raw rows go through it (features, views, checksums, progress and pending marks): their
+    datasets were made at full size with their chunks allocated, so writing them changes no
+    structure. Every structural change goes through `rewrite_store` instead.
+
+    Args:
+        path: the store.
+
+    Example:
+        >>> with open_for_rows("cache.h5") as store_file:
+        ...     store_file["pending/unreadable"][3] = 1
+    """
+    return h5py.File(path, "r+")
