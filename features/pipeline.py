@@ -5,22 +5,18 @@ disk), `extractors` (built backbones), `compute` (the decode and predict loop), 
 written in the background) and `summary` (what a run did).
 """
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import keras
-
 from features import store as feature_store
-from features.backbones import (check_backbone_names, check_input_size, get_backbone_spec, resolve_weights,
-                                weights_sha256)
+from features.backbones import check_backbone_names, check_input_size, resolve_weights
 from features.compute import compute_missing_rows
 from features.dataset import discover_images
 from features.extractors import ExtractorSet
 from features.images import DEFAULT_MAX_PIXELS, check_max_pixels
+from features.recipe import FeatureRecipe
 from features.reconcile import create_store, drop_unreadable_rows, reconcile
 from features.summary import PrecomputeSummary, write_skipped_csv
 from features.views import view_names as get_view_names
@@ -59,62 +55,27 @@ def _weights_label(weights):
     return "imagenet" if weights == "imagenet" else str(Path(weights).resolve())
 
 
-def _backbone_attrs(name, input_size, pooling, weights, seed, dtype, precision, view_names, weights_file=None):
-    spec = get_backbone_spec(name)
-    return {
-        "backbone": name,
-        "input_size": input_size,
-        "pooling": pooling,
-        "weights": "none" if weights in (None, "none") else str(weights),
-        "seed": seed,
-        "dtype": dtype,
-        "precision": precision,
-        "preprocessing": f"keras.applications.{spec.preprocess_module}.preprocess_input",
-        "resize": "bilinear, antialias, aspect ratio not kept",
-        "views": ",".join(view_names) or "none",
-        "keras_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "backend_version": _backend_version(),
-        "weights_file": spec.weights_file,
-        # For the record (not compared on resume: stores made before it have none).
-        "weights_sha256": weights_sha256(weights_file) if weights_file else "none",
-    }
-
-
-def _backend_version():
-    backend = keras.backend.backend()
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)
-    return getattr(sys.modules.get(module), "__version__", "unknown")
-
-
-# Attributes that must match for a stored backbone to be reused or resumed: any of them changes
-# the features, so rows made with another value would be mixed in silently. The versions are
-# recorded for the record only.
-_MATCHING_ATTRS = ("input_size", "pooling", "weights", "seed", "dtype", "views", "precision", "backend")
-
-
-def _check_stored_backbone(dataset, wanted, store_path):
-    for key in _MATCHING_ATTRS:
-        stored = dataset.attrs.get(key)
-        stored = stored.decode() if isinstance(stored, bytes) else stored
-        # The seed and the backend's random generator only make the network with random weights.
-        if key in ("seed", "backend") and wanted["weights"] != "none":
-            continue
-        if str(stored) != str(wanted[key]):
-            raise ValueError(
-                f"Store {store_path} already holds '{wanted['backbone']}' features made with {key}={stored}, "
-                f"but this run asks for {key}={wanted[key]}. Use another --out for different settings, "
-                f"or the same settings to reuse them. Received: {key}={wanted[key]!r}")
-    # A weights file replaced under the same name makes other features: compared where both runs know
-    # the hash (stores written before it was recorded have none).
-    stored_hash = dataset.attrs.get("weights_sha256")
-    stored_hash = stored_hash.decode() if isinstance(stored_hash, bytes) else stored_hash
-    if stored_hash not in (None, "none") and wanted["weights_sha256"] not in ("none", stored_hash):
+def _check_stored_backbone(stored, wanted, store_path):
+    """Refuse to reuse or resume features that `stored` (the store's recipe) made otherwise than `wanted` would."""
+    if stored is None:
         raise ValueError(
-            f"Store {store_path} already holds '{wanted['backbone']}' features made with a weights file of sha256 "
-            f"{stored_hash}, but {wanted['backbone']}'s weights file now has sha256 {wanted['weights_sha256']}: the "
-            f"file was replaced, and its features would differ. Restore the file, or use another --out. "
-            f"Received: weights_sha256={wanted['weights_sha256']!r}")
+            f"Store {store_path} holds '{wanted.backbone}' features without a record of how they were made (input "
+            f"size, pooling, weights), so they cannot be reused or resumed. Use another --out. "
+            f"Received: out={str(store_path)!r}")
+    mismatch = wanted.reuse_mismatch(stored)
+    if mismatch is None:
+        return
+    key, found, asked = mismatch
+    if key == "weights_sha256":
+        # A weights file replaced under the same name makes other features.
+        raise ValueError(
+            f"Store {store_path} already holds '{wanted.backbone}' features made with a weights file of sha256 "
+            f"{found}, but {wanted.backbone}'s weights file now has sha256 {asked}: the file was replaced, and its "
+            f"features would differ. Restore the file, or use another --out. Received: weights_sha256={asked!r}")
+    raise ValueError(
+        f"Store {store_path} already holds '{wanted.backbone}' features made with {key}={found}, but this run asks "
+        f"for {key}={asked}. Use another --out for different settings, or the same settings to reuse them. "
+        f"Received: {key}={wanted.to_attrs()[key]!r}")
 
 
 def _check_stored_backbones(store_path, backbones, wanted):
@@ -124,25 +85,17 @@ def _check_stored_backbones(store_path, backbones, wanted):
         # Settings are checked before new images are added, so a refused run changes nothing.
         for name in backbones:
             if name not in to_add:
-                _check_stored_backbone(store["features"][name], wanted[name], store_path)
+                stored = FeatureRecipe.from_attrs(feature_store.feature_attrs(store, name), backbone=name)
+                _check_stored_backbone(stored, wanted[name], store_path)
         # Rows to reuse or resume from are checked against their checksums before any work.
         feature_store.verify_store(store, store_path, [name for name in backbones if name not in to_add])
-        created_with = _decode_options(store.attrs.get("created_with"))
+        created_with = feature_store.read_options(store)
     return to_add, created_with
-
-
-def _decode_options(text):
-    if text is None:
-        return {}
-    try:
-        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-    except ValueError:
-        return {}
 
 
 # Options that made an existing store's rows and splits: the store keeps what they made, so its
 # values are the ones in effect. The seed makes the split too, but with random weights it also
-# makes the features, and a stored backbone's seed must match (`_check_stored_backbone`).
+# makes the features, and a stored backbone's seed must match (`FeatureRecipe.reuse_mismatch`).
 _STORE_OPTIONS = ("val_fraction", "test_fraction", "split_map")
 
 
@@ -161,7 +114,8 @@ def _add_backbones(store_path, models, dtype, wanted, extra_views):
     # The feature shape (spatial maps with pooling none) comes from the built model.
     with feature_store.rewrite_store(store_path) as store:
         for name, model in models.items():
-            feature_store.add_backbone(store, name, model.output_shape[1:], dtype, wanted[name], extra_views)
+            feature_store.add_backbone(store, name, model.output_shape[1:], dtype, wanted[name].to_attrs(),
+                                       extra_views)
 
 
 def _read_progress(store_path, backbones):
@@ -274,8 +228,8 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         feature_store.remove_stale_temporary(store_path)
         if created:
             create_store(store_path, table, options)
-        wanted = {name: _backbone_attrs(name, input_sizes[name], pooling, weights_label, seed, dtype,
-                                        precision, extra_views, weight_files[name]) for name in backbones}
+        wanted = {name: FeatureRecipe.for_run(name, input_sizes[name], pooling, weights_label, seed, dtype,
+                                              precision, extra_views, weight_files[name]) for name in backbones}
         to_add, created_with = _check_stored_backbones(store_path, backbones, wanted)
         in_effect, differing = _options_in_effect(options, created_with, weights_label)
         added, missing, retried = (0, 0, 0) if created else reconcile(store_path, table, on_change, retry_skipped)

@@ -564,7 +564,7 @@ def read_index(path, *, finished=True):
             dataset = store_file["features"][backbone]
             shapes[backbone] = tuple(int(size) for size in dataset.shape[1:])
             dtypes[backbone] = dataset.dtype.name
-            recipes[backbone] = {key: _decode_attr(value) for key, value in dataset.attrs.items()}
+            recipes[backbone] = feature_attrs(store_file, backbone)
             view_names[backbone] = ()
             if "views" in store_file and backbone in store_file["views"]:
                 views = store_file["views"][backbone]
@@ -731,6 +731,15 @@ def write_plain_store(path, class_names, paths, labels, splits, features, views=
             group = store_file.create_group("skipped")
             group["path"] = strings([path for path, _ in skipped])
             group["reason"] = strings([reason for _, reason in skipped])
+
+
+def feature_attrs(store_file, backbone):
+    """The attributes of `/features/<backbone>` (how its features were made) as plain values.
+
+    Example:
+        >>> recipe = FeatureRecipe.from_attrs(feature_attrs(store_file, "resnet50"), backbone="resnet50")
+    """
+    return {key: _decode_attr(value) for key, value in store_file["features"][backbone].attrs.items()}
 
 
 def _decode_attr(value):
@@ -907,7 +916,7 @@ def load_store(path, backbones=None, views=False):
             features[name] = store["features"][name][()]
             rows = np.arange(len(features[name]))
             verify_rows(store, path, "features", name, rows, features[name], read_checksums(store, "features", name))
-            info[name] = {key: _decode_attr(value) for key, value in store["features"][name].attrs.items()}
+            info[name] = feature_attrs(store, name)
             if views and "views" in store and name in store["views"]:
                 view_arrays[name] = store["views"][name][()]
                 verify_rows(store, path, "views", name, rows, view_arrays[name], read_checksums(store, "views", name))
@@ -928,6 +937,17 @@ def load_store(path, backbones=None, views=False):
 def options_json(options):
     """Options as a JSON text for an HDF5 attribute."""
     return json.dumps(options, sort_keys=True, default=str)
+
+
+def read_options(store_file):
+    """The options a store was created with (its `created_with` attribute), {} when absent or unreadable."""
+    text = _decode_attr(store_file.attrs.get("created_with"))
+    if text is None:
+        return {}
+    try:
+        return json.loads(str(text))
+    except ValueError:
+        return {}
 
 
 def open_to_resume(path):
