@@ -81,7 +81,8 @@ def _check_stored_backbone(stored, wanted, store_path):
 def _check_stored_backbones(store_path, backbones, wanted):
     """Refuse stored backbones made otherwise, or with damaged rows; returns (backbones to add, `created_with`)."""
     with feature_store.open_to_resume(store_path) as store, feature_store.store_errors(store_path):
-        to_add = [name for name in backbones if "features" not in store or name not in store["features"]]
+        stored_backbones = feature_store.stored_backbones(store)
+        to_add = [name for name in backbones if name not in stored_backbones]
         # Settings are checked before new images are added, so a refused run changes nothing.
         for name in backbones:
             if name not in to_add:
@@ -120,10 +121,8 @@ def _add_backbones(store_path, models, dtype, wanted, extra_views):
 
 def _read_progress(store_path, backbones):
     """Returns (stored paths, backbone -> rows done, backbone -> rows reused, rows to compute, backbones to run)."""
-    with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
-        paths = feature_store.read_strings(store["images/path"])
-        unreadable = store["pending/unreadable"][()].astype(bool)
-        done = {name: store["progress"][name][()].astype(bool) for name in backbones}
+    stored = feature_store.read_run_rows(store_path, backbones)
+    paths, unreadable, done = stored.paths, stored.unreadable, stored.done
     reused = {name: int(np.sum(done[name] & ~unreadable)) for name in backbones}
     todo_rows = np.flatnonzero(~unreadable & ~np.all(np.stack([done[n] for n in backbones]), axis=0))
     active = [name for name in backbones if np.any(~done[name][todo_rows])] if len(todo_rows) else []
@@ -132,10 +131,9 @@ def _read_progress(store_path, backbones):
 
 def _read_outcome(store_path):
     """Returns ((path, reason) of every skipped image, the number of images, the class names) of the store."""
-    with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
-        skipped_paths, skipped_reasons, _ = feature_store.read_skipped(store)
-        image_count = store["images/path"].shape[0]
-        class_names = feature_store.read_strings_attr(store, "class_names")
+    stored = feature_store.read_run_rows(store_path)
+    skipped_paths, skipped_reasons, _ = stored.skipped
+    image_count, class_names = len(stored.paths), stored.class_names
     return tuple(zip(skipped_paths, skipped_reasons)), image_count, tuple(class_names)
 
 

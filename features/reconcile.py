@@ -22,16 +22,11 @@ def create_store(store_path, table, options):
     """
     from features import __version__  # read at call time: the package imports this module
 
-    with feature_store.rewrite_store(store_path, copy=False) as store:
-        store.attrs["format_version"] = feature_store.FORMAT_VERSION
-        store.attrs["fusionpipe_version"] = __version__
-        store.attrs["data_root"] = table.root
-        store.attrs["layout"] = table.layout
-        store.attrs["created_with"] = feature_store.options_json(options)
-        feature_store.set_strings_attr(store, "class_names", table.class_names)
-        feature_store.write_images(store, table.paths, table.labels, table.splits,
-                                   fingerprints(table.root, table.paths))
-        feature_store.write_skipped(store, [], [], np.zeros((0, 2), np.int64))
+    feature_store.create_store(
+        store_path, class_names=table.class_names, paths=table.paths, labels=table.labels, splits=table.splits,
+        fingerprints=fingerprints(table.root, table.paths),
+        root_attrs={"fusionpipe_version": __version__, "data_root": table.root, "layout": table.layout,
+                    "created_with": feature_store.options_json(options)})
 
 
 def _check_labels_unchanged(store_path, table, stored_paths, stored_labels, class_names):
@@ -60,13 +55,11 @@ def reconcile(store_path, table, on_change, retry_skipped=False):
         (added, missing, retried): images added, stored images missing on disk, skipped images retried.
     """
     disk_prints = fingerprints(table.root, table.paths)
-    with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
-        stored_paths = feature_store.read_strings(store["images/path"])
-        stored_prints = store["images/fingerprint"][()]
-        stored_labels = store["images/label"][()]
-        skipped_paths, skipped_reasons, skipped_prints = feature_store.read_skipped(store)
-        class_names = feature_store.read_strings_attr(store, "class_names")
-        count = len(stored_paths)
+    stored_rows = feature_store.read_run_rows(store_path)
+    stored_paths, stored_prints, stored_labels = stored_rows.paths, stored_rows.fingerprints, stored_rows.labels
+    skipped_paths, skipped_reasons, skipped_prints = stored_rows.skipped
+    class_names = list(stored_rows.class_names)
+    count = len(stored_paths)
     _check_labels_unchanged(store_path, table, stored_paths, stored_labels, class_names)
     stored = dict(zip(stored_paths, map(tuple, stored_prints)))
     skipped = dict(zip(skipped_paths, map(tuple, skipped_prints)))
@@ -114,26 +107,26 @@ def drop_unreadable_rows(out, backbones):
 
     Returns the names of the classes dropped.
     """
-    with feature_store.open_store(out) as store, feature_store.store_errors(out):
-        unreadable = store["pending/unreadable"][()].astype(bool)
-        complete = all(np.all(store["progress"][name][()][~unreadable] == 1) for name in backbones)
-        if not complete or not np.any(unreadable):
-            return ()
-        bad_rows = np.flatnonzero(unreadable)
-        paths = feature_store.read_strings(store["images/path"])
-        reasons = [value.decode("utf-8", "replace") for value in store["pending/reason"][()][bad_rows]]
-        if np.all(unreadable):
-            # Nothing was computed, so nothing is lost by removing the store; keeping it would pin
-            # every file as unreadable for the next run, which may name the right DATA.
-            out.unlink()
-            raise ValueError(
-                f"None of the {len(paths)} image(s) could be read, so no store was written ({out} removed). "
-                f"E.g. {paths[0]}: {reasons[0]}. Check DATA (paths in --csv are relative to it). "
-                f"Received: {len(paths)} unreadable image(s)")
-        old_paths, old_reasons, old_prints = feature_store.read_skipped(store)
-        prints = store["images/fingerprint"][()][bad_rows]
-        labels = store["images/label"][()]
-        class_names = feature_store.read_strings_attr(store, "class_names")
+    stored = feature_store.read_run_rows(out, backbones)
+    unreadable = stored.unreadable
+    complete = all(np.all(stored.done[name][~unreadable]) for name in backbones)
+    if not complete or not np.any(unreadable):
+        return ()
+    bad_rows = np.flatnonzero(unreadable)
+    paths = stored.paths
+    reasons = [stored.pending_reasons[row] for row in bad_rows]
+    if np.all(unreadable):
+        # Nothing was computed, so nothing is lost by removing the store; keeping it would pin
+        # every file as unreadable for the next run, which may name the right DATA.
+        out.unlink()
+        raise ValueError(
+            f"None of the {len(paths)} image(s) could be read, so no store was written ({out} removed). "
+            f"E.g. {paths[0]}: {reasons[0]}. Check DATA (paths in --csv are relative to it). "
+            f"Received: {len(paths)} unreadable image(s)")
+    old_paths, old_reasons, old_prints = stored.skipped
+    prints = stored.fingerprints[bad_rows]
+    labels = stored.labels
+    class_names = list(stored.class_names)
     skipped = (old_paths + [paths[i] for i in bad_rows], old_reasons + reasons,
                np.concatenate([old_prints.reshape(-1, 2), prints]))
     # A class whose every image was unreadable is no class of the store: its index would name nothing.

@@ -983,18 +983,139 @@ def open_to_resume(path):
     return store_file
 
 
-def open_for_rows(path):
-    """Open the store read-write to fill rows of its datasets in place, and for nothing else.
+class RowFiller:
+    """The store open read-write to fill the rows of its datasets in place, and for nothing else.
 
-    Only raw rows go through it (features, views, checksums, progress and pending marks): their
-    datasets were made at full size with their chunks allocated, so writing them changes no
-    structure. Every structural change goes through `rewrite_store` instead.
+    Only raw rows go through it (features, views, their checksums, progress and pending marks):
+    their datasets were made at full size with their chunks allocated, so writing them changes no
+    structure. Every structural change goes through `rewrite_store` instead. A row is marked done
+    (`mark_done`, `mark_unreadable`) only after `sync` has put what it marks on disk.
 
     Args:
         path: the store.
 
     Example:
-        >>> with open_for_rows("cache.h5") as store_file:
-        ...     store_file["pending/unreadable"][3] = 1
+        >>> with RowFiller("cache.h5") as filler:
+        ...     filler.write_reasons(np.array([3]), ["cannot identify image file"])
+        ...     filler.sync()
+        ...     filler.mark_unreadable(np.array([3]))
     """
-    return h5py.File(path, "r+")
+
+    def __init__(self, path):
+        self._file = h5py.File(path, "r+")
+        self._descriptor = self._file.id.get_vfd_handle()
+
+    def write_rows(self, group, backbone, rows, values):
+        """Write rows `rows` (sorted) of `/<group>/<backbone>` ("features" or "views") and then their CRC32."""
+        dataset = self._file[group][backbone]
+        values = np.asarray(values).astype(dataset.dtype, copy=False)
+        _fill_rows(dataset, rows, values)
+        key = f"checksums/{group}/{backbone}"
+        if key in self._file:  # a backbone of a store written before checksums has none
+            _fill_rows(self._file[key], rows, row_checksums(values))
+
+    def mark_done(self, backbone, rows):
+        """Mark rows `rows` of `backbone` computed (`/progress/<backbone>`)."""
+        _fill_rows(self._file["progress"][backbone], rows, np.ones(len(rows), np.uint8))
+
+    def write_reasons(self, rows, reasons):
+        """Record why rows `rows` could not be read (`/pending/reason`, cut to 200 bytes)."""
+        _fill_rows(self._file["pending/reason"], rows,
+                   np.asarray([reason.encode("utf-8")[:200] for reason in reasons], dtype=_REASON_DTYPE))
+
+    def mark_unreadable(self, rows):
+        """Mark rows `rows` unreadable (`/pending/unreadable`); they move to `/skipped` when the run ends."""
+        _fill_rows(self._file["pending/unreadable"], rows, np.ones(len(rows), np.uint8))
+
+    def sync(self):
+        """Put everything written so far on disk (flush, then fsync)."""
+        self._file.flush()
+        os.fsync(self._descriptor)
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _fill_rows(dataset, rows, values):
+    # Rows come sorted; consecutive runs become slice writes (fast, no fancy indexing).
+    values = np.asarray(values).astype(dataset.dtype, copy=False)
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end] != rows[end - 1] + 1:
+            dataset[rows[start]:rows[end - 1] + 1] = values[start:end]
+            start = end
+
+
+def create_store(store_path, *, class_names, paths, labels, splits, fingerprints, root_attrs):
+    """Write a new store for N images with no backbone yet, atomically.
+
+    Args:
+        store_path: the store to create (under the writer lock).
+        class_names: label i is `class_names[i]`.
+        paths, labels, splits: one per image.
+        fingerprints: (N, 2) size and mtime_ns of each image file.
+        root_attrs: more root attributes (data root, layout, options, version).
+    """
+    with rewrite_store(store_path, copy=False) as store:
+        store.attrs["format_version"] = FORMAT_VERSION
+        for key, value in root_attrs.items():
+            store.attrs[key] = value
+        set_strings_attr(store, "class_names", class_names)
+        write_images(store, paths, labels, splits, fingerprints)
+        write_skipped(store, [], [], np.zeros((0, 2), np.int64))
+
+
+def stored_backbones(store_file):
+    """The names of the backbones with features in an open store."""
+    return list(store_file["features"]) if "features" in store_file else []
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRows:
+    """A precompute run's view of its store's rows: what is stored, done, pending and skipped.
+
+    Attributes:
+        paths: list of the stored image paths, one per row.
+        labels: (N,) int64 labels.
+        fingerprints: (N, 2) size and mtime_ns of each image file when stored.
+        class_names: list of class names.
+        unreadable: (N,) bool, rows found unreadable in a run that has not ended.
+        pending_reasons: list of why each row is unreadable ("" for readable rows).
+        done: dict backbone -> (N,) bool, rows computed.
+        skipped: (paths, reasons, fingerprints) of `/skipped`.
+    """
+
+    paths: list
+    labels: np.ndarray
+    fingerprints: np.ndarray
+    class_names: list
+    unreadable: np.ndarray
+    pending_reasons: list
+    done: dict
+    skipped: tuple
+
+
+def read_run_rows(path, backbones=()):
+    """Read the rows of a store a precompute run is completing (its own bookkeeping included).
+
+    Args:
+        path: the store.
+        backbones: backbones whose progress to read (default: (), none).
+    """
+    with open_store(path) as store, store_errors(path):
+        return RunRows(
+            paths=read_strings(store["images/path"]),
+            labels=store["images/label"][()],
+            fingerprints=store["images/fingerprint"][()],
+            class_names=read_strings_attr(store, "class_names"),
+            unreadable=store["pending/unreadable"][()].astype(bool),
+            pending_reasons=[value.decode("utf-8", "replace") for value in store["pending/reason"][()]],
+            done={name: store["progress"][name][()].astype(bool) for name in backbones},
+            skipped=read_skipped(store),
+        )
