@@ -13,7 +13,7 @@ from features.backbones import (
     resolve_weights,
 )
 from features.dataset import ImageTable, discover_images, make_splits
-from features.images import UnreadableImageError, load_image, resize_image
+from features.images import UnreadableImageError, load_image, prepare_views, resize_image
 from features.precompute import PrecomputeSummary, precompute
 from features.store import FeatureStore, StoreBusyError, StoreError, load_store
 from features.views import DIHEDRAL_VIEWS, apply_view, view_names
@@ -38,6 +38,7 @@ __all__ = [
     "load_store",
     "make_splits",
     "precompute",
+    "prepare_views",
     "resize_image",
     "resolve_weights",
     "view_names",
