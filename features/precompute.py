@@ -23,8 +23,8 @@ from features.atomic_files import open_atomic
 from features.backbones import (check_backbone_names, check_input_size, create_backbone, get_backbone_spec,
                                 resolve_weights, weights_sha256)
 from features.dataset import discover_images, fingerprints, reason_kind
-from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, check_max_pixels, load_image, resize_image
-from features.views import apply_view, view_names as get_view_names
+from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, check_max_pixels, prepare_views
+from features.views import view_names as get_view_names
 
 DTYPES = ("float16", "float32")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -294,17 +294,11 @@ def _write_rows(dataset, rows, values):
 
 
 def _prepare_image(path, decode_size, sizes, views, max_pixels=DEFAULT_MAX_PIXELS):
-    # Decode once, then every view at every distinct input size.
+    # The same function prediction uses, so the exported model sees the pixels stored here.
     try:
-        image = load_image(path, min_size=decode_size, max_pixels=max_pixels)
+        return prepare_views(path, sizes, ("identity",) + tuple(views), decode_size, max_pixels)
     except UnreadableImageError as error:
         return error.reason
-    prepared = {size: [] for size in sizes}
-    for view in ("identity",) + tuple(views):
-        viewed = apply_view(image, view)
-        for size in sizes:
-            prepared[size].append(resize_image(viewed, size))
-    return {size: np.stack(arrays) for size, arrays in prepared.items()}
 
 
 def _open_store(out):
