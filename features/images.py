@@ -145,7 +145,8 @@ def resize_image(image, input_size):
 
 def _check_prepare_arguments(sizes, views, decode_size):
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
-        raise ValueError(f"sizes must be a list of input sizes (positive integers), e.g. [224]. Received: sizes={sizes!r}")
+        raise ValueError(f"sizes must be a list of input sizes (positive integers), e.g. [224]. "
+                         f"Received: sizes={sizes!r}")
     sizes = list(sizes)
     if not sizes or any(isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1
                         for size in sizes):
