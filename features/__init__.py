@@ -13,7 +13,7 @@ from features.backbones import (
     resolve_weights,
 )
 from features.dataset import ImageTable, discover_images, make_splits
-from features.images import UnreadableImageError, load_image, resize_image
+from features.images import UnreadableImageError, load_image, prepare_views, resize_image
 from features.pipeline import precompute
 from features.store import FeatureStore, StoreBusyError, StoreError, load_store
 from features.summary import PrecomputeSummary
@@ -39,6 +39,7 @@ __all__ = [
     "load_store",
     "make_splits",
     "precompute",
+    "prepare_views",
     "resize_image",
     "resolve_weights",
     "view_names",

@@ -9,23 +9,16 @@ import time
 import numpy as np
 
 from features.extractors import predict_in_batches
-from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, load_image, resize_image
-from features.views import apply_view
+from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, prepare_views
 from features.writer import RowWriter
 
 
 def _prepare_image(path, decode_size, sizes, views, max_pixels=DEFAULT_MAX_PIXELS):
-    # Decode once, then every view at every distinct input size.
+    # The same function prediction uses, so the exported model sees the pixels stored here.
     try:
-        image = load_image(path, min_size=decode_size, max_pixels=max_pixels)
+        return prepare_views(path, sizes, ("identity",) + tuple(views), decode_size, max_pixels)
     except UnreadableImageError as error:
         return error.reason
-    prepared = {size: [] for size in sizes}
-    for view in ("identity",) + tuple(views):
-        viewed = apply_view(image, view)
-        for size in sizes:
-            prepared[size].append(resize_image(viewed, size))
-    return {size: np.stack(arrays) for size, arrays in prepared.items()}
 
 
 def _timed_prepare(path, decode_size, sizes, views, max_pixels=DEFAULT_MAX_PIXELS):

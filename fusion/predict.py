@@ -11,8 +11,8 @@ import keras
 import numpy as np
 
 from features.atomic_files import open_atomic
-from features.images import UnreadableImageError, load_image, resize_image
-from features.views import apply_view, view_names
+from features.images import UnreadableImageError, prepare_views
+from features.views import view_names
 from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model, matches_run, records_recipes, run_recipes
 from fusion.run import ModelFileError, load_keras_file
 
@@ -138,17 +138,15 @@ def _map_ahead(executor, function, items, window):
 
 
 def _prepare(path, decode_size, views, input_sizes):
-    """Decode one image and resize each of its views once per distinct input size."""
+    """Decode one image and resize each of its views once per distinct input size.
+
+    Through `features.images.prepare_views`, as precompute does, so the model sees the stored pixels.
+    """
     try:
-        image = load_image(path, min_size=decode_size)
+        by_size = prepare_views(path, input_sizes.values(), views, decode_size)
     except UnreadableImageError as error:
         return None, error.reason
-    prepared = []
-    for view in views:
-        viewed = apply_view(image, view)
-        by_size = {size: resize_image(viewed, size) for size in set(input_sizes.values())}
-        prepared.append({name: by_size[size] for name, size in input_sizes.items()})
-    return prepared, None
+    return [{name: by_size[size][index] for name, size in input_sizes.items()} for index in range(len(views))], None
 
 
 def predict_images(model, image_paths, batch_size=16, views="none", progress=False):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import features
+import features.images  # precompute decodes and resizes through features.images.prepare_views
 from features import compute, create_backbone, extractors, load_image, load_store, precompute, resize_image
 from features.views import apply_view
 from tests._features_fixtures import make_class_folders
@@ -76,8 +77,8 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
     again = precompute(data, out, ["vgg16"], **FAST)
     assert again.computed == {"vgg16": 0} and again.reused == {"vgg16": 12}
     decoded = []
-    original = compute.load_image
-    monkeypatch.setattr(compute, "load_image", lambda path, min_size=None, **kwargs: decoded.append(path)
+    original = features.images.load_image
+    monkeypatch.setattr(features.images, "load_image", lambda path, min_size=None, **kwargs: decoded.append(path)
                         or original(path, min_size, **kwargs))
     more = precompute(data, out, ["vgg16", "resnet50"], **FAST)
     assert more.computed == {"vgg16": 0, "resnet50": 0 + 12}
@@ -89,10 +90,10 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
 
 def test_each_image_decoded_once_for_several_sizes(data, tmp_path, monkeypatch):
     decoded, resized = [], []
-    original_load, original_resize = compute.load_image, compute.resize_image
-    monkeypatch.setattr(compute, "load_image", lambda path, min_size=None, **kwargs: decoded.append(min_size)
+    original_load, original_resize = features.images.load_image, features.images.resize_image
+    monkeypatch.setattr(features.images, "load_image", lambda path, min_size=None, **kwargs: decoded.append(min_size)
                         or original_load(path, min_size, **kwargs))
-    monkeypatch.setattr(compute, "resize_image", lambda image, size: resized.append(size) or original_resize(image, size))
+    monkeypatch.setattr(features.images, "resize_image", lambda image, size: resized.append(size) or original_resize(image, size))
     summary = precompute(data, tmp_path / "c.h5", ["mobilenet", "mobilenet_v2", "inception_v3"], weights="none",
                          input_size=None, batch_size=4, progress=False)
     assert len(decoded) == 13 and set(decoded) == {299}
