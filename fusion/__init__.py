@@ -3,7 +3,8 @@
 from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
 from fusion.data import FeatureBatches, open_feature_source
 from fusion.evaluation import bootstrap_accuracy_interval, evaluate_probabilities, mcnemar_test
-from fusion.export import ClassNames, build_pixel_model, class_names_of, export_model
+from fusion.classifier import FusionClassifier
+from fusion.export import build_pixel_model, class_names_of, export_model
 from fusion.image_inputs import gather_image_paths
 from fusion.model import build_fusion_model
 from fusion.predict import Predictions, load_classifier, predict_images, write_predictions_csv
@@ -15,8 +16,8 @@ from fusion.synthetic import write_synthetic_store
 from fusion.training import class_weights, train_model
 
 __all__ = [
-    "ClassNames",
     "FeatureBatches",
+    "FusionClassifier",
     "FusionRun",
     "Predictions",
     "StackingClassifier",
