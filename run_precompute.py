@@ -112,7 +112,7 @@ def main(argv=None):
     with exit_on_user_error(parser.prog):
         args = parse_args_with_config(parser, argv)
         from features.layout import parse_split_map
-        from features.precompute import precompute
+        from features.pipeline import precompute
 
         summary = precompute(
             args.data, args.out, args.backbones, weights=args.weights, seed=args.seed,

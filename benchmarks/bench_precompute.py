@@ -113,12 +113,12 @@ def _compute_bound(backbones, count, batch_size, precision="float32"):
     import numpy as np
 
     from features.backbones import get_backbone_spec
-    from features.precompute import _feature_extractor, predict_in_batches
+    from features.extractors import feature_extractor, predict_in_batches
 
     seconds = 0.0
     for name in backbones:
         size = get_backbone_spec(name).input_size
-        model, _ = _feature_extractor(name, size, None, "avg", 0, precision)  # built and traced in the warm-up
+        model, _ = feature_extractor(name, size, None, "avg", 0, precision)  # built and traced in the warm-up
         images = np.random.default_rng(0).uniform(0, 255, (count, size, size, 3)).astype("float32")
         started = time.perf_counter()
         predict_in_batches(model, images, batch_size)
@@ -131,7 +131,7 @@ def _decode_costs(data, backbones, samples=8):
     import tensorflow as tf
 
     from features.backbones import get_backbone_spec
-    from features.precompute import _prepare_image
+    from features.compute import _prepare_image
 
     paths = sorted(str(path) for path in Path(data).rglob("*.jpg"))[:samples]
     all_sizes = [get_backbone_spec(name).input_size for name in backbones]
@@ -178,7 +178,7 @@ def main(argv=None):
 
     import keras
 
-    from features.precompute import precompute
+    from features.pipeline import precompute
 
     # The naive warm-up retraces predict on purpose (batches of 2, then 1); TF warns about it.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)

@@ -23,10 +23,10 @@ _EXPORTS = {
     "make_splits": "features.dataset",
     "UnreadableImageError": "features.images",
     "load_image": "features.images",
+    "prepare_views": "features.images",
     "resize_image": "features.images",
-    # moved to features.pipeline by the split
-    "PrecomputeSummary": "features.precompute",
-    "precompute": "features.precompute",
+    "precompute": "features.pipeline",
+    "PrecomputeSummary": "features.summary",
     "FeatureStore": "features.store",
     "StoreBusyError": "features.store",
     "StoreError": "features.store",
@@ -56,6 +56,7 @@ __all__ = [
     "load_store",
     "make_splits",
     "precompute",
+    "prepare_views",
     "resize_image",
     "resolve_weights",
     "view_names",
@@ -66,9 +67,7 @@ def __getattr__(name):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = _import_module(_EXPORTS[name])
-    # Every public name of that submodule becomes a module attribute: later look-ups skip this
-    # function, and `precompute` the function replaces `features.precompute` the submodule, which
-    # the import just bound to that name.
+    # Every public name of that submodule becomes a module attribute: later look-ups skip this function.
     for public_name, owner in _EXPORTS.items():
         if owner == module.__name__:
             globals()[public_name] = getattr(module, public_name)

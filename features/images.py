@@ -1,4 +1,8 @@
-"""Decode image files of any common kind into RGB arrays, and resize them like the exported model does."""
+"""Decode image files of any common kind into RGB arrays, and resize them like the exported model does.
+
+`prepare_views` is the one path from an image file to the pixels a backbone sees: precompute and
+prediction both call it, so the exported model is fed the pixels the store was made from.
+"""
 
 import re
 
@@ -6,6 +10,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 import keras
+
+from features.views import DIHEDRAL_VIEWS, apply_view
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -135,3 +141,69 @@ def resize_image(image, input_size):
     resized = keras.ops.image.resize(array, (input_size, input_size), interpolation="bilinear",
                                      antialias=True, data_format="channels_last")
     return np.asarray(keras.ops.convert_to_numpy(resized), dtype=np.float32)
+
+
+def _check_prepare_arguments(sizes, views, decode_size):
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise ValueError(f"sizes must be a list of input sizes (positive integers), e.g. [224]. "
+                         f"Received: sizes={sizes!r}")
+    sizes = list(sizes)
+    if not sizes or any(isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1
+                        for size in sizes):
+        raise ValueError(f"sizes must be a non-empty list of positive integer input sizes, e.g. [224]. "
+                         f"Received: sizes={sizes!r}")
+    valid_views = ("identity",) + DIHEDRAL_VIEWS
+    if isinstance(views, (str, bytes)) or not hasattr(views, "__iter__"):
+        raise ValueError(f"views must be a list of view names, e.g. ('identity', 'hflip'); for a --views setting "
+                         f"pass ('identity',) + view_names(setting). Received: views={views!r}")
+    views = tuple(views)
+    unknown = [view for view in views if view not in valid_views]
+    if not views or unknown:
+        raise ValueError(f"views must be a non-empty list of view names from: {', '.join(valid_views)}. "
+                         f"Received: views={views!r}")
+    if decode_size is not None and (isinstance(decode_size, bool) or not isinstance(decode_size, (int, np.integer))
+                                    or decode_size < 1):
+        raise ValueError(f"decode_size must be a positive integer (the smallest side a JPEG may be decoded at), or "
+                         f"None for a full decode. Received: decode_size={decode_size!r}")
+    # Each distinct size once, in the order asked.
+    return list(dict.fromkeys(int(size) for size in sizes)), views
+
+
+def prepare_views(path, sizes, views=("identity",), decode_size=None, max_pixels=DEFAULT_MAX_PIXELS):
+    """Decode an image file once and return each of its views resized to each wanted input size.
+
+    The one path from an image file to backbone pixels: `precompute` stores features of these
+    arrays and prediction feeds the exported model these arrays, so the two see the same pixels
+    by construction. Each view is applied to the decoded image before resizing (`apply_view`,
+    then `resize_image`).
+
+    Args:
+        path: the image file.
+        sizes: input sizes wanted (positive integers; repeats are computed once).
+        views: view names, in the order of the output's first axis: "identity" or any of
+            `DIHEDRAL_VIEWS` (default: ("identity",)).
+        decode_size: smallest side a JPEG may be decoded at (see `load_image`'s `min_size`);
+            precompute and prediction pass the largest input size of their backbones, or None
+            for a full decode (default: None).
+        max_pixels: largest width x height decoded, or None for Pillow's limit only
+            (default: 40,000,000, see `DEFAULT_MAX_PIXELS`).
+
+    Returns:
+        A dict from input size to a float32 array (len(views), size, size, 3), values 0..255.
+
+    Raises:
+        UnreadableImageError: the file is missing, not an image, too large, truncated or corrupt.
+
+    Example:
+        >>> prepared = prepare_views("cat.jpg", [224, 299], views=("identity", "hflip"), decode_size=299)
+        >>> prepared[299].shape
+        (2, 299, 299, 3)
+    """
+    sizes, views = _check_prepare_arguments(sizes, views, decode_size)
+    image = load_image(path, min_size=decode_size, max_pixels=check_max_pixels(max_pixels))
+    prepared = {size: [] for size in sizes}
+    for view in views:
+        viewed = apply_view(image, view)
+        for size in sizes:
+            prepared[size].append(resize_image(viewed, size))
+    return {size: np.stack(arrays) for size, arrays in prepared.items()}

@@ -503,6 +503,245 @@ def check_finished(store_file, backbones, path):
                 f"Received: {pending} pending rows")
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreIndex:
+    """What a feature store holds apart from its feature rows, read once by `read_index`.
+
+    Attributes:
+        path: the store file.
+        class_names: tuple of class names; label `i` is `class_names[i]`.
+        paths: (N,) object array of image paths, relative to `data_root`.
+        labels: (N,) int64 class indices, `-1` when unlabeled.
+        splits: (N,) object array of split names.
+        backbones: tuple of backbone names, the datasets under `/features`.
+        feature_shapes: dict backbone -> per-image feature shape, `(D,)` or `(H, W, D)`.
+        feature_dtypes: dict backbone -> numpy dtype name of the stored features.
+        view_names: dict backbone -> tuple of extra view names (empty without `/views/<backbone>`).
+        recipes: dict backbone -> the attributes of `/features/<backbone>` (how its features were
+            made) as plain JSON values; empty for stores that record none.
+        skipped: tuple of (path, reason) of the images that could not be read.
+        data_root: the folder the images were read from ("" when not recorded).
+    """
+
+    path: Path
+    class_names: tuple
+    paths: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    backbones: tuple
+    feature_shapes: dict
+    feature_dtypes: dict
+    view_names: dict
+    recipes: dict
+    skipped: tuple
+    data_root: str
+
+
+def read_index(path, *, finished=True):
+    """Open, check and read everything of a store but its feature rows: labels, splits, class names, shapes, recipes.
+
+    Only `/images/*`, the `class_names` attribute and `/features/*` are required; the bookkeeping of
+    run_precompute.py (`/progress`, `/pending`, `/checksums`, `/skipped`) is checked where present.
+    Feature rows are checked against their checksums where they are read (`FeatureRows`).
+
+    Args:
+        path: the `.h5` store.
+        finished: refuse rows never computed or pending (default: True).
+
+    Raises:
+        StoreError: the store is unfinished or damaged (one line says how to finish or rebuild it).
+
+    Example:
+        >>> index = read_index("cache.h5")
+        >>> index.backbones, index.class_names
+    """
+    path = Path(path)
+    with open_store(path) as store_file, store_errors(path):
+        backbones = check_store(store_file, path, finished=finished)
+        warn_missing_checksums(store_file, path, backbones, stacklevel=4)
+        shapes, dtypes, view_names, recipes = {}, {}, {}, {}
+        for backbone in backbones:
+            dataset = store_file["features"][backbone]
+            shapes[backbone] = tuple(int(size) for size in dataset.shape[1:])
+            dtypes[backbone] = dataset.dtype.name
+            recipes[backbone] = feature_attrs(store_file, backbone)
+            view_names[backbone] = ()
+            if "views" in store_file and backbone in store_file["views"]:
+                views = store_file["views"][backbone]
+                names = views.attrs.get("view_names")
+                view_names[backbone] = (tuple(str(name) for name in _decode_attr(np.asarray(names).reshape(-1)))
+                                        if names is not None else
+                                        tuple(f"view{index + 1}" for index in range(views.shape[1])))
+        skipped = store_file.get("skipped", {})  # other tools may list skipped images without fingerprints
+        skipped_paths = read_strings(skipped["path"]) if "path" in skipped else []
+        skipped_reasons = read_strings(skipped["reason"]) if "reason" in skipped else [""] * len(skipped_paths)
+        return StoreIndex(
+            path=path,
+            class_names=tuple(str(name) for name in _decode_attr(np.asarray(store_file.attrs["class_names"]).reshape(-1))),
+            paths=np.asarray(read_strings(store_file["images/path"]), dtype=object),
+            labels=np.asarray(store_file["images/label"][()]).reshape(-1).astype(np.int64),
+            splits=np.asarray(read_strings(store_file["images/split"]), dtype=object),
+            backbones=backbones,
+            feature_shapes=shapes,
+            feature_dtypes=dtypes,
+            view_names=view_names,
+            recipes=recipes,
+            skipped=tuple(zip(skipped_paths, skipped_reasons)),
+            data_root=str(_decode_attr(store_file.attrs.get("data_root", ""))),
+        )
+
+
+# A block of rows is read as one contiguous range when that range holds at most this many rows per
+# row wanted; a split spread thinly over the store (a 1% test split) is read row by row instead, so
+# memory stays bounded by the rows wanted, not by the distance between them.
+MAX_READ_SPAN = 2
+
+
+def _read_rows(dataset, rows):
+    """Rows `rows` (sorted, unique) of an HDF5 dataset, reading little beyond them."""
+    first, last = int(rows[0]), int(rows[-1]) + 1
+    if last - first <= MAX_READ_SPAN * len(rows):
+        return dataset[first:last][rows - first]
+    return dataset[rows]
+
+
+class FeatureRows:
+    """Checked reads of the feature and view rows of a store, which stays open until `close`.
+
+    Every row read is checked against the CRC32 written with it; a damaged row is a `StoreError`
+    naming backbone, row and image. The file is opened on the first read, so the object can be
+    built (and copied) before any.
+
+    Args:
+        path: the `.h5` store.
+
+    Example:
+        >>> with FeatureRows("cache.h5") as rows:
+        ...     first = rows.read("features", "resnet50", np.arange(10))
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = None
+        self._checksums = {}
+
+    def _open(self):
+        if self._file is None:
+            self._file = open_store(self.path)
+        return self._file
+
+    def _dataset(self, group, backbone):
+        with store_errors(self.path):
+            return self._open()[group][backbone]
+
+    def has(self, group, backbone):
+        """Whether `/<group>/<backbone>` exists ("features" or "views")."""
+        store_file = self._open()
+        with store_errors(self.path):
+            return group in store_file and backbone in store_file[group]
+
+    def shape(self, group, backbone):
+        """The shape of `/<group>/<backbone>`, rows first."""
+        return self._dataset(group, backbone).shape
+
+    def dtype(self, group, backbone):
+        """The stored dtype of `/<group>/<backbone>`."""
+        return self._dataset(group, backbone).dtype
+
+    def nbytes(self, group, backbone):
+        """The bytes `/<group>/<backbone>` takes in memory, in its stored dtype."""
+        return self._dataset(group, backbone).nbytes
+
+    def read(self, group, backbone, rows=None):
+        """Rows `rows` (sorted, unique store indices; default: None, all) of `/<group>/<backbone>`, checked."""
+        dataset = self._dataset(group, backbone)
+        with store_errors(self.path):
+            if (group, backbone) not in self._checksums:
+                self._checksums[group, backbone] = read_checksums(self._file, group, backbone)
+            if rows is None:
+                rows = np.arange(len(dataset))
+                values = dataset[()]
+            else:
+                rows = np.asarray(rows, dtype=np.int64)
+                values = _read_rows(dataset, rows) if len(rows) else dataset[:0]
+            verify_rows(self._file, self.path, group, backbone, rows, values, self._checksums[group, backbone])
+        return values
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def write_plain_store(path, class_names, paths, labels, splits, features, views=None, string_format="utf8",
+                      skipped=(), extra_attrs=None, extra_image_columns=None):
+    """Write a store with only the required layout, as another tool would (no bookkeeping, no checksums).
+
+    Used for generated data sets (`fusion.write_synthetic_store`) and to test that stores of other
+    tools are read.
+
+    Args:
+        path: the `.h5` file to write (replaced when present).
+        class_names: label i is `class_names[i]`.
+        paths, labels, splits: one per image.
+        features: dict backbone -> array (N, ...).
+        views: dict backbone -> (array (N, V, ...), view names) (default: None).
+        string_format: "utf8" (variable-length UTF-8) or "bytes" (fixed-length bytes) (default: "utf8").
+        skipped: (path, reason) pairs written to `/skipped` when any (default: ()).
+        extra_attrs: more root attributes (default: None).
+        extra_image_columns: dict name -> array, more `/images/<name>` datasets (default: None).
+
+    Example:
+        >>> write_plain_store("plain.h5", ["cat", "dog"], ["a.png"], [0], ["train"], {"resnet50": np.zeros((1, 4))})
+    """
+    if string_format not in ("utf8", "bytes"):
+        raise ValueError(f"Unknown string_format {string_format!r}. Valid values: utf8, bytes. "
+                         f"Received: string_format={string_format!r}")
+
+    def strings(values):
+        values = [str(value) for value in values]
+        if string_format == "bytes":
+            encoded = [value.encode("utf-8") for value in values]
+            return np.array(encoded, dtype=f"S{max([1] + [len(value) for value in encoded])}")
+        return np.array(values, dtype=STRING_DTYPE)
+
+    with h5py.File(path, "w") as store_file:
+        store_file.attrs["class_names"] = strings(class_names)
+        for key, value in (extra_attrs or {}).items():
+            store_file.attrs[key] = value
+        images = store_file.create_group("images")
+        images["path"] = strings(paths)
+        images["label"] = np.asarray(labels, dtype=np.int64)
+        images["split"] = strings(splits)
+        for key, value in (extra_image_columns or {}).items():
+            images[key] = value
+        group = store_file.create_group("features")
+        for backbone, values in features.items():
+            group[backbone] = values
+        for backbone, (values, names) in (views or {}).items():
+            dataset = store_file.require_group("views").create_dataset(backbone, data=values)
+            dataset.attrs["view_names"] = strings(names)
+        if skipped:
+            group = store_file.create_group("skipped")
+            group["path"] = strings([path for path, _ in skipped])
+            group["reason"] = strings([reason for _, reason in skipped])
+
+
+def feature_attrs(store_file, backbone):
+    """The attributes of `/features/<backbone>` (how its features were made) as plain values.
+
+    Example:
+        >>> recipe = FeatureRecipe.from_attrs(feature_attrs(store_file, "resnet50"), backbone="resnet50")
+    """
+    return {key: _decode_attr(value) for key, value in store_file["features"][backbone].attrs.items()}
+
+
 def _decode_attr(value):
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -677,7 +916,7 @@ def load_store(path, backbones=None, views=False):
             features[name] = store["features"][name][()]
             rows = np.arange(len(features[name]))
             verify_rows(store, path, "features", name, rows, features[name], read_checksums(store, "features", name))
-            info[name] = {key: _decode_attr(value) for key, value in store["features"][name].attrs.items()}
+            info[name] = feature_attrs(store, name)
             if views and "views" in store and name in store["views"]:
                 view_arrays[name] = store["views"][name][()]
                 verify_rows(store, path, "views", name, rows, view_arrays[name], read_checksums(store, "views", name))
@@ -698,3 +937,185 @@ def load_store(path, backbones=None, views=False):
 def options_json(options):
     """Options as a JSON text for an HDF5 attribute."""
     return json.dumps(options, sort_keys=True, default=str)
+
+
+def read_options(store_file):
+    """The options a store was created with (its `created_with` attribute), {} when absent or unreadable."""
+    text = _decode_attr(store_file.attrs.get("created_with"))
+    if text is None:
+        return {}
+    try:
+        return json.loads(str(text))
+    except ValueError:
+        return {}
+
+
+def open_to_resume(path):
+    """Open an existing store read-only for a run to complete, refusing any file that is not a feature store.
+
+    A file that is not a store stays untouched, and so does a store that is damaged (truncated,
+    datasets deleted, rows that do not line up): it is refused with a `StoreError`.
+
+    Args:
+        path: the existing `--out` of a run.
+
+    Example:
+        >>> with open_to_resume("cache.h5") as store_file:
+        ...     stored = list(store_file.get("features", {}))
+    """
+    try:
+        store_file = h5py.File(path, "r")
+    except OSError as error:
+        if is_hdf5(path):
+            open_store(path)  # raises the StoreError that says it is damaged
+        raise ValueError(f"{path} exists but is not an HDF5 file ({error}); it is left untouched. Choose another "
+                         f"--out. Received: out={path}") from None
+    try:
+        with store_errors(path):
+            if "format_version" not in store_file.attrs or "images" not in store_file:
+                raise ValueError(f"{path} is an HDF5 file but not a feature store written by run_precompute.py (no "
+                                 f"format_version attribute or /images group); it is left untouched. Choose another "
+                                 f"--out. Received: out={path}")
+            check_store(store_file, path, finished=False, require_features=False)
+    except BaseException:
+        store_file.close()
+        raise
+    return store_file
+
+
+class RowFiller:
+    """The store open read-write to fill the rows of its datasets in place, and for nothing else.
+
+    Only raw rows go through it (features, views, their checksums, progress and pending marks):
+    their datasets were made at full size with their chunks allocated, so writing them changes no
+    structure. Every structural change goes through `rewrite_store` instead. A row is marked done
+    (`mark_done`, `mark_unreadable`) only after `sync` has put what it marks on disk.
+
+    Args:
+        path: the store.
+
+    Example:
+        >>> with RowFiller("cache.h5") as filler:
+        ...     filler.write_reasons(np.array([3]), ["cannot identify image file"])
+        ...     filler.sync()
+        ...     filler.mark_unreadable(np.array([3]))
+    """
+
+    def __init__(self, path):
+        self._file = h5py.File(path, "r+")
+        self._descriptor = self._file.id.get_vfd_handle()
+
+    def write_rows(self, group, backbone, rows, values):
+        """Write rows `rows` (sorted) of `/<group>/<backbone>` ("features" or "views") and then their CRC32."""
+        dataset = self._file[group][backbone]
+        values = np.asarray(values).astype(dataset.dtype, copy=False)
+        _fill_rows(dataset, rows, values)
+        key = f"checksums/{group}/{backbone}"
+        if key in self._file:  # a backbone of a store written before checksums has none
+            _fill_rows(self._file[key], rows, row_checksums(values))
+
+    def mark_done(self, backbone, rows):
+        """Mark rows `rows` of `backbone` computed (`/progress/<backbone>`)."""
+        _fill_rows(self._file["progress"][backbone], rows, np.ones(len(rows), np.uint8))
+
+    def write_reasons(self, rows, reasons):
+        """Record why rows `rows` could not be read (`/pending/reason`, cut to 200 bytes)."""
+        _fill_rows(self._file["pending/reason"], rows,
+                   np.asarray([reason.encode("utf-8")[:200] for reason in reasons], dtype=_REASON_DTYPE))
+
+    def mark_unreadable(self, rows):
+        """Mark rows `rows` unreadable (`/pending/unreadable`); they move to `/skipped` when the run ends."""
+        _fill_rows(self._file["pending/unreadable"], rows, np.ones(len(rows), np.uint8))
+
+    def sync(self):
+        """Put everything written so far on disk (flush, then fsync)."""
+        self._file.flush()
+        os.fsync(self._descriptor)
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _fill_rows(dataset, rows, values):
+    # Rows come sorted; consecutive runs become slice writes (fast, no fancy indexing).
+    values = np.asarray(values).astype(dataset.dtype, copy=False)
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end] != rows[end - 1] + 1:
+            dataset[rows[start]:rows[end - 1] + 1] = values[start:end]
+            start = end
+
+
+def create_store(store_path, *, class_names, paths, labels, splits, fingerprints, root_attrs):
+    """Write a new store for N images with no backbone yet, atomically.
+
+    Args:
+        store_path: the store to create (under the writer lock).
+        class_names: label i is `class_names[i]`.
+        paths, labels, splits: one per image.
+        fingerprints: (N, 2) size and mtime_ns of each image file.
+        root_attrs: more root attributes (data root, layout, options, version).
+    """
+    with rewrite_store(store_path, copy=False) as store:
+        store.attrs["format_version"] = FORMAT_VERSION
+        for key, value in root_attrs.items():
+            store.attrs[key] = value
+        set_strings_attr(store, "class_names", class_names)
+        write_images(store, paths, labels, splits, fingerprints)
+        write_skipped(store, [], [], np.zeros((0, 2), np.int64))
+
+
+def stored_backbones(store_file):
+    """The names of the backbones with features in an open store."""
+    return list(store_file["features"]) if "features" in store_file else []
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRows:
+    """A precompute run's view of its store's rows: what is stored, done, pending and skipped.
+
+    Attributes:
+        paths: list of the stored image paths, one per row.
+        labels: (N,) int64 labels.
+        fingerprints: (N, 2) size and mtime_ns of each image file when stored.
+        class_names: list of class names.
+        unreadable: (N,) bool, rows found unreadable in a run that has not ended.
+        pending_reasons: list of why each row is unreadable ("" for readable rows).
+        done: dict backbone -> (N,) bool, rows computed.
+        skipped: (paths, reasons, fingerprints) of `/skipped`.
+    """
+
+    paths: list
+    labels: np.ndarray
+    fingerprints: np.ndarray
+    class_names: list
+    unreadable: np.ndarray
+    pending_reasons: list
+    done: dict
+    skipped: tuple
+
+
+def read_run_rows(path, backbones=()):
+    """Read the rows of a store a precompute run is completing (its own bookkeeping included).
+
+    Args:
+        path: the store.
+        backbones: backbones whose progress to read (default: (), none).
+    """
+    with open_store(path) as store, store_errors(path):
+        return RunRows(
+            paths=read_strings(store["images/path"]),
+            labels=store["images/label"][()],
+            fingerprints=store["images/fingerprint"][()],
+            class_names=read_strings_attr(store, "class_names"),
+            unreadable=store["pending/unreadable"][()].astype(bool),
+            pending_reasons=[value.decode("utf-8", "replace") for value in store["pending/reason"][()]],
+            done={name: store["progress"][name][()].astype(bool) for name in backbones},
+            skipped=read_skipped(store),
+        )

@@ -1,7 +1,7 @@
 """fusionpipe stages 2 and 3: fusion model, baselines and the report; the exported model and prediction.
 
 The public names below load on first use (PEP 562), as in `features`; importing the package itself
-loads the two modules that register fusionpipe's Keras layers (see the end of this file).
+loads the modules that register fusionpipe's Keras classes (see the end of this file).
 """
 
 from importlib import import_module as _import_module
@@ -16,7 +16,7 @@ _EXPORTS = {
     "bootstrap_accuracy_interval": "fusion.evaluation",
     "evaluate_probabilities": "fusion.evaluation",
     "mcnemar_test": "fusion.evaluation",
-    "ClassNames": "fusion.export",
+    "FusionClassifier": "fusion.classifier",
     "build_pixel_model": "fusion.export",
     "class_names_of": "fusion.export",
     "export_model": "fusion.export",
@@ -40,8 +40,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "ClassNames",
     "FeatureBatches",
+    "FusionClassifier",
     "FusionRun",
     "LogisticStacking",
     "Predictions",
@@ -87,8 +87,10 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-# Importing fusion registers fusionpipe's two Keras layers, `PreprocessInput` (features.backbones) and
-# `ClassNames` (fusion.export), so that exported models load with safe mode after `import fusion`, as
-# README.md promises. This one import is eager; it loads Keras.
+# Importing fusion registers fusionpipe's Keras classes, so that exported models load with safe mode
+# after `import fusion`, as README.md promises: `PreprocessInput` (features.backbones), `FusionClassifier`
+# (fusion.classifier) and the layer that exports before it used (fusion.export). These imports are eager;
+# they load Keras.
 from features import backbones as _backbones  # noqa: E402, F401
+from fusion import classifier as _classifier  # noqa: E402, F401
 from fusion import export as _export  # noqa: E402, F401

@@ -39,18 +39,11 @@ class _ArraySource:
 
     def __init__(self, store_path, backbones, with_views):
         self.features, self.views = {}, {}
-        with feature_store.open_store(store_path) as store_file, feature_store.store_errors(store_path):
+        with feature_store.FeatureRows(store_path) as reader:
             for backbone in backbones:
-                self.features[backbone] = self._read(store_file, store_path, "features", backbone)
-                if with_views and "views" in store_file and backbone in store_file["views"]:
-                    self.views[backbone] = self._read(store_file, store_path, "views", backbone)
-
-    @staticmethod
-    def _read(store_file, store_path, group, backbone):
-        array = store_file[group][backbone][()]
-        feature_store.verify_rows(store_file, store_path, group, backbone, np.arange(len(array)), array,
-                                  feature_store.read_checksums(store_file, group, backbone))
-        return array
+                self.features[backbone] = reader.read("features", backbone)
+                if with_views and reader.has("views", backbone):
+                    self.views[backbone] = reader.read("views", backbone)
 
     def gather(self, backbone, blocks, rows, views=False):
         array = self.views[backbone] if views else self.features[backbone]
@@ -58,43 +51,27 @@ class _ArraySource:
 
 
 class _CheckedRows:
-    """An h5py dataset whose reads (`dataset[a:b]`, `dataset[rows]`) are checked against the store's checksums."""
+    """One store dataset read on demand like an array (`rows[a:b]`, `rows[indices]`), every row checked."""
 
-    def __init__(self, source, group, backbone):
-        self._source, self._group, self._backbone = source, group, backbone
-        self._dataset = source._open()[group][backbone]
+    def __init__(self, reader, group, backbone):
+        self._reader, self._group, self._backbone = reader, group, backbone
+        self.shape = reader.shape(group, backbone)
+        self.dtype = reader.dtype(group, backbone)
+        self.nbytes = reader.nbytes(group, backbone)
 
-    shape = property(lambda self: self._dataset.shape)
-    dtype = property(lambda self: self._dataset.dtype)
-    ndim = property(lambda self: self._dataset.ndim)
-    nbytes = property(lambda self: self._dataset.nbytes)
+    ndim = property(lambda self: len(self.shape))
 
     def __len__(self):
-        return len(self._dataset)
+        return self.shape[0]
 
     def __getitem__(self, key):
         if isinstance(key, slice):
-            rows = np.arange(*key.indices(len(self._dataset)))
+            rows = np.arange(*key.indices(self.shape[0]))
         elif isinstance(key, (int, np.integer)):
             return self[np.asarray([key])][0]
         else:
             rows = np.asarray(key, dtype=np.int64)
-        return self._source._checked_read(self._group, self._backbone, self._dataset, key, rows)
-
-
-# A block is read as one contiguous range when that range holds at most this many rows per row
-# wanted; a split spread thinly over the store (a 1% test split) is read row by row instead, so
-# memory stays bounded by the batch, not by the distance between its rows.
-MAX_READ_SPAN = 2
-
-
-def _read_rows(dataset, block_rows):
-    """Rows `block_rows` (sorted, unique) of an HDF5 dataset, reading little beyond them."""
-    first, last = int(block_rows[0]), int(block_rows[-1]) + 1
-    if last - first <= MAX_READ_SPAN * len(block_rows):
-        # One contiguous read, then the rows of this split inside it.
-        return dataset[first:last][block_rows - first]
-    return dataset[block_rows]
+        return self._reader.read(self._group, self._backbone, rows)
 
 
 class _HDF5Source:
@@ -106,47 +83,26 @@ class _HDF5Source:
         self.store_path = str(store_path)
         self.backbones = tuple(backbones)
         self.with_views = with_views
-        self._file = None
-        self._checksums = {}
-
-    def _open(self):
-        # Opened lazily so that the source can be built (and copied) before any read.
-        if self._file is None:
-            self._file = feature_store.open_store(self.store_path)
-        return self._file
-
-    def _checked_read(self, group, backbone, dataset, key, rows):
-        store_file = self._open()
-        with feature_store.store_errors(self.store_path):
-            if (group, backbone) not in self._checksums:
-                self._checksums[group, backbone] = feature_store.read_checksums(store_file, group, backbone)
-            values = dataset[key] if key is not None else _read_rows(dataset, rows)
-            feature_store.verify_rows(store_file, self.store_path, group, backbone, rows, values,
-                                      self._checksums[group, backbone])
-        return values
+        self._reader = feature_store.FeatureRows(store_path)
 
     @property
     def features(self):
         # Read on demand, like the arrays `_ArraySource.features` holds in memory, and checked the same way.
-        return {name: _CheckedRows(self, "features", name) for name in self.backbones}
+        return {name: _CheckedRows(self._reader, "features", name) for name in self.backbones}
 
     @property
     def views(self):
-        store_file = self._open()
-        if not self.with_views or "views" not in store_file:
+        if not self.with_views:
             return {}
-        return {name: _CheckedRows(self, "views", name) for name in self.backbones if name in store_file["views"]}
+        return {name: _CheckedRows(self._reader, "views", name) for name in self.backbones
+                if self._reader.has("views", name)}
 
     def gather(self, backbone, blocks, rows, views=False):
         group = "views" if views else "features"
-        dataset = self._open()[group][backbone]
-        return np.concatenate([self._checked_read(group, backbone, dataset, None, rows[start:stop])
-                               for start, stop in blocks])
+        return np.concatenate([self._reader.read(group, backbone, rows[start:stop]) for start, stop in blocks])
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._reader.close()
 
 
 def open_feature_source(store_path, backbones, *, stream=None, with_views=False, needed_bytes=None):
@@ -166,8 +122,8 @@ def open_feature_source(store_path, backbones, *, stream=None, with_views=False,
     """
     if stream is None:
         if needed_bytes is None:
-            with feature_store.open_store(store_path) as store_file, feature_store.store_errors(store_path):
-                needed_bytes = sum(store_file["features"][name].nbytes for name in backbones)
+            with feature_store.FeatureRows(store_path) as reader:
+                needed_bytes = sum(reader.nbytes("features", name) for name in backbones)
         stream = needed_bytes > MEMORY_SHARE * available_memory_bytes()
     source_class = _HDF5Source if stream else _ArraySource
     return source_class(store_path, backbones, with_views)

@@ -3,7 +3,8 @@
 The exported model holds, per backbone, the same resize, `preprocess_input`, frozen backbone and
 pooling that made the store, then the run's trained fusion head. It is one `.keras` file that
 reloads with `keras.saving.load_model(path, safe_mode=True)` once `fusion` is imported (importing
-it registers fusionpipe's two custom layers: `PreprocessInput` and `ClassNames`).
+it registers fusionpipe's `PreprocessInput` layer and the `FusionClassifier` model). The model is a
+`fusion.classifier.FusionClassifier`: its parts are attributes, not layers found again by name.
 
 The recipe (input size, pooling, weights, seed, dtype, views, preprocessing, ...) comes from the
 run's config.json, where training recorded the store's `/features/<backbone>` attributes. A store
@@ -22,21 +23,19 @@ from features import create_backbone, resolve_weights
 from features.backbones import weights_sha256
 from features import store as feature_store
 from features.atomic_files import save_model_atomic
+from fusion.classifier import FusionClassifier
 from fusion.run import load_run, read_run_config
 from fusion.run_folder import record_written
 
 EXPORT_FILE_NAME = "exported.keras"
 
 
-@keras.saving.register_keras_serializable(package="fusionpipe")
-class ClassNames(keras.layers.Layer):
-    """Pass probabilities through unchanged and carry the class names in the saved model.
+@keras.saving.register_keras_serializable(package="fusionpipe", name="ClassNames")
+class _LegacyClassNames(keras.layers.Layer):
+    """The class-names layer of exports before `FusionClassifier`, kept only so that such files still load.
 
-    Args:
-        class_names: the names of the classes, in the order of the probabilities.
-
-    Example:
-        >>> probabilities = ClassNames(["cat", "dog"])(softmax_output)
+    A loaded old export is not a `FusionClassifier`, so `matches_run` refuses it and prediction
+    exports the run again, instead of failing to load it.
     """
 
     def __init__(self, class_names, **kwargs):
@@ -199,7 +198,7 @@ def _check_weights_file(backbone, recipe):
 
 
 def build_pixel_model(fusion_model, recipes, class_names):
-    """Chain resize, backbone and pooling per backbone into `fusion_model`, from one image input.
+    """A `FusionClassifier` of resize, backbone and pooling per backbone and `fusion_model`, from one image input.
 
     Args:
         fusion_model: a trained fusion model whose input names are backbone names.
@@ -209,27 +208,18 @@ def build_pixel_model(fusion_model, recipes, class_names):
     Example:
         >>> model = build_pixel_model(run.fusion_model, feature_recipes("cache.h5", run.backbones), run.class_names)
     """
-    image = keras.Input(shape=(None, None, 3), name="image", dtype="float32")
-    features = {}
+    extractors = {}
     for backbone in (tensor.name for tensor in fusion_model.inputs):
         recipe = recipes[backbone]
-        input_size = int(recipe["input_size"])
         _check_weights_file(backbone, recipe)
-        # The same resize that precompute applies (features.resize_image), as a layer.
-        resized = keras.layers.Resizing(
-            input_size, input_size, interpolation="bilinear", antialias=True, name=f"{backbone}_resize"
-        )(image)
-        extractor = create_backbone(
+        extractors[backbone] = create_backbone(
             backbone,
-            input_size=input_size,
+            input_size=int(recipe["input_size"]),
             weights=recipe["weights"],
             pooling=recipe["pooling"],
             seed=int(recipe.get("seed", 0)),
         )
-        features[backbone] = extractor(resized)
-    probabilities = fusion_model(features)
-    probabilities = ClassNames(class_names, name="class_names")(probabilities)
-    return keras.Model(image, probabilities, name="fusionpipe_classifier")
+    return FusionClassifier(extractors, fusion_model, class_names)
 
 
 def check_export_path(out):
@@ -278,36 +268,34 @@ def matches_run(model, run_dir):
     """Whether an exported model has the run's class names and, per backbone, the recorded input size.
 
     A cheap check that a cached export was made from this run's recipe (one made from another
-    store by an older version is not).
+    store, or by a version before `FusionClassifier`, is not).
 
     Example:
         >>> matches_run(keras.saving.load_model("runs/exp1/exported.keras"), "runs/exp1")
         True
     """
+    if not isinstance(model, FusionClassifier):
+        return False
     config = read_run_config(run_dir)
     recorded = config.get("feature_recipes") or {}
-    sizes = {layer.name.removesuffix("_resize"): int(layer.height)
-             for layer in model.layers if isinstance(layer, keras.layers.Resizing)}
-    try:
-        same_classes = tuple(class_names_of(model)) == tuple(config["class_names"])
-    except ValueError:
-        return False
     expected = {name: int(recorded[name]["input_size"]) for name in config["backbones"]
                 if _is_complete(recorded.get(name))}
-    return same_classes and set(sizes) == set(config["backbones"]) and all(sizes[n] == s for n, s in expected.items())
+    sizes = model.input_sizes
+    return (tuple(model.class_names) == tuple(config["class_names"]) and set(sizes) == set(config["backbones"])
+            and all(sizes[name] == size for name, size in expected.items()))
 
 
 def class_names_of(model):
-    """The class names an exported model carries in its `ClassNames` layer.
+    """The class names an exported model carries (its `class_names` attribute).
 
     Example:
         >>> class_names_of(keras.saving.load_model("runs/exp1/exported.keras"))
         ('cat', 'dog')
     """
-    for layer in model.layers:
-        if isinstance(layer, ClassNames):
-            return layer.class_names
+    if isinstance(model, FusionClassifier):
+        return model.class_names
     raise ValueError(
-        f"Model '{model.name}' carries no class names; it was not written by fusion.export_model. "
-        f"Export the run with `python run_predict.py RUN_DIR --export-only`."
+        f"Model '{model.name}' carries no class names; it was not written by fusion.export_model, or by a version "
+        f"before FusionClassifier. Export the run again with `python run_predict.py RUN_DIR --export-only`. "
+        f"Received: model of type {type(model).__name__}"
     )

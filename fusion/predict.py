@@ -7,12 +7,12 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from features.atomic_files import open_atomic
-from features.images import UnreadableImageError, load_image, resize_image
-from features.views import apply_view, view_names
+from features.images import UnreadableImageError, prepare_views
+from features.views import view_names
+from fusion.classifier import FusionClassifier
 from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model, matches_run, records_recipes, run_recipes
 from fusion.run import ModelFileError, load_keras_file
 
@@ -96,34 +96,16 @@ def load_classifier(model_or_run, store=None):
         else:
             if matches_run(model, path):
                 return model
-            warnings.warn(f"{exported} was not made from this run's recipe (input sizes or class names differ); "
-                          f"exporting the run again.", stacklevel=2)
+            if isinstance(model, FusionClassifier):
+                reason = "was not made from this run's recipe (input sizes or class names differ)"
+            else:
+                reason = "is not a FusionClassifier (an export of an older fusionpipe?)"
+            warnings.warn(f"{exported} {reason}; exporting the run again.", stacklevel=2)
     elif exported.is_file():
         warnings.warn(f"Run {path} records no feature recipe to check {exported} against; exporting it again from "
                       f"--store {store}.", stacklevel=2)
     export_model(path, exported, store=store)
     return load_keras_file(exported, remedy)
-
-
-def _per_backbone_model(model):
-    """The exported model from its Resizing layers on: one input per backbone, at a fixed size.
-
-    Calling the exported model on images of ever new sizes would trace it again for each size;
-    this view of the same layers (same weights) takes images already resized with
-    `features.resize_image`, the same operation as its Resizing layers, so it is traced once.
-    """
-    resizers = [layer for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
-    inputs, features = {}, {}
-    for resizer in resizers:
-        backbone = resizer.name.removesuffix("_resize")
-        inputs[backbone] = keras.Input((resizer.height, resizer.width, 3), name=backbone, dtype="float32")
-        features[backbone] = model.get_layer(f"{backbone}_features")(inputs[backbone])
-    head = next(
-        layer for layer in model.layers
-        if isinstance(layer, keras.Model) and not layer.name.endswith("_features")
-    )
-    probabilities = model.get_layer("class_names")(head(features))
-    return keras.Model(inputs, probabilities), {name: int(tensor.shape[1]) for name, tensor in inputs.items()}
 
 
 def _map_ahead(executor, function, items, window):
@@ -138,17 +120,15 @@ def _map_ahead(executor, function, items, window):
 
 
 def _prepare(path, decode_size, views, input_sizes):
-    """Decode one image and resize each of its views once per distinct input size."""
+    """Decode one image and resize each of its views once per distinct input size.
+
+    Through `features.images.prepare_views`, as precompute does, so the model sees the stored pixels.
+    """
     try:
-        image = load_image(path, min_size=decode_size)
+        by_size = prepare_views(path, input_sizes.values(), views, decode_size)
     except UnreadableImageError as error:
         return None, error.reason
-    prepared = []
-    for view in views:
-        viewed = apply_view(image, view)
-        by_size = {size: resize_image(viewed, size) for size in set(input_sizes.values())}
-        prepared.append({name: by_size[size] for name, size in input_sizes.items()})
-    return prepared, None
+    return [{name: by_size[size][index] for name, size in input_sizes.items()} for index in range(len(views))], None
 
 
 def predict_images(model, image_paths, batch_size=16, views="none", progress=False):
@@ -171,7 +151,8 @@ def predict_images(model, image_paths, batch_size=16, views="none", progress=Fal
         raise ValueError(f"batch_size must be a positive number of images. Received: batch_size={batch_size}")
     all_views = ("identity",) + tuple(view_names(views))
     class_names = class_names_of(model)
-    fixed_size_model, input_sizes = _per_backbone_model(model)
+    # One input per backbone at its fixed size: calling `model` on ever new image sizes would trace it for each.
+    fixed_size_model, input_sizes = model.resized_input_model(), dict(model.input_sizes)
     decode_size = max(input_sizes.values())
     image_paths = [Path(path) for path in image_paths]
     sums = np.zeros((len(image_paths), len(class_names)), np.float64)

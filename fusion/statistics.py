@@ -45,13 +45,13 @@ def feature_statistics(features, rows=None):
     """Mean of each feature channel and the mean channel variance over the given rows, for `build_fusion_model`.
 
     Args:
-        features: dict backbone -> array of shape (N, D) or (N, H, W, D): numpy arrays or
-            h5py datasets, e.g. `store["features"]`; h5py datasets are read in chunks.
+        features: dict backbone -> array of shape (N, D) or (N, H, W, D): numpy arrays, or rows
+            read on demand (`open_feature_source(..., stream=True).features`), which are read in chunks.
         rows: the row indices to measure, normally the training split (default: None, all rows).
 
     Example:
-        >>> with h5py.File("cache.h5") as store:
-        ...     statistics = feature_statistics(store["features"], rows=train_rows)
+        >>> source = open_feature_source("cache.h5", ["resnet50"], stream=True)
+        >>> statistics = feature_statistics(source.features, rows=train_rows)
         >>> statistics["resnet50"][0].shape
         (2048,)
     """

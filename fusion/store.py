@@ -1,4 +1,4 @@
-"""Read a feature store through the layout in README.md ("The feature store"), with h5py only."""
+"""What training needs of a feature store, read through the store's owner (`features.store`)."""
 
 import dataclasses
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from features import store as feature_store
-from features.store import SPLITS, open_store  # the store's owner opens it
+from features.store import SPLITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,26 +56,6 @@ class StoreInfo:
         return total
 
 
-def _decode_strings(values):
-    """Decode an array or list of `str` or `bytes` (variable-length UTF-8 or fixed bytes) to `str`."""
-    values = np.asarray(values).reshape(-1)
-    return np.array(
-        [value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value) for value in values],
-        dtype=object,
-    )
-
-
-def _plain_attribute(value):
-    """An HDF5 attribute as a JSON-ready value: str, int, float or a list of them."""
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode("utf-8")
-    if isinstance(value, np.ndarray):
-        return [_plain_attribute(item) for item in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def read_store_info(path):
     """Read and check the labels, splits, class names and feature shapes of a feature store.
 
@@ -94,38 +74,18 @@ def read_store_info(path):
         >>> info = read_store_info("cache.h5")
         >>> info.backbones, info.class_names
     """
-    path = Path(path)
-    with open_store(path) as store_file, feature_store.store_errors(path):
-        backbones = feature_store.check_store(store_file, path)
-        feature_store.warn_missing_checksums(store_file, path, backbones)
-        class_names = tuple(_decode_strings(store_file.attrs["class_names"]))
-        paths = _decode_strings(store_file["images/path"][()])
-        labels = np.asarray(store_file["images/label"][()]).reshape(-1).astype(np.int64)
-        splits = _decode_strings(store_file["images/split"][()])
-        feature_shapes, feature_dtypes, view_names, feature_recipes = {}, {}, {}, {}
-        for backbone in backbones:
-            dataset = store_file["features"][backbone]
-            feature_shapes[backbone] = tuple(int(size) for size in dataset.shape[1:])
-            feature_dtypes[backbone] = dataset.dtype.name
-            feature_recipes[backbone] = {key: _plain_attribute(value) for key, value in dataset.attrs.items()}
-            view_names[backbone] = ()
-            if "views" in store_file and backbone in store_file["views"]:
-                views = store_file["views"][backbone]
-                names = views.attrs.get("view_names")
-                view_names[backbone] = tuple(_decode_strings(names)) if names is not None else tuple(
-                    f"view{index + 1}" for index in range(views.shape[1])
-                )
+    index = feature_store.read_index(path)
     info = StoreInfo(
-        path=path,
-        class_names=class_names,
-        backbones=backbones,
-        feature_shapes=feature_shapes,
-        feature_dtypes=feature_dtypes,
-        view_names=view_names,
-        feature_recipes=feature_recipes,
-        paths=paths,
-        labels=labels,
-        splits=splits,
+        path=index.path,
+        class_names=index.class_names,
+        backbones=index.backbones,
+        feature_shapes=index.feature_shapes,
+        feature_dtypes=index.feature_dtypes,
+        view_names=index.view_names,
+        feature_recipes=index.recipes,
+        paths=index.paths,
+        labels=index.labels,
+        splits=index.splits,
     )
     counts = {split: len(info.split_rows(split)) for split in SPLITS}
     missing = [split for split, count in counts.items() if count == 0]

@@ -2,16 +2,11 @@
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from features.store import write_plain_store
+
 _KINDS = ("xor", "noisy_views", "random")
-
-
-def _string_data(values, string_format):
-    if string_format == "bytes":
-        return np.array([value.encode("utf-8") for value in values], dtype=f"S{max(1, max(map(len, values)))}")
-    return np.array(values, dtype=h5py.string_dtype("utf-8"))
 
 
 def write_synthetic_store(
@@ -100,26 +95,19 @@ def write_synthetic_store(
 
     class_names = [f"class_{index}" for index in range(num_classes)]
     paths = [f"{class_names[label]}/image_{row:05d}.png" for row, label in enumerate(labels)]
+    features, views = {}, {}
+    for index, (backbone, dim) in enumerate(zip(backbones, dims)):
+        clean = signal(index, dim)
+        features[backbone] = with_noise(clean)
+        if num_views:
+            views[backbone] = (with_noise(np.repeat(clean[:, None, :], num_views, axis=1)),
+                               [f"view{v + 1}" for v in range(num_views)])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as store_file:
-        store_file.attrs["class_names"] = _string_data(class_names, string_format)
-        images = store_file.create_group("images")
-        images["path"] = _string_data(paths, string_format)
-        images["label"] = labels.astype(np.int64)
-        images["split"] = _string_data(list(splits), string_format)
-        features = store_file.create_group("features")
-        for index, (backbone, dim) in enumerate(zip(backbones, dims)):
-            clean = signal(index, dim)
-            features[backbone] = with_noise(clean)
-            if num_views:
-                views = with_noise(np.repeat(clean[:, None, :], num_views, axis=1))
-                dataset = store_file.require_group("views").create_dataset(backbone, data=views)
-                dataset.attrs["view_names"] = _string_data([f"view{v + 1}" for v in range(num_views)], string_format)
-        if with_extras:
-            skipped = store_file.create_group("skipped")
-            skipped["path"] = _string_data(["broken/not_an_image.png"], string_format)
-            skipped["reason"] = _string_data(["cannot identify image file"], string_format)
-            store_file.attrs["written_by"] = "write_synthetic_store"
-            images["width"] = np.full(num_rows, 32, dtype=np.int32)
+    write_plain_store(
+        path, class_names, paths, labels, list(splits), features, views, string_format=string_format,
+        skipped=[("broken/not_an_image.png", "cannot identify image file")] if with_extras else (),
+        extra_attrs={"written_by": "write_synthetic_store"} if with_extras else None,
+        extra_image_columns={"width": np.full(num_rows, 32, dtype=np.int32)} if with_extras else None,
+    )
     return path

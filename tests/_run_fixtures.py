@@ -40,3 +40,17 @@ def trained_run(tmp_path_factory, dtype):
     train_run(store, run_dir, units=8, epochs=2, patience=2, batch_size=8, ablation=False, log=lambda *_: None)
     export_model(run_dir)
     return data, store, run_dir
+
+
+def old_style_export(model):
+    """`model` rewired as exports were before FusionClassifier: a functional model whose parts are found by name."""
+    import keras
+
+    from fusion.export import _LegacyClassNames
+
+    image = keras.Input(shape=(None, None, 3), name="image", dtype="float32")
+    extracted = {name: model.backbones[name](keras.layers.Resizing(size, size, interpolation="bilinear",
+                                                                   antialias=True, name=f"{name}_resize")(image))
+                 for name, size in model.input_sizes.items()}
+    probabilities = _LegacyClassNames(model.class_names, name="class_names")(model.head(extracted))
+    return keras.Model(image, probabilities, name="fusionpipe_classifier")

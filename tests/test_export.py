@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import features
-from _run_fixtures import BACKBONES, INPUT_SIZE
+from _run_fixtures import BACKBONES, INPUT_SIZE, old_style_export
 from features.store import StoreError
-from fusion.export import ClassNames, build_pixel_model, class_names_of, export_model, feature_recipes
+from fusion.classifier import FusionClassifier
+from fusion.export import build_pixel_model, class_names_of, export_model, feature_recipes
 from fusion.synthetic import write_synthetic_store
 
 
@@ -51,7 +52,35 @@ def test_exported_model_carries_class_names_and_no_lambda(float32_run):
     assert class_names_of(model) == ("class_0", "class_1")
     layer_types = {type(layer).__name__ for layer in model._flatten_layers()}
     assert "Lambda" not in layer_types
-    assert {"Resizing", "PreprocessInput", "ClassNames"} <= layer_types
+    assert {"Resizing", "PreprocessInput"} <= layer_types
+
+
+def test_exported_model_holds_its_parts_as_attributes(float32_run):
+    _, store, run_dir = float32_run
+    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    assert isinstance(model, FusionClassifier)
+    assert model.class_names == ("class_0", "class_1")
+    assert model.input_sizes == {name: INPUT_SIZE for name in sorted(BACKBONES)}
+    assert sorted(model.backbones) == sorted(BACKBONES) and model.fusionpipe_version == features.__version__
+    assert all(model.backbones[name].input_shape == (None, INPUT_SIZE, INPUT_SIZE, 3) for name in BACKBONES)
+    # The head attribute is the trained fusion model: on the stored features it gives the run's probabilities.
+    run = __import__("fusion").load_run(run_dir)
+    with h5py.File(store, "r") as handle:
+        stored = {name: handle[f"features/{name}"][:].astype("float32") for name in BACKBONES}
+    np.testing.assert_allclose(model.head.predict(stored, verbose=0), run.fusion_model.predict(stored, verbose=0),
+                               atol=1e-6)
+
+
+def test_reloaded_model_matches_the_head_on_the_stored_features_within_1e_5(float32_run):
+    data, store, run_dir = float32_run
+    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    paths, expected = store_path_probabilities(store, run_dir)
+    # The images resized as precompute resizes them: the extractors and head alone must give the stored path's numbers.
+    resized = {name: np.stack([features.resize_image(features.load_image(data / path), size) for path in paths])
+               for name, size in model.input_sizes.items()}
+    np.testing.assert_allclose(model.resized_input_model().predict_on_batch(resized), expected, atol=1e-5)
+    # Whole images through the model's own resize: the same operation, so the same numbers.
+    np.testing.assert_allclose(exported_probabilities(model, data, paths), expected, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -66,14 +95,19 @@ def test_exported_model_reloads_in_a_fresh_process(float32_run, tmp_path):
         "import json, sys, keras, fusion, features\n"
         f"model = keras.saving.load_model({str(model_path)!r}, safe_mode=True)\n"
         f"image = features.load_image({str(image_path)!r}).astype('float32')[None]\n"
+        "print(json.dumps([type(model).__name__, list(model.class_names), model.input_sizes, sorted(model.backbones),\n"
+        "                  model.fusionpipe_version]))\n"
         "print(json.dumps(model.predict_on_batch(image).tolist()))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
                             env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3",
                                  "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert result.returncode == 0, result.stderr[-2000:]
-    there = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
-    np.testing.assert_allclose(there, here, atol=1e-6)
+    attributes, probabilities = result.stdout.strip().splitlines()[-2:]
+    assert json.loads(attributes) == ["FusionClassifier", ["class_0", "class_1"],
+                                      {name: INPUT_SIZE for name in sorted(BACKBONES)}, sorted(BACKBONES),
+                                      features.__version__]
+    np.testing.assert_allclose(np.array(json.loads(probabilities)), here, atol=1e-6)
 
 
 def test_recipes_come_from_the_store(float32_run):
@@ -130,13 +164,43 @@ def test_unfinished_run_is_refused(tmp_path):
 def test_class_names_of_a_plain_model_is_an_error():
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs), name="plain")
-    with pytest.raises(ValueError, match="Model 'plain' carries no class names"):
+    with pytest.raises(ValueError, match=r"Model 'plain' carries no class names; it was not written by "
+                                         r"fusion.export_model.*--export-only`. Received: model of type Functional"):
         class_names_of(model)
 
 
-def test_class_names_layer_round_trips_its_config():
-    layer = ClassNames(["a", "b"])
-    assert ClassNames.from_config(layer.get_config()).class_names == ("a", "b")
+def tiny_classifier(sizes, class_names=("class_0", "class_1"), fusionpipe_version=None):
+    """A FusionClassifier of pooling-only extractors, one per backbone of `sizes`, and a one-layer head."""
+    extractors = {}
+    for name, size in sizes.items():
+        image = keras.Input((size, size, 3), name="image")
+        extractors[name] = keras.Model(image, keras.layers.GlobalAveragePooling2D()(image), name=f"{name}_features")
+    inputs = {name: keras.Input((3,), name=name) for name in sizes}
+    joined = keras.layers.Concatenate()([inputs[name] for name in sorted(inputs)]) if len(inputs) > 1 else \
+        next(iter(inputs.values()))
+    head = keras.Model(inputs, keras.layers.Dense(len(class_names), activation="softmax")(joined), name="fusion")
+    return FusionClassifier(extractors, head, class_names, fusionpipe_version=fusionpipe_version)
+
+
+def test_fusion_classifier_round_trips_its_config():
+    model = tiny_classifier({"mobilenet_v2": 8, "densenet121": 12}, ("cat", "dog"), fusionpipe_version="0.1.0")
+    again = FusionClassifier.from_config(model.get_config())
+    assert (again.class_names, again.input_sizes, again.fusionpipe_version) == (
+        ("cat", "dog"), {"densenet121": 12, "mobilenet_v2": 8}, "0.1.0")
+    assert sorted(again.backbones) == ["densenet121", "mobilenet_v2"] and again.output_shape == (None, 2)
+    assert tiny_classifier({"vgg16": 8}).fusionpipe_version == features.__version__
+
+
+def test_fusion_classifier_refuses_parts_that_do_not_fit():
+    good = tiny_classifier({"mobilenet_v2": 8, "densenet121": 8})
+    with pytest.raises(ValueError, match=r"The fusion head takes the backbones densenet121, mobilenet_v2, but "
+                                         r"backbones names densenet121. .* Received: backbones=\['densenet121'\]"):
+        FusionClassifier({"densenet121": good.backbones["densenet121"]}, good.head, ["a", "b"])
+    image = keras.Input((None, None, 3))
+    any_size = keras.Model(image, keras.layers.GlobalAveragePooling2D()(image))
+    with pytest.raises(ValueError, match=r"The feature extractor of mobilenet_v2 takes images of shape "
+                                         r"\(None, None, None, 3\). Expected square RGB images of one size"):
+        FusionClassifier({**good.backbones, "mobilenet_v2": any_size}, good.head, ["a", "b"])
 
 
 def test_build_pixel_model_takes_images_of_any_size(float32_run):
@@ -248,19 +312,24 @@ def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run):
     from fusion.export import matches_run
 
     _, _, run_dir = float32_run
-
-    def exported_like(sizes, class_names=("class_0", "class_1")):
-        image = keras.Input((None, None, 3))
-        pooled = [keras.layers.GlobalAveragePooling2D()(keras.layers.Resizing(size, size, name=f"{name}_resize")(image))
-                  for name, size in sizes.items()]
-        probabilities = keras.layers.Dense(2, activation="softmax")(keras.layers.Concatenate()(pooled))
-        return keras.Model(image, ClassNames(class_names, name="class_names")(probabilities))
-
     assert matches_run(keras.saving.load_model(run_dir / "exported.keras", safe_mode=True), run_dir)
-    assert matches_run(exported_like({"mobilenet_v2": 32, "densenet121": 32}), run_dir)
-    assert not matches_run(exported_like({"mobilenet_v2": 64, "densenet121": 32}), run_dir)  # made from a 64 px store
-    assert not matches_run(exported_like({"mobilenet_v2": 32}), run_dir)
-    assert not matches_run(exported_like({"mobilenet_v2": 32, "densenet121": 32}, ("cat", "dog")), run_dir)
+    assert matches_run(tiny_classifier({"mobilenet_v2": 32, "densenet121": 32}), run_dir)
+    assert not matches_run(tiny_classifier({"mobilenet_v2": 64, "densenet121": 32}), run_dir)  # made from a 64 px store
+    assert not matches_run(tiny_classifier({"mobilenet_v2": 32}), run_dir)
+    assert not matches_run(tiny_classifier({"mobilenet_v2": 32, "densenet121": 32}, ("cat", "dog")), run_dir)
+
+
+def test_an_export_written_before_fusion_classifier_loads_but_does_not_match_the_run(float32_run, tmp_path):
+    from fusion.export import matches_run
+
+    _, _, run_dir = float32_run
+    old_path = tmp_path / "old.keras"
+    old_style_export(keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)).save(old_path)
+    old = keras.saving.load_model(old_path, safe_mode=True)
+    assert not isinstance(old, FusionClassifier) and not matches_run(old, run_dir)
+    with pytest.raises(ValueError, match="Model 'fusionpipe_classifier' carries no class names; .* or by a version "
+                                         "before FusionClassifier. Export the run again"):
+        class_names_of(old)
 
 
 def test_a_replaced_weights_file_is_refused_before_any_backbone_is_built(tmp_path):

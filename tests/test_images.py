@@ -10,7 +10,8 @@ from PIL import Image, ImageFile, features as pil_features
 import keras
 
 import features.images
-from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, load_image, resize_image
+from features.images import DEFAULT_MAX_PIXELS, UnreadableImageError, load_image, prepare_views, resize_image
+from features.views import DIHEDRAL_VIEWS, apply_view, view_names
 from tests._features_fixtures import smooth_image
 
 
@@ -185,3 +186,99 @@ def test_prediction_applies_the_same_pixel_limit(tmp_path):
     (tmp_path / "large.png").write_bytes(_png_of_size(7000, 7000))
     assert _prepare(tmp_path / "large.png", 32, ("identity",), {"a": 32}) == (
         None, f"too large: 7000 x 7000 pixels > {DEFAULT_MAX_PIXELS}")
+
+
+ALL_VIEWS = ("identity",) + DIHEDRAL_VIEWS
+
+
+def _downloaded_kinds(folder, rgb):
+    """Files as users download them: JPEG, PNG, grey PNG, RGBA PNG, a JPEG that EXIF says to rotate."""
+    Image.fromarray(rgb).save(folder / "photo.jpg", quality=90)
+    Image.fromarray(rgb).save(folder / "screenshot.png")
+    Image.fromarray(rgb).convert("L").save(folder / "grey.png")
+    rgba = np.dstack([rgb, np.linspace(0, 255, rgb.shape[0] * rgb.shape[1]).reshape(rgb.shape[:2]).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "logo.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(folder / "phone.jpg", exif=exif, quality=90)
+    return ["photo.jpg", "screenshot.png", "grey.png", "logo.png", "phone.jpg"]
+
+
+@pytest.mark.parametrize("decode_size", [None, 16])
+def test_prepare_views_is_each_view_of_the_decoded_image_resized(tmp_path, decode_size):
+    # 120 x 160, so a JPEG decode may shrink (to 1/4 for decode_size 16) and the decode size matters.
+    rgb = smooth_image(np.random.default_rng(2), 120, 160)
+    for name in _downloaded_kinds(tmp_path, rgb):
+        prepared = prepare_views(tmp_path / name, [16, 12, 16], ALL_VIEWS, decode_size=decode_size)
+        assert list(prepared) == [16, 12], name  # each size once, in the order asked
+        decoded = load_image(tmp_path / name, min_size=decode_size)
+        for size, arrays in prepared.items():
+            assert arrays.dtype == np.float32 and arrays.shape == (len(ALL_VIEWS), size, size, 3), name
+            for index, view in enumerate(ALL_VIEWS):
+                np.testing.assert_array_equal(arrays[index], resize_image(apply_view(decoded, view), size),
+                                              err_msg=f"{name} {view} {size}")
+    # The EXIF rotation is in the pixels: the rotated photo's views are the photo's views turned.
+    turned = prepare_views(tmp_path / "phone.jpg", [12], ("identity",))[12][0]
+    plain = prepare_views(tmp_path / "photo.jpg", [12], ("rot270",))[12][0]
+    assert np.abs(turned - plain).mean() < 4
+    assert np.abs(turned - prepare_views(tmp_path / "photo.jpg", [12])[12][0]).mean() > 10
+    assert load_image(tmp_path / "photo.jpg", min_size=16).shape == (30, 40, 3)  # a drafted decode was tested
+
+
+def test_prediction_feeds_each_backbone_the_pixels_precompute_stored(tmp_path):
+    from features.compute import _prepare_image
+    from fusion.predict import _prepare
+
+    rgb = smooth_image(np.random.default_rng(3), 120, 160)
+    extra_views = view_names("dihedral")
+    input_sizes = {"mobilenet_v2": 24, "vgg16": 16, "resnet50": 24}  # backbone -> input size
+    sizes = sorted(set(input_sizes.values()))
+    for name in _downloaded_kinds(tmp_path, rgb):
+        # Each with its own decode size, as each computes it: the largest input size of its backbones.
+        stored = _prepare_image(tmp_path / name, max(sizes), sizes, extra_views)
+        fed, reason = _prepare(tmp_path / name, max(input_sizes.values()), ("identity",) + extra_views, input_sizes)
+        assert reason is None and len(fed) == 1 + len(extra_views)
+        for index, view_inputs in enumerate(fed):
+            assert set(view_inputs) == set(input_sizes)
+            for backbone, size in input_sizes.items():
+                assert view_inputs[backbone].tobytes() == stored[size][index].tobytes(), (name, index, backbone)
+    (tmp_path / "text.jpg").write_bytes(b"not an image")
+    assert _prepare_image(tmp_path / "text.jpg", 24, sizes, extra_views) == "not an image file PIL can identify"
+    assert _prepare(tmp_path / "text.jpg", 24, ALL_VIEWS, input_sizes) == (None, "not an image file PIL can identify")
+
+
+def test_prepare_views_raises_for_an_unreadable_file_with_its_reason(tmp_path, rgb):
+    (tmp_path / "text.jpg").write_bytes(b"this is not an image")
+    with pytest.raises(UnreadableImageError, match="not an image file") as error:
+        prepare_views(tmp_path / "text.jpg", [16])
+    assert error.value.reason == "not an image file PIL can identify"
+    assert error.value.path == str(tmp_path / "text.jpg")
+    with pytest.raises(UnreadableImageError, match="file not found"):
+        prepare_views(tmp_path / "missing.png", [16], ALL_VIEWS)
+    Image.fromarray(rgb).save(tmp_path / "image.png")  # 40 x 30
+    with pytest.raises(UnreadableImageError) as error:
+        prepare_views(tmp_path / "image.png", [16], max_pixels=1000)
+    assert error.value.reason == "too large: 40 x 30 pixels > 1000"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"sizes": []}, r"sizes must be a non-empty list of positive integer input sizes.*Received: sizes=\[\]"),
+    ({"sizes": [16, 0]}, r"positive integer input sizes.*Received: sizes=\[16, 0\]"),
+    ({"sizes": [-16]}, r"positive integer input sizes.*Received: sizes=\[-16\]"),
+    ({"sizes": [16.5]}, r"positive integer input sizes.*Received: sizes=\[16.5\]"),
+    ({"sizes": 16}, r"sizes must be a list of input sizes.*e.g. \[224\]. Received: sizes=16"),
+    ({"views": ("identity", "mirror")}, r"view names from: identity, hflip.*Received: views=\('identity', 'mirror'\)"),
+    ({"views": ()}, r"non-empty list of view names.*Received: views=\(\)"),
+    ({"views": "dihedral"}, r"views must be a list of view names.*view_names\(setting\). Received: views='dihedral'"),
+    ({"decode_size": 0}, r"decode_size must be a positive integer.*Received: decode_size=0"),
+    ({"max_pixels": 0}, r"max_pixels must be a positive integer.*Received: max_pixels=0"),
+])
+def test_prepare_views_bad_arguments_are_one_line(tmp_path, rgb, arguments, message):
+    Image.fromarray(rgb).save(tmp_path / "image.png")
+    arguments = {"sizes": [16], **arguments}
+    with pytest.raises(ValueError, match=message) as error:
+        prepare_views(tmp_path / "image.png", **arguments)
+    assert "\n" not in str(error.value) and not isinstance(error.value, UnreadableImageError)
+    # Arguments are checked before the file: a bad call says so even for a file that is missing.
+    with pytest.raises(ValueError, match=message):
+        prepare_views(tmp_path / "missing.png", **arguments)

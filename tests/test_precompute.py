@@ -1,16 +1,15 @@
 import os
-import sys
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
-import features  # noqa: F401 - loads features.precompute
-from features import create_backbone, load_image, load_store, precompute, resize_image
+import features
+import features.images  # precompute decodes and resizes through features.images.prepare_views
+from features import compute, create_backbone, extractors, load_image, load_store, precompute, resize_image
 from features.views import apply_view
 from tests._features_fixtures import make_class_folders
-
-pipeline = sys.modules["features.precompute"]  # the module; features.precompute is the function
 
 FAST = dict(weights="none", input_size=32, batch_size=4, progress=False)
 
@@ -61,6 +60,16 @@ def test_precompute_writes_the_documented_layout(data, tmp_path):
         load_store(out, backbones=["xception"])
 
 
+def test_a_store_records_the_fusionpipe_version_that_made_it(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], **FAST)  # created, then rewritten without its unreadable row
+    with h5py.File(out, "r") as store:
+        assert store.attrs["fusionpipe_version"] == features.__version__
+    precompute(data, out, ["vgg16", "mobilenet_v2"], **FAST)  # another rewrite: a new backbone
+    with h5py.File(out, "r") as store:
+        assert store.attrs["fusionpipe_version"] == features.__version__
+
+
 def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, monkeypatch):
     out = tmp_path / "cache.h5"
     precompute(data, out, ["vgg16"], **FAST)
@@ -68,8 +77,8 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
     again = precompute(data, out, ["vgg16"], **FAST)
     assert again.computed == {"vgg16": 0} and again.reused == {"vgg16": 12}
     decoded = []
-    original = pipeline.load_image
-    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None, **kwargs: decoded.append(path)
+    original = features.images.load_image
+    monkeypatch.setattr(features.images, "load_image", lambda path, min_size=None, **kwargs: decoded.append(path)
                         or original(path, min_size, **kwargs))
     more = precompute(data, out, ["vgg16", "resnet50"], **FAST)
     assert more.computed == {"vgg16": 0, "resnet50": 0 + 12}
@@ -81,10 +90,10 @@ def test_resume_reuses_and_a_new_backbone_computes_only_itself(data, tmp_path, m
 
 def test_each_image_decoded_once_for_several_sizes(data, tmp_path, monkeypatch):
     decoded, resized = [], []
-    original_load, original_resize = pipeline.load_image, pipeline.resize_image
-    monkeypatch.setattr(pipeline, "load_image", lambda path, min_size=None, **kwargs: decoded.append(min_size)
+    original_load, original_resize = features.images.load_image, features.images.resize_image
+    monkeypatch.setattr(features.images, "load_image", lambda path, min_size=None, **kwargs: decoded.append(min_size)
                         or original_load(path, min_size, **kwargs))
-    monkeypatch.setattr(pipeline, "resize_image", lambda image, size: resized.append(size) or original_resize(image, size))
+    monkeypatch.setattr(features.images, "resize_image", lambda image, size: resized.append(size) or original_resize(image, size))
     summary = precompute(data, tmp_path / "c.h5", ["mobilenet", "mobilenet_v2", "inception_v3"], weights="none",
                          input_size=None, batch_size=4, progress=False)
     assert len(decoded) == 13 and set(decoded) == {299}
@@ -111,7 +120,7 @@ def test_views_pooling_dtype_and_precision(data, tmp_path):
     reference = loaded.features["vgg16"]
     approx = load_store(mixed.store_path).features["vgg16"]
     assert np.abs(approx - reference).mean() / np.abs(reference).mean() < 0.05
-    assert pipeline.keras.config.dtype_policy().name == "float32"
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_changed_images_refuse_or_add(data, tmp_path):
@@ -257,10 +266,10 @@ def test_second_run_in_a_process_reuses_built_backbones(data, tmp_path):
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="TensorFlow fast path")
 def test_short_last_batch_runs_unpadded_without_tracing_again():
-    model, _ = pipeline._feature_extractor("mobilenet_v2", 32, None, "avg", 0, "float32")
+    model, _ = extractors.feature_extractor("mobilenet_v2", 32, None, "avg", 0, "float32")
     traces = model.predict_function.experimental_get_tracing_count()
     images = np.random.default_rng(3).uniform(0, 255, (11, 32, 32, 3)).astype("float32")
-    batched = pipeline.predict_in_batches(model, images, batch_size=4)  # 4 + 4 + 3
+    batched = extractors.predict_in_batches(model, images, batch_size=4)  # 4 + 4 + 3
     assert model.predict_function.experimental_get_tracing_count() == traces
     one_by_one = np.concatenate([model.predict_on_batch(image[None]) for image in images])
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4)
@@ -312,20 +321,20 @@ def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
 
 def test_non_finite_features_are_refused_before_their_rows_are_marked_done(data, tmp_path, monkeypatch):
     out = tmp_path / "cache.h5"
-    real = pipeline.predict_in_batches
+    real = compute.predict_in_batches
 
     def overflowing(model, images, batch_size):
         features = real(model, images, batch_size)
         features[1] = np.inf  # as mixed_float16 can overflow
         return features
 
-    monkeypatch.setattr(pipeline, "predict_in_batches", overflowing)
+    monkeypatch.setattr(compute, "predict_in_batches", overflowing)
     with pytest.raises(ValueError, match=r"Backbone vgg16 gave NaN or infinite features for 1 image\(s\), e\.g\. "
                                          r"cat/cat_001\.jpg; nothing of this batch was stored"):
         precompute(data, out, ["vgg16"], **FAST)
     with h5py.File(out, "r") as store:
         assert not store["progress/vgg16"][()].any()
-    monkeypatch.setattr(pipeline, "predict_in_batches", real)
+    monkeypatch.setattr(compute, "predict_in_batches", real)
     summary = precompute(data, out, ["vgg16"], **FAST)
     assert summary.computed == {"vgg16": 12} and np.isfinite(load_store(out).features["vgg16"]).all()
 

@@ -188,6 +188,27 @@ def test_a_cut_short_cached_export_is_exported_again_saying_so(float32_run, tmp_
     assert _run_cli([run_copy, image_paths(data)[0], "--out", out, "--no-progress"], capsys)[::2] == (0, [])
 
 
+def test_a_cached_export_written_before_fusion_classifier_is_exported_again(float32_run, tmp_path, capsys):
+    from _run_fixtures import old_style_export
+    from fusion.classifier import FusionClassifier
+
+    data, _, run_dir = float32_run
+    run_copy = _copy_run(run_dir, tmp_path)
+    exported = run_copy / "exported.keras"
+    old_style_export(keras.saving.load_model(exported, safe_mode=True)).save(exported)  # as the previous version left it
+    out = tmp_path / "p.csv"
+    code, _, err = _run_cli([run_copy, image_paths(data)[0], "--out", out, "--no-progress"], capsys)
+    assert code == 0
+    assert err == [f"run_predict.py: warning: {exported} is not a FusionClassifier (an export of an older "
+                   f"fusionpipe?); exporting the run again."]
+    model = keras.saving.load_model(exported, safe_mode=True)
+    assert isinstance(model, FusionClassifier) and model.class_names == ("class_0", "class_1")
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    expected = one_by_one(model, image_paths(data)[:1])[0]
+    assert rows[0]["predicted_class"] == f"class_{expected.argmax()}"
+    assert float(rows[0]["probability"]) == pytest.approx(expected.max(), abs=1e-5)
+
+
 @pytest.mark.slow
 def test_two_first_predictions_on_one_run_at_once_both_succeed(float32_run, tmp_path):
     import os

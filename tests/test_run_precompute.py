@@ -175,22 +175,22 @@ def test_cli_config_values_of_the_wrong_type_stop_before_any_work(tmp_path, caps
 def test_cli_retry_skipped_tries_unchanged_skipped_files_again(tmp_path, capsys, monkeypatch):
     from features.images import UnreadableImageError
 
-    pipeline = sys.modules["features.precompute"]
+    images = sys.modules["features.images"]  # precompute decodes through its prepare_views
     make_class_folders(tmp_path / "data", per_class=3)
     out = tmp_path / "cache.h5"
     argv = [str(tmp_path / "data"), "--out", str(out), "--backbones", "vgg16", "--weights", "none", "--input-size",
             "32", "--no-progress"]
-    real = pipeline.load_image
+    real = images.load_image
 
     def flaky(path, min_size=None, **options):  # a read error that goes away (a network drive), file unchanged
         if str(path).endswith("cat_001.jpg"):
             raise UnreadableImageError(path, "read error")
         return real(path, min_size, **options)
 
-    monkeypatch.setattr(pipeline, "load_image", flaky)
+    monkeypatch.setattr(images, "load_image", flaky)
     assert main(argv) == 0
     assert "cat/cat_001.jpg: read error" in capsys.readouterr().out
-    monkeypatch.setattr(pipeline, "load_image", real)
+    monkeypatch.setattr(images, "load_image", real)
     assert main(argv) == 0  # unchanged on disk: stays skipped
     assert "vgg16: computed 0, reused 5" in capsys.readouterr().out
     assert main(argv + ["--retry-skipped"]) == 0
