@@ -9,7 +9,8 @@ from fusion.image_inputs import gather_image_paths
 from fusion.model import build_fusion_model
 from fusion.predict import Predictions, load_classifier, predict_images, write_predictions_csv
 from fusion.report import write_report
-from fusion.run import FusionRun, load_run, train_run
+from fusion.run import train_run
+from fusion.saved_run import FusionRun, load_run
 from fusion.statistics import feature_statistics
 from fusion.store import StoreInfo, read_store_info, select_backbones
 from fusion.synthetic import write_synthetic_store

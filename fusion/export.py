@@ -23,7 +23,7 @@ from features.backbones import weights_sha256
 from features.recipe import FeatureRecipe
 from features.atomic_files import save_model_atomic
 from fusion.classifier import FusionClassifier
-from fusion.run import load_run, read_run_config
+from fusion.saved_run import load_run, read_run_config
 from fusion.run_folder import record_written
 
 EXPORT_FILE_NAME = "exported.keras"

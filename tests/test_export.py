@@ -246,7 +246,7 @@ def _store_with(store, tmp_path, backbone, **attrs):
 ])
 def test_a_store_made_with_another_recipe_is_refused(float32_run, tmp_path, key, value, recorded):
     from fusion.export import check_store_recipes
-    from fusion.run import read_run_config
+    from fusion.saved_run import read_run_config
 
     _, store, run_dir = float32_run
     other = _store_with(store, tmp_path, "mobilenet_v2", **{key: value})
@@ -259,7 +259,7 @@ def test_a_store_made_with_another_recipe_is_refused(float32_run, tmp_path, key,
 
 def test_the_store_the_run_was_trained_on_passes_and_versions_may_differ(float32_run, tmp_path):
     from fusion.export import check_store_recipes, recorded_recipes, run_recipes
-    from fusion.run import read_run_config
+    from fusion.saved_run import read_run_config
 
     _, store, run_dir = float32_run
     recorded = recorded_recipes(read_run_config(run_dir))

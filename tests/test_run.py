@@ -12,8 +12,9 @@ import pytest
 
 from fusion.evaluation import mcnemar_test
 from fusion.model import build_fusion_model
-from fusion.run import load_run, train_run
+from fusion.run import train_run
 from fusion.run_folder import read_written
+from fusion.saved_run import load_run
 from fusion.store import read_store_info
 from fusion.synthetic import write_synthetic_store
 
