@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import sklearn
 
+import features
 from features.atomic_files import save_model_atomic
 from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
 from fusion.data import FeatureBatches, open_feature_source
@@ -174,6 +175,7 @@ def _run_config(info, arguments, options):
         "options": dict(options or {}),
         "arguments": dataclasses.asdict(arguments),
         "versions": _versions(),
+        "fusionpipe_version": features.__version__,
         "class_names": list(info.class_names),
         "backbones": list(backbones),
         "feature_shapes": {name: list(info.feature_shapes[name]) for name in backbones},

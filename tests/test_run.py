@@ -176,6 +176,15 @@ def test_run_folder_holds_models_histories_plots_and_config(xor_run):
     assert config["arguments"]["head_units"] == [32] and config["arguments"]["streamed"] is False
 
 
+def test_config_records_the_fusionpipe_version_that_trained_the_run(xor_run):
+    import features
+
+    on_disk = json.loads((xor_run.run_dir / "config.json").read_text())
+    assert on_disk["fusionpipe_version"] == features.__version__
+    assert xor_run.config["fusionpipe_version"] == features.__version__  # the config train_run returns
+    assert load_run(xor_run.run_dir).config["fusionpipe_version"] == features.__version__
+
+
 @pytest.mark.slow
 def test_loaded_run_predicts_the_same_in_a_fresh_process(xor_run, tmp_path):
     script = (
