@@ -79,7 +79,7 @@ def store_warnings(info, backbones, statistics):
         []
     """
     warnings = []
-    random = [name for name in backbones if str(info.feature_recipes[name].get("weights", "")) == "none"]
+    random = [name for name in backbones if info.feature_recipes[name] and info.feature_recipes[name].weights == "none"]
     if random:
         warnings.append(
             f"The backbones {', '.join(random)} were randomly initialised (precompute --weights none), not "

@@ -4,12 +4,12 @@ import dataclasses
 import platform
 import time
 
-import h5py
 import keras
 import numpy as np
 import sklearn
 
 import features
+from features import store as feature_store
 from features.atomic_files import save_model_atomic
 from fusion.baselines import StackingClassifier, WeightedAverage, average_probabilities
 from fusion.data import FeatureBatches, open_feature_source
@@ -163,7 +163,7 @@ def _versions():
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
         "numpy": np.__version__,
-        "h5py": h5py.__version__,
+        "h5py": feature_store.h5py_version(),
         "sklearn": sklearn.__version__,
     }
 
@@ -180,7 +180,8 @@ def _run_config(info, arguments, options):
         "backbones": list(backbones),
         "feature_shapes": {name: list(info.feature_shapes[name]) for name in backbones},
         # How each backbone's features were made, so the run can be exported without the store.
-        "feature_recipes": {name: info.feature_recipes[name] for name in backbones},
+        "feature_recipes": {name: info.feature_recipes[name].to_attrs() if info.feature_recipes[name] else {}
+                            for name in backbones},
     }
 
 

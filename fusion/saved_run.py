@@ -107,8 +107,8 @@ def read_run_config(run_dir):
     """The config.json of a run folder: options, versions, class names, backbones and feature recipes.
 
     Example:
-        >>> read_run_config("runs/exp1")["feature_recipes"]["resnet50"]["input_size"]
-        224
+        >>> read_run_config("runs/exp1")["backbones"]
+        ['resnet50', 'densenet121']
     """
     path = Path(run_dir) / "config.json"
     if not path.is_file():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from features.recipe import FeatureRecipe
 from fusion.evaluation import evaluate_probabilities, mcnemar_test
 from fusion.report import (
     _confusion_figure,
@@ -219,7 +220,8 @@ def test_build_report_scores_every_model_on_the_test_labels_in_the_order_given()
 
 
 def test_store_warnings_name_randomly_initialised_and_constant_backbones():
-    recipes = {"a": {"weights": "none"}, "b": {"weights": "imagenet"}, "c": {"weights": "none"}}
+    recipes = {name: FeatureRecipe(backbone=name, input_size=32, pooling="avg", weights=weights)
+               for name, weights in (("a", "none"), ("b", "imagenet"), ("c", "none"))}
     info = SimpleNamespace(feature_recipes=recipes)
     varies, constant = (np.zeros(3), np.ones(3)), (np.zeros(3), np.zeros(3))
     warnings = store_warnings(info, ("a", "b", "c"), {"a": varies, "b": constant, "c": constant})
