@@ -182,19 +182,21 @@ class FeatureRecipe:
         return None
 
     def export_mismatch(self, other):
-        """The first field this (a run's) recipe records that `other` (a store's) records otherwise.
+        """The first setting this (a run's) recipe records that `other` (a store's) records otherwise.
 
         Versions are kept for the record only and may differ. Returns (field, other's value, this
-        value) or None.
+        value) as recorded (`to_attrs`), or None.
         """
-        for field in dataclasses.fields(self):
-            mine = getattr(self, field.name)
-            if mine is None or field.name in _RECORD_ONLY:
-                continue
-            theirs = getattr(other, field.name)
-            if theirs != mine:
-                return field.name, "(not recorded)" if theirs is None else theirs, mine
+        theirs = other.to_attrs()
+        for key, mine in self.to_attrs().items():
+            if key not in _RECORD_ONLY and theirs.get(key, "(not recorded)") != mine:
+                return key, theirs.get(key, "(not recorded)"), mine
         return None
+
+    @staticmethod
+    def missing_facts(attrs):
+        """The facts a rebuild needs that `attrs` does not record (input size, pooling, weights)."""
+        return [key for key in _REQUIRED if key != "backbone" and key not in dict(attrs or {})]
 
 
 def _as_text(key, value):

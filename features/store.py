@@ -93,6 +93,11 @@ def open_store(path):
                          f"written by run_precompute.py. Received: store={path}") from None
 
 
+def h5py_version():
+    """The version of h5py that reads and writes stores, for a run's record."""
+    return h5py.__version__
+
+
 def is_hdf5(path):
     """Whether the file at `path` begins with the HDF5 signature."""
     with open(path, "rb") as handle:

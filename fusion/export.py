@@ -13,18 +13,17 @@ model file is written whole or not at all (temporary, fsync, rename), so concurr
 one run each leave a whole file.
 """
 
-import json
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from features import create_backbone, resolve_weights
-from features.backbones import weights_sha256
+from features import resolve_weights
 from features import store as feature_store
+from features.backbones import weights_sha256
+from features.recipe import FeatureRecipe
 from features.atomic_files import save_model_atomic
 from fusion.classifier import FusionClassifier
-from fusion.run import load_run, read_run_config
+from fusion.saved_run import load_run, read_run_config
 from fusion.run_folder import record_written
 
 EXPORT_FILE_NAME = "exported.keras"
@@ -52,38 +51,15 @@ class _LegacyClassNames(keras.layers.Layer):
         return {**super().get_config(), "class_names": list(self.class_names)}
 
 
-# What the export needs to know to rebuild a backbone exactly as precompute ran it.
-_RECIPE_KEYS = ("input_size", "pooling", "weights")
-
-
-def _is_complete(recipe):
-    return bool(recipe) and all(key in recipe for key in _RECIPE_KEYS)
-
-
-# Attributes kept for the record only: they do not change the features, so they may differ.
-_RECORD_ONLY_KEYS = ("keras_version", "backend_version")
-
-
-def _plain(value):
-    """An HDF5 attribute or a JSON value as plain JSON, so that the store's and config.json's compare equal."""
-    if isinstance(value, (bytes, np.bytes_)):
-        value = value.decode("utf-8")
-    elif isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    return json.loads(json.dumps(value, default=str))
-
-
 def feature_recipes(store_path, backbones):
-    """How each backbone's features were made, read from the store's `/features/<backbone>` attributes.
+    """How each backbone's features were made: the `FeatureRecipe` the store records for it.
 
     Args:
         store_path: the feature store the run was trained on.
         backbones: the backbones the fusion model takes.
 
     Example:
-        >>> feature_recipes("cache.h5", ["resnet50"])["resnet50"]["input_size"]
+        >>> feature_recipes("cache.h5", ["resnet50"])["resnet50"].input_size
         224
     """
     store_path = Path(store_path)
@@ -92,54 +68,61 @@ def feature_recipes(store_path, backbones):
             f"Feature store not found: {store_path.resolve()}. The export needs it to know each backbone's "
             f"input size, pooling and weights; pass its new place with --store."
         )
-    recipes = {}
     # Through the store's own checks: an unfinished or damaged store is refused here too, in one line.
-    with feature_store.open_store(store_path) as store, feature_store.store_errors(store_path):
-        feature_store.check_store(store, store_path)
-        for backbone in backbones:
-            if f"features/{backbone}" not in store:
-                raise ValueError(
-                    f"Store {store_path} has no features for backbone '{backbone}', which the run was trained on. "
-                    f"Pass the store the run was trained on with --store. Received: store={str(store_path)!r}"
-                )
-            attrs = {key: _plain(value) for key, value in store[f"features/{backbone}"].attrs.items()}
-            missing = [key for key in _RECIPE_KEYS if key not in attrs]
-            if missing:
-                raise ValueError(
-                    f"Features of '{backbone}' in {store_path} do not record {', '.join(missing)}, so the export "
-                    f"cannot rebuild the backbone that made them. Export works for stores written by run_precompute.py."
-                )
-            recipes[backbone] = attrs
+    index = feature_store.read_index(store_path)
+    recipes = {}
+    for backbone in backbones:
+        if backbone not in index.backbones:
+            raise ValueError(
+                f"Store {store_path} has no features for backbone '{backbone}', which the run was trained on. "
+                f"Pass the store the run was trained on with --store. Received: store={str(store_path)!r}"
+            )
+        recipes[backbone] = FeatureRecipe.from_attrs(index.recipes[backbone], backbone=backbone)
+        if recipes[backbone] is None:
+            missing = FeatureRecipe.missing_facts(index.recipes[backbone])
+            raise ValueError(
+                f"Features of '{backbone}' in {store_path} do not record {', '.join(missing)}, so the export "
+                f"cannot rebuild the backbone that made them. Export works for stores written by run_precompute.py."
+            )
     return recipes
+
+
+def recorded_recipes(config):
+    """backbone -> the `FeatureRecipe` a run's config.json records, None where it records none (a store of another tool)."""
+    recorded = config.get("feature_recipes") or {}
+    return {name: _as_recipe(recorded.get(name), name) for name in config["backbones"]}
+
+
+def _as_recipe(recipe, backbone):
+    return recipe if isinstance(recipe, FeatureRecipe) or recipe is None else FeatureRecipe.from_attrs(recipe, backbone)
 
 
 def check_store_recipes(store_path, recorded, backbones):
     """The store's feature recipes, refused on any difference from the recipes a run recorded.
 
-    Every attribute the run recorded for a backbone (input size, pooling, weights, seed, dtype,
+    Every setting the run recorded for a backbone (input size, pooling, weights, seed, dtype,
     views, preprocessing, ...) must be the same in the store; only version numbers may differ.
 
     Args:
         store_path: the feature store given for the run.
-        recorded: dict backbone -> the recipe in the run's config.json (`feature_recipes`).
+        recorded: dict backbone -> the run's `FeatureRecipe` (or config.json's entry for it).
         backbones: the backbones the run's fusion model takes.
 
     Example:
-        >>> recipes = check_store_recipes("cache.h5", run.config["feature_recipes"], run.backbones)
+        >>> recipes = check_store_recipes("cache.h5", recorded_recipes(run.config), run.backbones)
     """
     recipes = feature_recipes(store_path, backbones)
     for backbone in backbones:
-        for key, value in (recorded.get(backbone) or {}).items():
-            if key in _RECORD_ONLY_KEYS:
-                continue
-            found = recipes[backbone].get(key, "(not recorded)")
-            if _plain(found) != _plain(value):
-                raise ValueError(
-                    f"Store {store_path} was made with another recipe than the run was trained on: backbone "
-                    f"'{backbone}' has {key}={found!r} in the store, {key}={value!r} in the run's config.json. "
-                    f"Pass the store the run was trained on with --store, or train a run on this store. "
-                    f"Received: store={str(store_path)!r}"
-                )
+        wanted = _as_recipe(recorded.get(backbone), backbone)
+        mismatch = wanted.export_mismatch(recipes[backbone]) if wanted is not None else None
+        if mismatch:
+            key, found, value = mismatch
+            raise ValueError(
+                f"Store {store_path} was made with another recipe than the run was trained on: backbone "
+                f"'{backbone}' has {key}={found!r} in the store, {key}={value!r} in the run's config.json. "
+                f"Pass the store the run was trained on with --store, or train a run on this store. "
+                f"Received: store={str(store_path)!r}"
+            )
     return recipes
 
 
@@ -154,18 +137,18 @@ def run_recipes(run_dir, store=None):
         store: a feature store to check against the run's recipes (default: None).
 
     Example:
-        >>> run_recipes("runs/exp1", store="cache.h5")["resnet50"]["input_size"]
+        >>> run_recipes("runs/exp1", store="cache.h5")["resnet50"].input_size
         224
     """
     config = read_run_config(run_dir)
     backbones = list(config["backbones"])
-    recorded = config.get("feature_recipes") or {}
-    complete = _records_every_recipe(config)
+    recorded = recorded_recipes(config)
+    complete = all(recipe is not None for recipe in recorded.values())
     if store is not None:
         recipes = check_store_recipes(store, recorded, backbones)
-        return {name: recorded[name] for name in backbones} if complete else recipes
+        return recorded if complete else recipes
     if complete:
-        return {name: recorded[name] for name in backbones}
+        return recorded
     store = config.get("arguments", {}).get("store")
     if not store:
         raise ValueError(f"Run {run_dir} records neither the feature recipes nor its store, so the backbones cannot be "
@@ -173,27 +156,22 @@ def run_recipes(run_dir, store=None):
     return feature_recipes(store, backbones)
 
 
-def _records_every_recipe(config):
-    recorded = config.get("feature_recipes") or {}
-    return all(_is_complete(recorded.get(name)) for name in config["backbones"])
-
-
 def records_recipes(run_dir):
     """Whether a run's config.json holds every backbone's full recipe, so that it exports without its store."""
-    return _records_every_recipe(read_run_config(run_dir))
+    return all(recipe is not None for recipe in recorded_recipes(read_run_config(run_dir)).values())
 
 
-def _check_weights_file(backbone, recipe):
+def _check_weights_file(recipe):
     # A weights file replaced since precompute would rebuild another backbone than the one the head saw.
-    expected = str(recipe.get("weights_sha256", "none"))
+    expected = recipe.weights_sha256 or "none"
     if expected == "none":
         return
-    weights_file = resolve_weights(backbone, recipe["weights"])
+    weights_file = resolve_weights(recipe.backbone, recipe.weights)
     found = weights_sha256(weights_file) if weights_file else "none"
     if found != expected:
         raise ValueError(
-            f"The weights file of {backbone} ({weights_file}) has sha256 {found}, but the store's features were made "
-            f"with a file of sha256 {expected}: the exported model would not compute the features the head was "
+            f"The weights file of {recipe.backbone} ({weights_file}) has sha256 {found}, but the store's features were "
+            f"made with a file of sha256 {expected}: the exported model would not compute the features the head was "
             f"trained on. Put the original file back (see --weights). Received: weights_sha256={found!r}")
 
 
@@ -202,7 +180,7 @@ def build_pixel_model(fusion_model, recipes, class_names):
 
     Args:
         fusion_model: a trained fusion model whose input names are backbone names.
-        recipes: dict backbone -> its feature attributes (see `feature_recipes`).
+        recipes: dict backbone -> its `FeatureRecipe` (see `feature_recipes`).
         class_names: the class names, kept in the model.
 
     Example:
@@ -210,15 +188,8 @@ def build_pixel_model(fusion_model, recipes, class_names):
     """
     extractors = {}
     for backbone in (tensor.name for tensor in fusion_model.inputs):
-        recipe = recipes[backbone]
-        _check_weights_file(backbone, recipe)
-        extractors[backbone] = create_backbone(
-            backbone,
-            input_size=int(recipe["input_size"]),
-            weights=recipe["weights"],
-            pooling=recipe["pooling"],
-            seed=int(recipe.get("seed", 0)),
-        )
+        _check_weights_file(recipes[backbone])
+        extractors[backbone] = recipes[backbone].create_backbone()
     return FusionClassifier(extractors, fusion_model, class_names)
 
 
@@ -277,9 +248,7 @@ def matches_run(model, run_dir):
     if not isinstance(model, FusionClassifier):
         return False
     config = read_run_config(run_dir)
-    recorded = config.get("feature_recipes") or {}
-    expected = {name: int(recorded[name]["input_size"]) for name in config["backbones"]
-                if _is_complete(recorded.get(name))}
+    expected = {name: recipe.input_size for name, recipe in recorded_recipes(config).items() if recipe is not None}
     sizes = model.input_sizes
     return (tuple(model.class_names) == tuple(config["class_names"]) and set(sizes) == set(config["backbones"])
             and all(sizes[name] == size for name, size in expected.items()))

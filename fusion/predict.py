@@ -14,7 +14,7 @@ from features.images import UnreadableImageError, prepare_views
 from features.views import view_names
 from fusion.classifier import FusionClassifier
 from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model, matches_run, records_recipes, run_recipes
-from fusion.run import ModelFileError, load_keras_file
+from fusion.saved_run import ModelFileError, load_keras_file
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The comparison report of a run: report.json, report.md and PNG plots."""
+"""The comparison report of a run: its contents, and report.json, report.md and PNG plots."""
 
 import json
 import math
@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from features.atomic_files import atomic_path, write_text_atomic  # noqa: E402
+from fusion.evaluation import evaluate_probabilities, mcnemar_test  # noqa: E402
 from fusion.run_folder import record_written  # noqa: E402
 
 SIGNIFICANCE_LEVEL = 0.05
@@ -63,6 +64,78 @@ def summarize(test_metrics, backbones, mcnemar):
         "significance_level": SIGNIFICANCE_LEVEL,
     }
     return summary
+
+
+def store_warnings(info, backbones, statistics):
+    """Warnings a reader of the report must see, about how the store's features were made.
+
+    Args:
+        info: the store's `StoreInfo`.
+        backbones: the backbones of the run.
+        statistics: dict backbone -> (mean, variance) of its training features (`feature_statistics`).
+
+    Example:
+        >>> store_warnings(info, ("resnet50",), feature_statistics(source.features, train_rows))
+        []
+    """
+    warnings = []
+    random = [name for name in backbones if info.feature_recipes[name] and info.feature_recipes[name].weights == "none"]
+    if random:
+        warnings.append(
+            f"The backbones {', '.join(random)} were randomly initialised (precompute --weights none), not "
+            f"ImageNet-trained: these numbers show the pipeline working and are not representative of what "
+            f"ImageNet features achieve."
+        )
+    constant = [name for name in backbones if not np.any(statistics[name][1] > 0)]
+    if constant:
+        warnings.append(
+            f"The features of {', '.join(constant)} are the same for every training image, so "
+            f"{'this backbone carries' if len(constant) == 1 else 'these backbones carry'} no information here: "
+            f"a randomly initialised network can collapse like this; with ImageNet weights, check the weight file."
+        )
+    return warnings
+
+
+def build_report(info, backbones, rows, labels, test_probabilities, *, weighted_average_weights, training, warnings,
+                 seed=0):
+    """The report of a run as a dict: every model's test metrics, fusion against the average, the summary.
+
+    Args:
+        info: the store's `StoreInfo`.
+        backbones: the backbones of the run.
+        rows: dict split -> store rows of its images.
+        labels: dict split -> their labels; the test labels score the models.
+        test_probabilities: dict model name -> test probabilities, in the order the report lists them.
+        weighted_average_weights: the fitted weight of each backbone in the weighted average.
+        training: dict model name -> how its training went (epochs, best epoch and val loss, seconds).
+        warnings: lines a reader must see (see `store_warnings`).
+        seed: seed of the bootstrap confidence intervals (default: 0).
+
+    Example:
+        >>> report = build_report(info, backbones, rows, labels, test_probabilities,
+        ...                       weighted_average_weights=weights, training=training, warnings=[])
+        >>> report["summary"]["winner"]
+        'fusion'
+    """
+    test_metrics = {
+        name: evaluate_probabilities(labels["test"], probabilities, info.class_names, seed=seed)
+        for name, probabilities in test_probabilities.items()
+    }
+    mcnemar = mcnemar_test(
+        labels["test"], test_probabilities["fusion"].argmax(1), test_probabilities["average"].argmax(1)
+    )
+    return {
+        "store": str(info.path),
+        "backbones": list(backbones),
+        "class_names": list(info.class_names),
+        "images_per_split": {split: int(len(split_rows)) for split, split_rows in rows.items()},
+        "test": test_metrics,
+        "mcnemar": {"fusion_vs_average": {**mcnemar, "model_a": "fusion", "model_b": "average"}},
+        "summary": summarize(test_metrics, backbones, mcnemar),
+        "weighted_average_weights": dict(zip(backbones, np.asarray(weighted_average_weights).tolist())),
+        "training": training,
+        "warnings": warnings,
+    }
 
 
 def _save(figure, path):
@@ -327,7 +400,7 @@ def write_report(run_dir, report, histories):
 
     Args:
         run_dir: the run folder.
-        report: the report dict (see `fusion.run.train_run`); its `plots` entry is filled here.
+        report: the report dict (see `build_report`); its `plots` entry is filled here.
         histories: dict model name -> Keras history dict, for the training curves.
 
     Example:
@@ -348,7 +421,7 @@ def write_report(run_dir, report, histories):
         report["plots"][f"confusion matrix of {winner}"] = "plots/confusion_matrix.png"
     plot_training_curves(histories, run_dir / "plots" / "training_curves.png")
     report["plots"]["training curves"] = "plots/training_curves.png"
-    # report.md first: report.json is what marks a run finished (see `fusion.run.load_run`).
+    # report.md first: report.json is what marks a run finished (see `fusion.saved_run.load_run`).
     markdown_path = write_text_atomic(run_dir / "report.md", render_markdown(report))
     write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return markdown_path

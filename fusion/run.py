@@ -1,25 +1,22 @@
 """One training run: fusion model, baselines and ablation on one split, written to a run folder."""
 
-import csv
 import dataclasses
-import json
 import platform
 import time
-import zipfile
-from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 import sklearn
 
-from features.atomic_files import atomic_path, open_atomic, save_model_atomic, write_text_atomic
+import features
+from features import store as feature_store
+from features.atomic_files import save_model_atomic
 from fusion.baselines import LogisticStacking, WeightedAverage, average_probabilities
 from fusion.data import FeatureBatches, open_feature_source
-from fusion.evaluation import evaluate_probabilities, mcnemar_test
 from fusion.model import build_fusion_model
-from fusion.report import summarize, write_report
-from fusion.run_folder import prepare_run_folder, record_written
+from fusion.report import build_report, store_warnings, write_report
+from fusion.run_folder import prepare_run_folder, record_written, write_run_json, write_test_predictions
+from fusion.saved_run import FusionRun
 from fusion.statistics import feature_statistics
 from fusion.store import SPLITS, read_store_info, select_backbones
 from fusion.training import class_weights, train_model
@@ -27,132 +24,6 @@ from fusion.training import class_weights, train_model
 # Rows per contiguous read when streaming: large enough for cheap HDF5 reads, small enough
 # that a batch mixes several places of a store written class by class.
 STREAM_BLOCK_ROWS = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class FusionRun:
-    """A finished run: its Keras models, class names, backbones, report and config.
-
-    Attributes:
-        run_dir: the run folder.
-        models: dict model name -> `keras.Model` (`fusion`, each backbone, `fusion_without_<b>`).
-        class_names: tuple of class names, in the order of the softmax outputs.
-        backbones: tuple of backbone names, the fusion model's input names.
-        report: the contents of report.json.
-        config: the contents of config.json (options, versions, store).
-    """
-
-    run_dir: Path
-    models: dict
-    class_names: tuple
-    backbones: tuple
-    report: dict
-    config: dict
-
-    @property
-    def fusion_model(self):
-        return self.models["fusion"]
-
-    def predict_proba(self, features, model="fusion", batch_size=256):
-        """Class probabilities of `model` for a dict {backbone: (N, ...) features}."""
-        keras_model = self.models[model]
-        names = [tensor.name for tensor in keras_model.inputs]
-        missing = [name for name in names if name not in features]
-        if missing:
-            raise ValueError(
-                f"Model {model!r} needs features for backbones {names}. Missing: {missing}. "
-                f"Received: features for {sorted(features)}"
-            )
-        inputs = {name: np.asarray(features[name], dtype="float32") for name in names}
-        return keras_model.predict(inputs, batch_size=batch_size, verbose=0)
-
-
-def _versions():
-    return {
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "sklearn": sklearn.__version__,
-    }
-
-
-def _store_warnings(info, backbones, statistics):
-    """Warnings a reader of the report must see, about how the store's features were made."""
-    warnings = []
-    random = [name for name in backbones if str(info.feature_recipes[name].get("weights", "")) == "none"]
-    if random:
-        warnings.append(
-            f"The backbones {', '.join(random)} were randomly initialised (precompute --weights none), not "
-            f"ImageNet-trained: these numbers show the pipeline working and are not representative of what "
-            f"ImageNet features achieve."
-        )
-    constant = [name for name in backbones if not np.any(statistics[name][1] > 0)]
-    if constant:
-        warnings.append(
-            f"The features of {', '.join(constant)} are the same for every training image, so "
-            f"{'this backbone carries' if len(constant) == 1 else 'these backbones carry'} no information here: "
-            f"a randomly initialised network can collapse like this; with ImageNet weights, check the weight file."
-        )
-    return warnings
-
-
-def _check_view_options(info, backbones, view_augment, tta):
-    if (view_augment or tta) and not any(info.view_names[name] for name in backbones):
-        flags = [flag for flag, on in (("--view-augment", view_augment), ("--tta", tta)) if on]
-        raise ValueError(
-            f"{' and '.join(flags)} {'need' if len(flags) > 1 else 'needs'} extra views in the store (/views/<backbone>), but {info.path} has "
-            f"none for backbones {list(backbones)}. Precompute views (e.g. hflip) or drop the option. "
-            f"Received: view_augment={view_augment}, tta={tta}"
-        )
-
-
-def _check_split_classes(info, labels):
-    # Models learn from train; the weighted average and stacking are fitted on val. Both need
-    # two classes, and finding out after every model has trained would waste the run.
-    absent = [name for index, name in enumerate(info.class_names) if not np.any(labels["train"] == index)]
-    if absent:
-        raise ValueError(
-            f"{len(absent)} class(es) of {info.path} have no labeled image in the train split, so no model can learn "
-            f"them: {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}. Re-run precompute to a new --out with "
-            f"--min-images-per-class to leave small classes out, or give them training images. "
-            f"Received: {len(info.class_names)} class names, {len(np.unique(labels['train']))} in train"
-        )
-    for split in ("train", "val"):
-        present = np.unique(labels[split])
-        if len(present) < 2:
-            raise ValueError(
-                f"The {split} split of {info.path} holds only class {info.class_names[present[0]]!r} "
-                f"({len(labels[split])} labeled rows): training and the fitted baselines need at least 2 classes "
-                f"in train and in val. Re-run precompute with a larger --val-fraction, or give a split with "
-                f"more classes. Received: classes in {split}={[info.class_names[c] for c in present]}"
-            )
-
-
-def _write_predictions(run_dir, info, test_rows, test_labels, probabilities_by_model):
-    folder = run_dir / "predictions"
-    folder.mkdir(parents=True, exist_ok=True)
-    record_written(run_dir, *(f"predictions/{name}.csv" for name in probabilities_by_model),
-                   "predictions/test_probabilities.npz")
-    class_names = list(info.class_names)
-    for name, probabilities in probabilities_by_model.items():
-        with open_atomic(folder / f"{name}.csv", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "predicted", "confidence"] + [f"p_{c}" for c in class_names])
-            for row, label, probs in zip(test_rows, test_labels, probabilities):
-                best = int(np.argmax(probs))
-                writer.writerow(
-                    [info.paths[row], class_names[label], class_names[best], f"{probs[best]:.6f}"]
-                    + [f"{p:.6f}" for p in probs]
-                )
-    with atomic_path(folder / "test_probabilities.npz") as temporary:  # ends in .npz, so numpy keeps the name
-        np.savez_compressed(
-            temporary,
-            rows=test_rows,
-            labels=test_labels,
-            **{name.replace("+", "_plus_"): probs for name, probs in probabilities_by_model.items()},
-        )
 
 
 def train_run(
@@ -212,17 +83,11 @@ def train_run(
     """
     info = read_store_info(store_path)
     backbones = select_backbones(info, backbones)
-    class_weight_mode = class_weight
-    _check_view_options(info, backbones, view_augment, tta)
-    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("patience", patience), ("block_rows", 1 if block_rows is None else block_rows)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
+    model_options = {"units": units, "dropout": dropout, "l2": l2, "pooling": pooling, "learning_rate": learning_rate}
     # Fail on bad options before any folder is touched or data is read.
-    class_weights([0], 1, class_weight_mode)
-    build_fusion_model(
-        {name: info.feature_shapes[name] for name in backbones}, len(info.class_names), units=units,
-        dropout=dropout, l2=l2, pooling=pooling, head_units=head_units, learning_rate=learning_rate,
-    )
+    _check_options(info, backbones, model_options, head_units, batch_size=batch_size, epochs=epochs,
+                   patience=patience, block_rows=block_rows, class_weight=class_weight, view_augment=view_augment,
+                   tta=tta)
     rows = {split: info.split_rows(split) for split in SPLITS}
     labels = {split: info.labels[rows[split]] for split in SPLITS}
     _check_split_classes(info, labels)
@@ -234,233 +99,259 @@ def train_run(
     )
     if block_rows is None:
         block_rows = STREAM_BLOCK_ROWS if source.streamed else 1
-    config = {
-        "options": dict(options or {}),
-        "arguments": {
-            "store": str(info.path), "backbones": list(backbones), "units": units, "dropout": dropout, "l2": l2,
-            "pooling": pooling, "head_units": list(head_units or ()), "learning_rate": learning_rate,
-            "batch_size": batch_size, "epochs": epochs, "patience": patience, "class_weight": class_weight_mode,
-            "seed": seed, "streamed": source.streamed, "block_rows": block_rows, "view_augment": view_augment,
-            "tta": tta, "ablation": ablation,
-        },
-        "versions": _versions(),
-        "class_names": list(info.class_names),
-        "backbones": list(backbones),
-        "feature_shapes": {name: list(info.feature_shapes[name]) for name in backbones},
-        # How each backbone's features were made, so the run can be exported without the store.
-        "feature_recipes": {name: info.feature_recipes[name] for name in backbones},
-    }
-    record_written(run_dir, "config.json")
-    write_text_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    weights = class_weights(labels["train"], len(info.class_names), class_weight_mode)
+    arguments = _RunArguments(
+        store=str(info.path), backbones=list(backbones), **model_options, head_units=list(head_units or ()),
+        batch_size=batch_size, epochs=epochs, patience=patience, class_weight=class_weight, seed=seed,
+        streamed=source.streamed, block_rows=block_rows, view_augment=view_augment, tta=tta, ablation=ablation,
+    )
+    config = _run_config(info, arguments, options)
+    write_run_json(run_dir, "config.json", config)
     # Measured on the training rows only, so validation and test stay unseen; from the source, so
     # features already in memory are not read from the store again (streamed ones in chunks).
     statistics = feature_statistics(source.features, rows["train"])
-
-    def batches(split, names, **kwargs):
-        return FeatureBatches(source, names, rows[split], labels[split], batch_size=batch_size, seed=seed, **kwargs)
-
-    histories, val_probabilities, test_probabilities, tta_probabilities, training = {}, {}, {}, {}, {}
-    models = {}
-
-    def fit(name, names, heads):
-        keras.utils.set_random_seed(seed)
-        started = time.perf_counter()
-        model = build_fusion_model(
-            {n: info.feature_shapes[n] for n in names}, len(info.class_names), units=units, dropout=dropout,
-            l2=l2, pooling=pooling, head_units=heads, learning_rate=learning_rate,
-            feature_statistics={n: statistics[n] for n in names}, name=name,
-        )
-        record_written(run_dir, f"models/{name}.keras", f"history/{name}.csv")
-        history = train_model(
-            model,
-            batches("train", names, shuffle=True, block_rows=block_rows, view_augment=view_augment),
-            batches("val", names, class_weight=weights),
-            epochs=epochs, patience=patience, class_weight=weights,
-            checkpoint_path=run_dir / "models" / f"{name}.keras", history_path=run_dir / "history" / f"{name}.csv",
-        )
-        # The checkpoint holds the best epoch; so does the model after EarlyStopping restores it.
-        save_model_atomic(model, run_dir / "models" / f"{name}.keras")
-        models[name] = model
-        histories[name] = history
-        val_probabilities[name] = model.predict(batches("val", names), verbose=0)
-        test_probabilities[name] = model.predict(batches("test", names), verbose=0)
-        if tta:
-            num_views = max(len(info.view_names[n]) for n in names)
-            per_view = [test_probabilities[name]] + [
-                model.predict(batches("test", names, view_index=index), verbose=0) for index in range(1, num_views + 1)
-            ]
-            tta_probabilities[name] = np.mean(per_view, axis=0)
-        best_epoch = int(np.argmin(history["val_loss"]))
-        training[name] = {
-            "epochs_run": len(history["val_loss"]),
-            "best_epoch": best_epoch + 1,
-            "best_val_loss": float(history["val_loss"][best_epoch]),
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        log(
-            f"{name}: {training[name]['epochs_run']} epochs, best val_loss {training[name]['best_val_loss']:.4f} "
-            f"at epoch {training[name]['best_epoch']}, test accuracy "
-            f"{np.mean(test_probabilities[name].argmax(1) == labels['test']):.3f}"
-        )
-
-    fit("fusion", backbones, head_units)
-    for backbone in backbones:
-        fit(backbone, (backbone,), ())
-    def reuse(name, same_as):
-        # The same inputs, layers and seed would train the same model again: reuse it, and say so.
-        models[name] = models[same_as]
-        for probabilities in (val_probabilities, test_probabilities, tta_probabilities):
-            if same_as in probabilities:
-                probabilities[name] = probabilities[same_as]
-        training[name] = {**training[same_as], "same_as": same_as, "seconds": 0.0}
-        log(f"{name}: the same model as {same_as} (two backbones, no head units), not trained again")
-
-    if ablation and len(backbones) > 1:
-        for backbone in backbones:
-            rest = tuple(n for n in backbones if n != backbone)
-            if len(rest) == 1 and not head_units:
-                reuse(f"fusion_without_{backbone}", rest[0])
-            else:
-                fit(f"fusion_without_{backbone}", rest, head_units)
-
-    singles_val = [val_probabilities[name] for name in backbones]
-    singles_test = [test_probabilities[name] for name in backbones]
-    test_probabilities["average"] = average_probabilities(singles_test)
-    weighted = WeightedAverage().fit(singles_val, labels["val"])
-    test_probabilities["weighted_average"] = weighted.predict_proba(singles_test)
-    stacker = LogisticStacking(seed=seed).fit(singles_val, labels["val"])
-    test_probabilities["stacking"] = stacker.predict_proba(singles_test)
-    if tta:
-        for name, probabilities in list(tta_probabilities.items()):
-            if not name.startswith("fusion_without_"):
-                test_probabilities[f"{name}+tta"] = probabilities
-        test_probabilities["average+tta"] = average_probabilities([tta_probabilities[name] for name in backbones])
-    record_written(run_dir, "models/weighted_average.json", "models/stacking.json")
-    write_text_atomic(run_dir / "models" / "weighted_average.json",
-                      json.dumps({"backbones": list(backbones), "weights": weighted.weights_.tolist()}, indent=2) + "\n")
-    write_text_atomic(run_dir / "models" / "stacking.json",
-                      json.dumps({"backbones": list(backbones), **stacker.to_dict()}, indent=2) + "\n")
-    test_metrics = {
-        name: evaluate_probabilities(labels["test"], probabilities, info.class_names, seed=seed)
-        for name, probabilities in test_probabilities.items()
-    }
-    mcnemar = mcnemar_test(
-        labels["test"], test_probabilities["fusion"].argmax(1), test_probabilities["average"].argmax(1)
+    trained = _ModelTrainer(run_dir, info, source, rows, labels, statistics, arguments, log).train_all()
+    singles = [trained[name] for name in backbones]
+    weighted, stacker = _fit_baselines(singles, labels["val"], seed)
+    write_run_json(run_dir, "models/weighted_average.json",
+                   {"backbones": list(backbones), "weights": weighted.weights_.tolist()})
+    write_run_json(run_dir, "models/stacking.json", {"backbones": list(backbones), **stacker.to_dict()})
+    test_probabilities = _test_probabilities(trained, singles, weighted, stacker, with_tta=tta)
+    report = build_report(
+        info, backbones, rows, labels, test_probabilities, weighted_average_weights=weighted.weights_,
+        training={name: model.training for name, model in trained.items()},
+        warnings=store_warnings(info, backbones, statistics), seed=seed,
     )
-    report = {
-        "store": str(info.path),
-        "backbones": list(backbones),
-        "class_names": list(info.class_names),
-        "images_per_split": {split: int(len(rows[split])) for split in SPLITS},
-        "test": test_metrics,
-        "mcnemar": {"fusion_vs_average": {**mcnemar, "model_a": "fusion", "model_b": "average"}},
-        "summary": summarize(test_metrics, backbones, mcnemar),
-        "weighted_average_weights": dict(zip(backbones, weighted.weights_.tolist())),
-        "training": training,
-        "warnings": _store_warnings(info, backbones, statistics),
-    }
-    _write_predictions(run_dir, info, rows["test"], labels["test"], test_probabilities)
+    write_test_predictions(run_dir, info.paths, info.class_names, rows["test"], labels["test"], test_probabilities)
+    histories = {name: model.history for name, model in trained.items() if model.history is not None}
     markdown_path = write_report(run_dir, report, histories)
     if source.streamed:
         source.close()
     log(f"report: {markdown_path}")
     return FusionRun(
-        run_dir=run_dir, models=models, class_names=info.class_names, backbones=tuple(backbones),
-        report=report, config=config,
+        run_dir=run_dir, models={name: model.model for name, model in trained.items()}, class_names=info.class_names,
+        backbones=tuple(backbones), report=report, config=config,
     )
 
 
-def _load_failure(error):
-    """The first line of the innermost reason a Keras load failed (Keras nests causes into one long message)."""
-    message = str(error).split("Exception encountered: ")[-1].strip()
-    return message.splitlines()[0] if message else type(error).__name__
+@dataclasses.dataclass(frozen=True)
+class _RunArguments:
+    """What every model of a run is built and trained with; config.json records it as `arguments`, in this order."""
+
+    store: str
+    backbones: list
+    units: int
+    dropout: float
+    l2: float
+    pooling: str
+    head_units: list
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    patience: int
+    class_weight: str
+    seed: int
+    streamed: bool
+    block_rows: int
+    view_augment: bool
+    tta: bool
+    ablation: bool
 
 
-class ModelFileError(ValueError):
-    """A `.keras` file that is there but does not load; `reason` says why in a few words."""
-
-    def __init__(self, path, reason, remedy):
-        super().__init__(f"Model file {Path(path).resolve()} {reason}; {remedy}.")
-        self.path = Path(path)
-        self.reason = reason
-
-
-def load_keras_file(path, remedy):
-    """Load a `.keras` file in safe mode; a file that does not load is a one-line `ModelFileError` naming it.
-
-    Args:
-        path: the `.keras` file.
-        remedy: what the user can do, ending the message (e.g. "train the run again").
-
-    Example:
-        >>> model = load_keras_file("runs/exp1/models/fusion.keras", "train the run again")
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Model not found: {path.resolve()}. Expected a .keras file; {remedy}.")
-    if not zipfile.is_zipfile(path):
-        # Keras calls a file that is not a zip archive "not found"; here it is there, but cut short or not a model.
-        raise ModelFileError(path, f"is damaged: not a whole .keras file ({path.stat().st_size} bytes, not a complete "
-                                   f"zip archive; cut short?)", remedy)
-    try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except Exception as error:  # a zip that is no Keras model, a crafted or foreign config: all a bad file
-        raise ModelFileError(path, f"does not load as a fusionpipe model ({_load_failure(error)})", remedy) from None
+def _versions():
+    return {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "numpy": np.__version__,
+        "h5py": feature_store.h5py_version(),
+        "sklearn": sklearn.__version__,
+    }
 
 
-def _read_run_json(path, required):
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path.resolve()} is damaged: not valid JSON ({error}). Expected the file as run_train.py "
-                         f"wrote it; train the run again (run_train.py --overwrite) or point to another run.") from None
-    missing = [key for key in required if key not in content] if isinstance(content, dict) else ["JSON object"]
-    if missing:
-        raise ValueError(f"{path.resolve()} is damaged: it has no {', '.join(missing)}. Expected the file as "
-                         f"run_train.py wrote it; train the run again (run_train.py --overwrite) or point to another run.")
-    return content
+def _run_config(info, arguments, options):
+    # Everything needed to tell how the run was made, and to export it without the store.
+    backbones = arguments.backbones
+    return {
+        "options": dict(options or {}),
+        "arguments": dataclasses.asdict(arguments),
+        "versions": _versions(),
+        "fusionpipe_version": features.__version__,
+        "class_names": list(info.class_names),
+        "backbones": list(backbones),
+        "feature_shapes": {name: list(info.feature_shapes[name]) for name in backbones},
+        # How each backbone's features were made, so the run can be exported without the store.
+        "feature_recipes": {name: info.feature_recipes[name].to_attrs() if info.feature_recipes[name] else {}
+                            for name in backbones},
+    }
 
 
-def read_run_config(run_dir):
-    """The config.json of a run folder: options, versions, class names, backbones and feature recipes.
+def _check_options(info, backbones, model_options, head_units, *, batch_size, epochs, patience, block_rows,
+                   class_weight, view_augment, tta):
+    _check_view_options(info, backbones, view_augment, tta)
+    positive = {"batch_size": batch_size, "epochs": epochs, "patience": patience,
+                "block_rows": 1 if block_rows is None else block_rows}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
+    class_weights([0], 1, class_weight)
+    build_fusion_model({name: info.feature_shapes[name] for name in backbones}, len(info.class_names),
+                       head_units=head_units, **model_options)
 
-    Example:
-        >>> read_run_config("runs/exp1")["feature_recipes"]["resnet50"]["input_size"]
-        224
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"Not a finished run: {path.resolve()} is missing. Expected a folder written by "
-                                f"run_train.py; train first or point to another run.")
-    return _read_run_json(path, ("class_names", "backbones"))
+
+def _check_view_options(info, backbones, view_augment, tta):
+    if (view_augment or tta) and not any(info.view_names[name] for name in backbones):
+        flags = [flag for flag, on in (("--view-augment", view_augment), ("--tta", tta)) if on]
+        raise ValueError(
+            f"{' and '.join(flags)} {'need' if len(flags) > 1 else 'needs'} extra views in the store (/views/<backbone>), but {info.path} has "
+            f"none for backbones {list(backbones)}. Precompute views (e.g. hflip) or drop the option. "
+            f"Received: view_augment={view_augment}, tta={tta}"
+        )
 
 
-def load_run(run_dir):
-    """Load a finished run: its Keras models (safe mode), class names, backbones, report and config.
-
-    Args:
-        run_dir: a folder written by `train_run` / `run_train.py`.
-
-    Example:
-        >>> run = load_run("runs/exp1")
-        >>> probabilities = run.fusion_model.predict({"resnet50": features})
-    """
-    run_dir = Path(run_dir)
-    for name in ("config.json", "report.json", "models/fusion.keras"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(
-                f"Not a finished run: {(run_dir / name).resolve()} is missing. Expected a folder written by "
-                f"run_train.py; train first or point to another run."
+def _check_split_classes(info, labels):
+    # Models learn from train; the weighted average and stacking are fitted on val. Both need
+    # two classes, and finding out after every model has trained would waste the run.
+    absent = [name for index, name in enumerate(info.class_names) if not np.any(labels["train"] == index)]
+    if absent:
+        raise ValueError(
+            f"{len(absent)} class(es) of {info.path} have no labeled image in the train split, so no model can learn "
+            f"them: {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}. Re-run precompute to a new --out with "
+            f"--min-images-per-class to leave small classes out, or give them training images. "
+            f"Received: {len(info.class_names)} class names, {len(np.unique(labels['train']))} in train"
+        )
+    for split in ("train", "val"):
+        present = np.unique(labels[split])
+        if len(present) < 2:
+            raise ValueError(
+                f"The {split} split of {info.path} holds only class {info.class_names[present[0]]!r} "
+                f"({len(labels[split])} labeled rows): training and the fitted baselines need at least 2 classes "
+                f"in train and in val. Re-run precompute with a larger --val-fraction, or give a split with "
+                f"more classes. Received: classes in {split}={[info.class_names[c] for c in present]}"
             )
-    config = read_run_config(run_dir)
-    report = _read_run_json(run_dir / "report.json", ())
-    damaged_run = "train the run again (run_train.py --overwrite) or point to another run"
-    models = {path.stem: load_keras_file(path, damaged_run) for path in sorted((run_dir / "models").glob("*.keras"))}
-    for name, entry in report.get("training", {}).items():
-        if "same_as" in entry:  # an ablation that is another model, saved once
-            models[name] = models[entry["same_as"]]
-    return FusionRun(
-        run_dir=run_dir, models=models, class_names=tuple(config["class_names"]), backbones=tuple(config["backbones"]),
-        report=report, config=config,
-    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainedModel:
+    """One model of a run and what training it gave.
+
+    Attributes:
+        model: the `keras.Model`, at its best epoch.
+        history: its Keras history dict; None for a model reused under a second name.
+        val_probabilities, test_probabilities: its class probabilities of the val and test rows.
+        tta_probabilities: its test probabilities averaged over every view; None without `tta`.
+        training: how training went: epochs run, best epoch and its val loss, seconds, `same_as` when reused.
+    """
+
+    model: keras.Model
+    history: dict | None
+    val_probabilities: np.ndarray
+    test_probabilities: np.ndarray
+    tta_probabilities: np.ndarray | None
+    training: dict
+
+
+class _ModelTrainer:
+    """Builds and trains the models of a run alike: one split, batches, seed, epochs and patience for all."""
+
+    def __init__(self, run_dir, info, source, rows, labels, statistics, arguments, log):
+        self.run_dir = run_dir
+        self.info = info
+        self.source = source
+        self.rows = rows
+        self.labels = labels
+        self.statistics = statistics
+        self.arguments = arguments
+        self.log = log
+        self.class_weights = class_weights(labels["train"], len(info.class_names), arguments.class_weight)
+
+    def train_all(self):
+        """The fusion model, one per backbone, then the ablations: dict name -> `_TrainedModel`, in that order."""
+        backbones, head_units = self.arguments.backbones, self.arguments.head_units
+        trained = {"fusion": self._fit("fusion", backbones, head_units)}
+        for backbone in backbones:
+            trained[backbone] = self._fit(backbone, (backbone,), ())
+        if self.arguments.ablation and len(backbones) > 1:
+            for backbone in backbones:
+                name, rest = f"fusion_without_{backbone}", tuple(n for n in backbones if n != backbone)
+                if len(rest) == 1 and not head_units:
+                    trained[name] = self._reuse(name, rest[0], trained[rest[0]])
+                else:
+                    trained[name] = self._fit(name, rest, head_units)
+        return trained
+
+    def _batches(self, split, names, **kwargs):
+        return FeatureBatches(self.source, names, self.rows[split], self.labels[split],
+                              batch_size=self.arguments.batch_size, seed=self.arguments.seed, **kwargs)
+
+    def _fit(self, name, names, head_units):
+        arguments, info = self.arguments, self.info
+        keras.utils.set_random_seed(arguments.seed)
+        started = time.perf_counter()
+        model = build_fusion_model(
+            {n: info.feature_shapes[n] for n in names}, len(info.class_names), units=arguments.units,
+            dropout=arguments.dropout, l2=arguments.l2, pooling=arguments.pooling, head_units=head_units,
+            learning_rate=arguments.learning_rate, feature_statistics={n: self.statistics[n] for n in names}, name=name,
+        )
+        record_written(self.run_dir, f"models/{name}.keras", f"history/{name}.csv")
+        model_path, history_path = self.run_dir / "models" / f"{name}.keras", self.run_dir / "history" / f"{name}.csv"
+        history = train_model(
+            model,
+            self._batches("train", names, shuffle=True, block_rows=arguments.block_rows,
+                          view_augment=arguments.view_augment),
+            self._batches("val", names, class_weight=self.class_weights),
+            epochs=arguments.epochs, patience=arguments.patience, class_weight=self.class_weights,
+            checkpoint_path=model_path, history_path=history_path,
+        )
+        # The checkpoint holds the best epoch; so does the model after EarlyStopping restores it.
+        save_model_atomic(model, model_path)
+        val_probabilities = model.predict(self._batches("val", names), verbose=0)
+        test_probabilities = model.predict(self._batches("test", names), verbose=0)
+        tta_probabilities = None
+        if arguments.tta:
+            num_views = max(len(info.view_names[n]) for n in names)
+            per_view = [test_probabilities] + [
+                model.predict(self._batches("test", names, view_index=index), verbose=0)
+                for index in range(1, num_views + 1)
+            ]
+            tta_probabilities = np.mean(per_view, axis=0)
+        best_epoch = int(np.argmin(history["val_loss"]))
+        training = {
+            "epochs_run": len(history["val_loss"]),
+            "best_epoch": best_epoch + 1,
+            "best_val_loss": float(history["val_loss"][best_epoch]),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        self.log(
+            f"{name}: {training['epochs_run']} epochs, best val_loss {training['best_val_loss']:.4f} "
+            f"at epoch {training['best_epoch']}, test accuracy "
+            f"{np.mean(test_probabilities.argmax(1) == self.labels['test']):.3f}"
+        )
+        return _TrainedModel(model, history, val_probabilities, test_probabilities, tta_probabilities, training)
+
+    def _reuse(self, name, same_as, trained):
+        # The same inputs, layers and seed would train the same model again: reuse it, and say so.
+        self.log(f"{name}: the same model as {same_as} (two backbones, no head units), not trained again")
+        return dataclasses.replace(trained, history=None,
+                                   training={**trained.training, "same_as": same_as, "seconds": 0.0})
+
+
+def _fit_baselines(singles, val_labels, seed):
+    # Fitted on the backbones' validation probabilities: the models learned from train.
+    probabilities = [model.val_probabilities for model in singles]
+    return (WeightedAverage().fit(probabilities, val_labels),
+            LogisticStacking(seed=seed).fit(probabilities, val_labels))
+
+
+def _test_probabilities(trained, singles, weighted, stacker, with_tta):
+    """Test probabilities of every model the report compares, in its order: trained, baselines, then with TTA."""
+    test_probabilities = {name: model.test_probabilities for name, model in trained.items()}
+    singles_test = [model.test_probabilities for model in singles]
+    test_probabilities["average"] = average_probabilities(singles_test)
+    test_probabilities["weighted_average"] = weighted.predict_proba(singles_test)
+    test_probabilities["stacking"] = stacker.predict_proba(singles_test)
+    if with_tta:
+        for name, model in trained.items():
+            if not name.startswith("fusion_without_"):
+                test_probabilities[f"{name}+tta"] = model.tta_probabilities
+        test_probabilities["average+tta"] = average_probabilities([model.tta_probabilities for model in singles])
+    return test_probabilities

@@ -1,8 +1,10 @@
-"""The run folder's record of the files fusionpipe wrote into it, so that --overwrite removes those and nothing else.
+"""The run folder: the files a run writes, each recorded first, so that --overwrite removes those and nothing else.
 
 Every file is recorded in `written_files.json` before it is written: a run killed half way
 leaves a record that still covers what it wrote. Replacing a run deletes exactly the recorded
-files and the folders that held them, and refuses a folder that holds anything else.
+files and the folders that held them, and refuses a folder that holds anything else. The
+writers of the run's JSON files and test predictions live here for that reason; reading a run
+back is `fusion.saved_run`'s job.
 
 Files are written whole or not at all through `features.atomic_files`; the temporary a killed
 writer leaves (`<name>.tmp-<pid>-<random><suffix>`) belongs to the run when `<name>` is
@@ -10,11 +12,14 @@ recorded, and is removed with it.
 """
 
 import contextlib
+import csv
 import json
 import os
 from pathlib import Path
 
-from features.atomic_files import temporary_target, write_text_atomic
+import numpy as np
+
+from features.atomic_files import atomic_path, open_atomic, temporary_target, write_text_atomic
 
 try:
     import fcntl
@@ -152,3 +157,60 @@ def prepare_run_folder(out_dir, overwrite):
     out_dir.mkdir(parents=True, exist_ok=True)
     record_written(out_dir)
     return out_dir
+
+
+def write_run_json(run_dir, name, content):
+    """Record and write one JSON file of a run, indented, whole or not at all; returns its path.
+
+    Args:
+        run_dir: the run folder.
+        name: the file, relative to `run_dir` ("config.json", "models/stacking.json").
+        content: anything `json.dumps` takes.
+
+    Example:
+        >>> write_run_json(run_dir, "config.json", {"class_names": ["cat", "dog"]})
+    """
+    path = Path(run_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record_written(run_dir, name)
+    return write_text_atomic(path, json.dumps(content, indent=2) + "\n")
+
+
+def write_test_predictions(run_dir, image_paths, class_names, test_rows, test_labels, probabilities_by_model):
+    """Write each model's test predictions to `predictions/<model>.csv`, and all to `predictions/test_probabilities.npz`.
+
+    Args:
+        run_dir: the run folder.
+        image_paths: the store's image paths, indexed by row.
+        class_names: class names, in the order of the probabilities' columns.
+        test_rows: the store rows of the test images.
+        test_labels: their labels (class indices).
+        probabilities_by_model: dict model name -> (len(test_rows), num_classes) probabilities; in the
+            `.npz` a `+` in a name becomes `_plus_` (`fusion+tta` -> `fusion_plus_tta`).
+
+    Example:
+        >>> write_test_predictions(run_dir, info.paths, info.class_names, rows, labels, {"fusion": probabilities})
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    record_written(run_dir, *(f"predictions/{name}.csv" for name in probabilities_by_model),
+                   "predictions/test_probabilities.npz")
+    class_names = list(class_names)
+    for name, probabilities in probabilities_by_model.items():
+        with open_atomic(folder / f"{name}.csv", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "predicted", "confidence"] + [f"p_{c}" for c in class_names])
+            for row, label, probs in zip(test_rows, test_labels, probabilities):
+                best = int(np.argmax(probs))
+                writer.writerow(
+                    [image_paths[row], class_names[label], class_names[best], f"{probs[best]:.6f}"]
+                    + [f"{p:.6f}" for p in probs]
+                )
+    with atomic_path(folder / "test_probabilities.npz") as temporary:  # ends in .npz, so numpy keeps the name
+        np.savez_compressed(
+            temporary,
+            rows=test_rows,
+            labels=test_labels,
+            **{name.replace("+", "_plus_"): probs for name, probs in probabilities_by_model.items()},
+        )

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from features import store as feature_store
+from features.recipe import FeatureRecipe
 from features.store import SPLITS
 
 
@@ -20,8 +21,8 @@ class StoreInfo:
         feature_shapes: dict backbone -> per-image feature shape, `(D,)` or `(H, W, D)`.
         feature_dtypes: dict backbone -> numpy dtype name of the stored features.
         view_names: dict backbone -> tuple of extra view names (empty when no `/views/<backbone>`).
-        feature_recipes: dict backbone -> the attributes of `/features/<backbone>` that say how its
-            features were made (input size, pooling, weights, ...); empty for stores that record none.
+        feature_recipes: dict backbone -> the `FeatureRecipe` that made its features (input size,
+            pooling, weights, ...); None for stores that record none (written by another tool).
         paths: (N,) image paths, relative to the data root.
         labels: (N,) int64 class indices, `-1` when unlabeled.
         splits: (N,) split names.
@@ -82,7 +83,7 @@ def read_store_info(path):
         feature_shapes=index.feature_shapes,
         feature_dtypes=index.feature_dtypes,
         view_names=index.view_names,
-        feature_recipes=index.recipes,
+        feature_recipes={name: FeatureRecipe.from_attrs(attrs, backbone=name) for name, attrs in index.recipes.items()},
         paths=index.paths,
         labels=index.labels,
         splits=index.splits,

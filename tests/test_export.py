@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import features
+from features.recipe import FeatureRecipe
 from _run_fixtures import BACKBONES, INPUT_SIZE, old_style_export
 from features.store import StoreError
 from fusion.classifier import FusionClassifier
@@ -113,7 +114,7 @@ def test_exported_model_reloads_in_a_fresh_process(float32_run, tmp_path):
 def test_recipes_come_from_the_store(float32_run):
     _, store, _ = float32_run
     recipes = feature_recipes(store, BACKBONES)
-    assert {name: (recipes[name]["input_size"], recipes[name]["pooling"], recipes[name]["weights"])
+    assert {name: (recipes[name].input_size, recipes[name].pooling, recipes[name].weights)
             for name in BACKBONES} == {name: (INPUT_SIZE, "avg", "none") for name in BACKBONES}
 
 
@@ -246,7 +247,7 @@ def _store_with(store, tmp_path, backbone, **attrs):
 ])
 def test_a_store_made_with_another_recipe_is_refused(float32_run, tmp_path, key, value, recorded):
     from fusion.export import check_store_recipes
-    from fusion.run import read_run_config
+    from fusion.saved_run import read_run_config
 
     _, store, run_dir = float32_run
     other = _store_with(store, tmp_path, "mobilenet_v2", **{key: value})
@@ -258,14 +259,14 @@ def test_a_store_made_with_another_recipe_is_refused(float32_run, tmp_path, key,
 
 
 def test_the_store_the_run_was_trained_on_passes_and_versions_may_differ(float32_run, tmp_path):
-    from fusion.export import check_store_recipes, run_recipes
-    from fusion.run import read_run_config
+    from fusion.export import check_store_recipes, recorded_recipes, run_recipes
+    from fusion.saved_run import read_run_config
 
     _, store, run_dir = float32_run
-    recorded = read_run_config(run_dir)["feature_recipes"]
+    recorded = recorded_recipes(read_run_config(run_dir))
     assert check_store_recipes(store, recorded, BACKBONES) == {name: recorded[name] for name in BACKBONES}
     newer = _store_with(store, tmp_path, "densenet121", keras_version="9.9.9", backend_version="0.0")
-    assert run_recipes(run_dir, store=newer)["densenet121"]["input_size"] == INPUT_SIZE
+    assert run_recipes(run_dir, store=newer)["densenet121"].input_size == INPUT_SIZE
 
 
 def test_export_with_another_recipe_is_refused_before_any_backbone_is_built(float32_run, tmp_path, monkeypatch):
@@ -338,7 +339,8 @@ def test_a_replaced_weights_file_is_refused_before_any_backbone_is_built(tmp_pat
     weights_file = folder / features.get_backbone_spec("vgg16").weights_file
     weights_file.write_bytes(b"weights of another training run")
     head = keras.Sequential([keras.Input((4,), name="vgg16"), keras.layers.Dense(2, activation="softmax")])
-    recipe = {"input_size": 32, "weights": str(folder), "pooling": "avg", "seed": 0, "weights_sha256": "0" * 64}
+    recipe = FeatureRecipe(backbone="vgg16", input_size=32, weights=str(folder), pooling="avg", seed=0,
+                           weights_sha256="0" * 64)
     with pytest.raises(ValueError, match=r"The weights file of vgg16 \(.*\) has sha256 [0-9a-f]{64}, but the store's "
                                          r"features were made with a file of sha256 0{64}"):
         build_pixel_model(head, {"vgg16": recipe}, ["a", "b"])

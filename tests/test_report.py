@@ -1,18 +1,23 @@
 """report.md reads alone: the winner and by how much, significance, every model, the plots, at 2 and at 60 classes."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from features.recipe import FeatureRecipe
 from fusion.evaluation import evaluate_probabilities, mcnemar_test
 from fusion.report import (
     _confusion_figure,
     _model_comparison_figure,
     _most_confused_pairs,
     _row_normalised,
+    build_report,
     rank_models,
     render_markdown,
+    store_warnings,
     summarize,
     write_report,
 )
@@ -191,3 +196,38 @@ def test_a_failure_while_writing_a_plot_leaves_the_old_report_whole_and_no_tempo
     after = {path.relative_to(tmp_path).as_posix(): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     assert after == before
     assert json.loads(after["report.json"])["summary"]["winner"] == "fusion"
+
+
+def test_build_report_scores_every_model_on_the_test_labels_in_the_order_given():
+    info = SimpleNamespace(path=Path("store.h5"), class_names=("cat", "dog"))
+    rows = {"train": np.arange(6), "val": np.arange(6, 8), "test": np.arange(8, 12)}
+    labels = {"train": np.array([0, 1] * 3), "val": np.array([0, 1]), "test": np.array([0, 0, 1, 1])}
+    all_right = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    half_right = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    test_probabilities = {"fusion": all_right, "a": half_right, "b": half_right, "average": half_right}
+    report = build_report(info, ("a", "b"), rows, labels, test_probabilities,
+                          weighted_average_weights=np.array([0.25, 0.75]), training={"fusion": {"epochs_run": 2}},
+                          warnings=["a warning"])
+    assert list(report["test"]) == ["fusion", "a", "b", "average"]
+    assert report["test"]["fusion"]["accuracy"] == 1.0 and report["test"]["a"]["accuracy"] == 0.5
+    assert report["images_per_split"] == {"train": 6, "val": 2, "test": 4}
+    assert report["weighted_average_weights"] == {"a": 0.25, "b": 0.75}
+    assert report["summary"]["winner"] == "fusion" and report["summary"]["fusion_minus_average"] == 0.5
+    assert report["mcnemar"]["fusion_vs_average"]["model_a"] == "fusion"
+    assert report["mcnemar"]["fusion_vs_average"]["only_a_correct"] == 2  # fusion right where the average is wrong
+    assert (report["store"], report["class_names"], report["warnings"]) == ("store.h5", ["cat", "dog"], ["a warning"])
+    assert json.loads(json.dumps(report))["training"] == {"fusion": {"epochs_run": 2}}  # report.json takes it as it is
+
+
+def test_store_warnings_name_randomly_initialised_and_constant_backbones():
+    recipes = {name: FeatureRecipe(backbone=name, input_size=32, pooling="avg", weights=weights)
+               for name, weights in (("a", "none"), ("b", "imagenet"), ("c", "none"))}
+    info = SimpleNamespace(feature_recipes=recipes)
+    varies, constant = (np.zeros(3), np.ones(3)), (np.zeros(3), np.zeros(3))
+    warnings = store_warnings(info, ("a", "b", "c"), {"a": varies, "b": constant, "c": constant})
+    assert len(warnings) == 2
+    assert warnings[0].startswith("The backbones a, c were randomly initialised (precompute --weights none), not "
+                                  "ImageNet-trained")
+    assert warnings[1].startswith("The features of b, c are the same for every training image, so these backbones "
+                                  "carry no information here")
+    assert store_warnings(info, ("b",), {"b": varies}) == []

@@ -12,8 +12,9 @@ import pytest
 
 from fusion.evaluation import mcnemar_test
 from fusion.model import build_fusion_model
-from fusion.run import load_run, train_run
+from fusion.run import train_run
 from fusion.run_folder import read_written
+from fusion.saved_run import load_run
 from fusion.store import read_store_info
 from fusion.synthetic import write_synthetic_store
 
@@ -173,6 +174,15 @@ def test_run_folder_holds_models_histories_plots_and_config(xor_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert set(config["versions"]) == {"python", "keras", "backend", "numpy", "h5py", "sklearn"}
     assert config["arguments"]["head_units"] == [32] and config["arguments"]["streamed"] is False
+
+
+def test_config_records_the_fusionpipe_version_that_trained_the_run(xor_run):
+    import features
+
+    on_disk = json.loads((xor_run.run_dir / "config.json").read_text())
+    assert on_disk["fusionpipe_version"] == features.__version__
+    assert xor_run.config["fusionpipe_version"] == features.__version__  # the config train_run returns
+    assert load_run(xor_run.run_dir).config["fusionpipe_version"] == features.__version__
 
 
 @pytest.mark.slow

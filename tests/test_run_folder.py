@@ -1,10 +1,19 @@
 """--overwrite removes exactly the files a run wrote, and refuses a folder that holds anything else."""
 
+import csv
 import json
 
+import numpy as np
 import pytest
 
-from fusion.run_folder import MANIFEST_NAME, prepare_run_folder, read_written, record_written
+from fusion.run_folder import (
+    MANIFEST_NAME,
+    prepare_run_folder,
+    read_written,
+    record_written,
+    write_run_json,
+    write_test_predictions,
+)
 
 
 def _write(path, text="x"):
@@ -99,3 +108,23 @@ def test_concurrent_records_keep_every_entry(tmp_path):
         list(pool.map(lambda name: record_written(run_dir, name), names))
     assert read_written(run_dir) == sorted(names)
     assert sorted(path.name for path in run_dir.iterdir()) == [MANIFEST_NAME]  # no temporary left behind
+
+
+def test_the_writers_record_each_file_before_writing_it(tmp_path):
+    run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
+    write_run_json(run_dir, "models/stacking.json", {"backbones": ["a", "b"]})
+    assert json.loads((run_dir / "models" / "stacking.json").read_text()) == {"backbones": ["a", "b"]}
+    probabilities = {"fusion": np.array([[0.9, 0.1], [0.25, 0.75]]), "fusion+tta": np.array([[0.6, 0.4], [0.7, 0.3]])}
+    write_test_predictions(run_dir, ("x/0.png", "x/1.png", "y/2.png"), ("cat", "dog"), np.array([2, 0]),
+                           np.array([1, 0]), probabilities)
+    assert read_written(run_dir) == ["models/stacking.json", "predictions/fusion+tta.csv", "predictions/fusion.csv",
+                                     "predictions/test_probabilities.npz"]
+    with open(run_dir / "predictions" / "fusion.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [["path", "label", "predicted", "confidence", "p_cat", "p_dog"],
+                    ["y/2.png", "dog", "cat", "0.900000", "0.900000", "0.100000"],
+                    ["x/0.png", "cat", "dog", "0.750000", "0.250000", "0.750000"]]
+    saved = np.load(run_dir / "predictions" / "test_probabilities.npz")
+    assert sorted(saved) == ["fusion", "fusion_plus_tta", "labels", "rows"]
+    np.testing.assert_array_equal(saved["fusion_plus_tta"], probabilities["fusion+tta"])
+    np.testing.assert_array_equal(saved["rows"], [2, 0])

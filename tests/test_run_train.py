@@ -11,7 +11,7 @@ import keras
 import pytest
 
 import run_train
-from fusion.run import load_run
+from fusion.saved_run import load_run
 from fusion.synthetic import write_synthetic_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

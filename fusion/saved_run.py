@@ -1,0 +1,147 @@
+"""A finished run read back from its folder: its Keras models, report and config, each file checked as it loads.
+
+Everything that reads a run folder goes through here (`load_run`, `read_run_config`), so export
+and prediction never import the trainer. A file that is there but damaged is a one-line error
+that names it, never taken for a missing one.
+"""
+
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionRun:
+    """A finished run: its Keras models, class names, backbones, report and config.
+
+    Attributes:
+        run_dir: the run folder.
+        models: dict model name -> `keras.Model` (`fusion`, each backbone, `fusion_without_<b>`).
+        class_names: tuple of class names, in the order of the softmax outputs.
+        backbones: tuple of backbone names, the fusion model's input names.
+        report: the contents of report.json.
+        config: the contents of config.json (options, versions, store).
+    """
+
+    run_dir: Path
+    models: dict
+    class_names: tuple
+    backbones: tuple
+    report: dict
+    config: dict
+
+    @property
+    def fusion_model(self):
+        return self.models["fusion"]
+
+    def predict_proba(self, features, model="fusion", batch_size=256):
+        """Class probabilities of `model` for a dict {backbone: (N, ...) features}."""
+        keras_model = self.models[model]
+        names = [tensor.name for tensor in keras_model.inputs]
+        missing = [name for name in names if name not in features]
+        if missing:
+            raise ValueError(
+                f"Model {model!r} needs features for backbones {names}. Missing: {missing}. "
+                f"Received: features for {sorted(features)}"
+            )
+        inputs = {name: np.asarray(features[name], dtype="float32") for name in names}
+        return keras_model.predict(inputs, batch_size=batch_size, verbose=0)
+
+
+def _load_failure(error):
+    """The first line of the innermost reason a Keras load failed (Keras nests causes into one long message)."""
+    message = str(error).split("Exception encountered: ")[-1].strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+class ModelFileError(ValueError):
+    """A `.keras` file that is there but does not load; `reason` says why in a few words."""
+
+    def __init__(self, path, reason, remedy):
+        super().__init__(f"Model file {Path(path).resolve()} {reason}; {remedy}.")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def load_keras_file(path, remedy):
+    """Load a `.keras` file in safe mode; a file that does not load is a one-line `ModelFileError` naming it.
+
+    Args:
+        path: the `.keras` file.
+        remedy: what the user can do, ending the message (e.g. "train the run again").
+
+    Example:
+        >>> model = load_keras_file("runs/exp1/models/fusion.keras", "train the run again")
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model not found: {path.resolve()}. Expected a .keras file; {remedy}.")
+    if not zipfile.is_zipfile(path):
+        # Keras calls a file that is not a zip archive "not found"; here it is there, but cut short or not a model.
+        raise ModelFileError(path, f"is damaged: not a whole .keras file ({path.stat().st_size} bytes, not a complete "
+                                   f"zip archive; cut short?)", remedy)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # a zip that is no Keras model, a crafted or foreign config: all a bad file
+        raise ModelFileError(path, f"does not load as a fusionpipe model ({_load_failure(error)})", remedy) from None
+
+
+def _read_run_json(path, required):
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path.resolve()} is damaged: not valid JSON ({error}). Expected the file as run_train.py "
+                         f"wrote it; train the run again (run_train.py --overwrite) or point to another run.") from None
+    missing = [key for key in required if key not in content] if isinstance(content, dict) else ["JSON object"]
+    if missing:
+        raise ValueError(f"{path.resolve()} is damaged: it has no {', '.join(missing)}. Expected the file as "
+                         f"run_train.py wrote it; train the run again (run_train.py --overwrite) or point to another run.")
+    return content
+
+
+def read_run_config(run_dir):
+    """The config.json of a run folder: options, versions, class names, backbones and feature recipes.
+
+    Example:
+        >>> read_run_config("runs/exp1")["backbones"]
+        ['resnet50', 'densenet121']
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"Not a finished run: {path.resolve()} is missing. Expected a folder written by "
+                                f"run_train.py; train first or point to another run.")
+    return _read_run_json(path, ("class_names", "backbones"))
+
+
+def load_run(run_dir):
+    """Load a finished run: its Keras models (safe mode), class names, backbones, report and config.
+
+    Args:
+        run_dir: a folder written by `train_run` / `run_train.py`.
+
+    Example:
+        >>> run = load_run("runs/exp1")
+        >>> probabilities = run.fusion_model.predict({"resnet50": features})
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", "report.json", "models/fusion.keras"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(
+                f"Not a finished run: {(run_dir / name).resolve()} is missing. Expected a folder written by "
+                f"run_train.py; train first or point to another run."
+            )
+    config = read_run_config(run_dir)
+    report = _read_run_json(run_dir / "report.json", ())
+    damaged_run = "train the run again (run_train.py --overwrite) or point to another run"
+    models = {path.stem: load_keras_file(path, damaged_run) for path in sorted((run_dir / "models").glob("*.keras"))}
+    for name, entry in report.get("training", {}).items():
+        if "same_as" in entry:  # an ablation that is another model, saved once
+            models[name] = models[entry["same_as"]]
+    return FusionRun(
+        run_dir=run_dir, models=models, class_names=tuple(config["class_names"]), backbones=tuple(config["backbones"]),
+        report=report, config=config,
+    )

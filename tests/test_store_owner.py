@@ -1,0 +1,70 @@
+"""The store has one owner: only features/store.py opens the HDF5 file or imports h5py; the rest go through it."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.store import FeatureRows, StoreError, read_index, write_plain_store
+from fusion.synthetic import write_synthetic_store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OWNER = REPO_ROOT / "features" / "store.py"
+
+
+def _project_sources():
+    for folder in ("features", "fusion", "examples", "benchmarks"):
+        yield from sorted((REPO_ROOT / folder).rglob("*.py"))
+    yield from sorted(REPO_ROOT.glob("run_*.py"))
+
+
+def _imports_h5py(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "h5py" for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "h5py":
+            return True
+    return False
+
+
+def test_only_the_store_module_imports_h5py():
+    importers = [str(path.relative_to(REPO_ROOT)) for path in _project_sources() if _imports_h5py(path)]
+    assert importers == ["features/store.py"], f"h5py is imported outside the store's owner: {importers}"
+
+
+def test_read_index_reads_what_the_generator_wrote(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", num_rows=30, backbones=("alpha", "beta"), feature_dims=(4, 6),
+                                  num_views=2, with_extras=True)
+    index = read_index(store)
+    assert index.backbones == ("alpha", "beta")
+    assert index.feature_shapes == {"alpha": (4,), "beta": (6,)}
+    assert index.view_names == {"alpha": ("view1", "view2"), "beta": ("view1", "view2")}
+    assert len(index.paths) == len(index.labels) == len(index.splits) == 30
+    assert index.skipped == (("broken/not_an_image.png", "cannot identify image file"),)
+    assert set(index.splits) <= {"train", "val", "test"}
+
+
+def test_feature_rows_reads_the_rows_asked_for(tmp_path):
+    features = np.arange(40, dtype=np.float32).reshape(10, 4)
+    store = tmp_path / "plain.h5"
+    write_plain_store(store, ["a", "b"], [f"{i}.png" for i in range(10)], [i % 2 for i in range(10)],
+                      ["train"] * 6 + ["val"] * 2 + ["test"] * 2, {"alpha": features})
+    with FeatureRows(store) as rows:
+        np.testing.assert_array_equal(rows.read("features", "alpha", [1, 2, 7]), features[[1, 2, 7]])
+        np.testing.assert_array_equal(rows.read("features", "alpha"), features)
+        assert rows.shape("features", "alpha") == (10, 4) and not rows.has("views", "alpha")
+
+
+def test_write_plain_store_refuses_an_unknown_string_format(tmp_path):
+    with pytest.raises(ValueError, match="Unknown string_format 'latin1'.*Received"):
+        write_plain_store(tmp_path / "x.h5", ["a"], ["a.png"], [0], ["train"], {"alpha": np.zeros((1, 2))},
+                          string_format="latin1")
+
+
+def test_read_index_refuses_a_file_that_is_not_a_store(tmp_path):
+    path = tmp_path / "notes.h5"
+    path.write_text("not HDF5")
+    with pytest.raises(StoreError, match="not a readable HDF5 feature store"):
+        read_index(path)
