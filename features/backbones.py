@@ -375,7 +375,9 @@ def create_backbone(name, input_size=None, weights="imagenet", pooling="avg", se
 
     The model takes float32 RGB images in 0..255 of shape (input_size, input_size, 3) and
     runs `PreprocessInput` -> the frozen backbone (no top, inference mode) -> the pooling.
-    It saves to `.keras` and reloads with `keras.saving.load_model(path, safe_mode=True)`.
+    It saves to `.keras` and reloads with `keras.saving.load_model(path, safe_mode=True)` once
+    `PreprocessInput` is registered: after `import fusion`, or after using any name of
+    `features.backbones` (a bare `import features` loads nothing).
 
     Args:
         name: registry name, see `list_backbones()`.
