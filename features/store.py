@@ -86,7 +86,7 @@ def open_store(path):
         return h5py.File(path, "r")
     except OSError as error:
         detail = " ".join(str(error).split())
-        if is_hdf5(path):
+        if _is_hdf5(path):
             raise _damaged(path, f"HDF5 cannot open it ({detail}); the file is truncated or its bytes were changed",
                            "an unreadable HDF5 file") from None
         raise StoreError(f"{path.resolve()} is not a readable HDF5 feature store ({detail}). Expected a file "
@@ -98,13 +98,13 @@ def h5py_version():
     return h5py.__version__
 
 
-def is_hdf5(path):
+def _is_hdf5(path):
     """Whether the file at `path` begins with the HDF5 signature."""
     with open(path, "rb") as handle:
         return handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
 
 
-def lock_path(store_path):
+def _lock_path(store_path):
     """The lock file that guards `store_path` against two writers."""
     store_path = Path(store_path)
     return store_path.with_name(store_path.name + ".lock")
@@ -121,7 +121,7 @@ def store_lock(store_path):
         >>> with store_lock("cache.h5"):
         ...     pass
     """
-    path = lock_path(store_path)
+    path = _lock_path(store_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")
     try:
@@ -207,12 +207,12 @@ def _chunk_rows(row_shape, dtype):
     return int(max(1, min(256, _CHUNK_BYTES // max(1, row_bytes))))
 
 
-def set_strings_attr(obj, key, values):
+def _set_strings_attr(obj, key, values):
     """Store a list of str as a UTF-8 string array attribute (also when empty)."""
     obj.attrs.create(key, np.asarray(list(values), dtype=object), dtype=STRING_DTYPE)
 
 
-def create_preallocated(group, name, shape, dtype):
+def _create_preallocated(group, name, shape, dtype):
     """Create a chunked, uncompressed dataset whose chunks are all allocated now.
 
     Writing rows into it later changes raw data only, never HDF5 metadata, which is what
@@ -225,7 +225,7 @@ def create_preallocated(group, name, shape, dtype):
                                 dcpl=dcpl)
 
 
-def write_images(store, paths, labels, splits, file_fingerprints):
+def _write_images(store, paths, labels, splits, file_fingerprints):
     """Write the `/images/*` datasets and the in-run bookkeeping for N images into an open store."""
     count = len(paths)
     images = store.require_group("images")
@@ -233,13 +233,13 @@ def write_images(store, paths, labels, splits, file_fingerprints):
     images.create_dataset("label", data=np.asarray(labels, dtype=np.int64))
     images.create_dataset("split", data=np.asarray(splits, dtype=object), dtype=STRING_DTYPE)
     images.create_dataset("fingerprint", data=np.asarray(file_fingerprints, dtype=np.int64).reshape(count, 2))
-    set_strings_attr(images["fingerprint"], "columns", ["size", "mtime_ns"])
+    _set_strings_attr(images["fingerprint"], "columns", ["size", "mtime_ns"])
     pending = store.require_group("pending")
-    create_preallocated(pending, "unreadable", (count,), np.uint8)
-    create_preallocated(pending, "reason", (count,), _REASON_DTYPE)
+    _create_preallocated(pending, "unreadable", (count,), np.uint8)
+    _create_preallocated(pending, "reason", (count,), _REASON_DTYPE)
 
 
-def write_skipped(store, paths, reasons, file_fingerprints):
+def _write_skipped(store, paths, reasons, file_fingerprints):
     """Write `/skipped/*`: the unreadable images, their reasons and fingerprints."""
     if "skipped" in store:
         del store["skipped"]
@@ -249,46 +249,46 @@ def write_skipped(store, paths, reasons, file_fingerprints):
     skipped.create_dataset("fingerprint", data=np.asarray(file_fingerprints, dtype=np.int64).reshape(-1, 2))
 
 
-def read_strings(dataset):
+def _read_strings(dataset):
     """A UTF-8 string dataset as a list of str."""
     return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in dataset[()]]
 
 
-def read_strings_attr(obj, key):
+def _read_strings_attr(obj, key):
     """A string-array attribute as a list of str (empty when absent)."""
     return [str(value) for value in _decode_attr(np.asarray(obj.attrs.get(key, [])))]
 
 
-def read_skipped(store):
+def _read_skipped(store):
     """(paths, reasons, fingerprints) of `/skipped`, empty when there is none."""
     if "skipped" not in store:
         return [], [], np.zeros((0, 2), np.int64)
     group = store["skipped"]
-    return read_strings(group["path"]), read_strings(group["reason"]), group["fingerprint"][()]
+    return _read_strings(group["path"]), _read_strings(group["reason"]), group["fingerprint"][()]
 
 
 def add_backbone(store, name, row_shape, dtype, attrs, view_names=()):
     """Create `/features/<name>`, `/progress/<name>`, their checksums and, with views, `/views/<name>` at full size."""
     count = store["images/path"].shape[0]
-    features = create_preallocated(store.require_group("features"), name, (count,) + tuple(row_shape), dtype)
+    features = _create_preallocated(store.require_group("features"), name, (count,) + tuple(row_shape), dtype)
     for key, value in attrs.items():
         features.attrs[key] = value
-    create_preallocated(store.require_group("checksums/features"), name, (count,), np.uint32)
+    _create_preallocated(store.require_group("checksums/features"), name, (count,), np.uint32)
     if view_names:
-        views = create_preallocated(store.require_group("views"), name,
+        views = _create_preallocated(store.require_group("views"), name,
                                     (count, len(view_names)) + tuple(row_shape), dtype)
-        set_strings_attr(views, "view_names", view_names)
+        _set_strings_attr(views, "view_names", view_names)
         for key, value in attrs.items():
             views.attrs[key] = value
-        create_preallocated(store.require_group("checksums/views"), name, (count,), np.uint32)
-    create_preallocated(store.require_group("progress"), name, (count,), np.uint8)
+        _create_preallocated(store.require_group("checksums/views"), name, (count,), np.uint32)
+    _create_preallocated(store.require_group("progress"), name, (count,), np.uint8)
 
 
-def row_checksums(values):
+def _row_checksums(values):
     """The CRC32 (`zlib.crc32`) of each row of `values`, over its bytes as stored (little-endian).
 
     Example:
-        >>> row_checksums(np.zeros((2, 4), np.float16)).dtype
+        >>> _row_checksums(np.zeros((2, 4), np.float16)).dtype
         dtype('uint32')
     """
     values = np.asarray(values)
@@ -297,13 +297,13 @@ def row_checksums(values):
     return np.fromiter((zlib.crc32(row) for row in rows), np.uint32, len(values))
 
 
-def read_checksums(store_file, group, backbone):
+def _read_checksums(store_file, group, backbone):
     """The stored CRC32 of every row of `/<group>/<backbone>` ("features" or "views"), or None where there are none."""
     key = f"checksums/{group}/{backbone}"
     return store_file[key][()] if key in store_file else None
 
 
-def verify_rows(store_file, path, group, backbone, rows, values, expected):
+def _verify_rows(store_file, path, group, backbone, rows, values, expected):
     """Refuse rows whose CRC32 differs from the one written with them, naming backbone, row and image.
 
     Args:
@@ -313,15 +313,15 @@ def verify_rows(store_file, path, group, backbone, rows, values, expected):
         backbone: the backbone name.
         rows: the store row index of each row of `values`.
         values: the rows as read.
-        expected: the stored checksums of all rows (`read_checksums`); None checks nothing.
+        expected: the stored checksums of all rows (`_read_checksums`); None checks nothing.
     """
     if expected is None or len(rows) == 0:
         return
     rows = np.asarray(rows, dtype=np.int64)
-    bad = np.flatnonzero(row_checksums(values) != expected[rows])
+    bad = np.flatnonzero(_row_checksums(values) != expected[rows])
     if len(bad):
         row = int(rows[bad[0]])
-        image = read_strings(store_file["images/path"])[row] if "images/path" in store_file else "?"
+        image = _read_strings(store_file["images/path"])[row] if "images/path" in store_file else "?"
         raise _damaged(path, f"row {row} of /{group}/{backbone} (backbone {backbone}, image {image}) does not match "
                              f"the checksum written with it", f"{len(bad)} damaged row(s) among {len(rows)} read")
 
@@ -341,7 +341,7 @@ def verify_store(store_file, path, backbones):
         for group in ("features", "views"):
             if group not in store_file or backbone not in store_file[group]:
                 continue
-            expected = read_checksums(store_file, group, backbone)
+            expected = _read_checksums(store_file, group, backbone)
             if expected is None:
                 continue
             dataset = store_file[group][backbone]
@@ -354,22 +354,22 @@ def verify_store(store_file, path, backbones):
                 rows = np.flatnonzero(done[start:start + block]) + start
                 if len(rows):
                     values = dataset[start:start + block][rows - start]
-                    verify_rows(store_file, path, group, backbone, rows, values, expected)
+                    _verify_rows(store_file, path, group, backbone, rows, values, expected)
 
 
-def missing_checksums(store_file, backbones):
+def _missing_checksums(store_file, backbones):
     """The backbones whose rows carry no checksums, in a store run_precompute.py wrote before it wrote them.
 
     Stores of other tools carry none by design and are not listed.
     """
     if "format_version" not in store_file.attrs:
         return []
-    return [name for name in backbones if read_checksums(store_file, "features", name) is None]
+    return [name for name in backbones if _read_checksums(store_file, "features", name) is None]
 
 
-def warn_missing_checksums(store_file, path, backbones, stacklevel=3):
+def _warn_missing_checksums(store_file, path, backbones, stacklevel=3):
     """Say once that damage to these backbones' rows cannot be detected (a store written before checksums)."""
-    missing = missing_checksums(store_file, backbones)
+    missing = _missing_checksums(store_file, backbones)
     if missing:
         warnings.warn(f"Feature store {path} was written before feature rows carried checksums: damage to the rows of "
                       f"{', '.join(missing)} cannot be detected. Rebuild it with run_precompute.py and a new --out to "
@@ -403,13 +403,13 @@ def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped
         for key, value in old.attrs.items():
             new.attrs[key] = value
         if class_names is not None:
-            set_strings_attr(new, "class_names", class_names)
-        old_paths = read_strings(old["images/path"])
-        old_splits = read_strings(old["images/split"])
+            _set_strings_attr(new, "class_names", class_names)
+        old_paths = _read_strings(old["images/path"])
+        old_splits = _read_strings(old["images/split"])
         kept_labels = old["images/label"][()][keep_rows]
         if relabel is not None:
             kept_labels = np.asarray(relabel)[kept_labels]
-        write_images(
+        _write_images(
             new,
             [old_paths[i] for i in keep_rows] + list(new_rows["paths"]),
             np.concatenate([kept_labels, np.asarray(new_rows["labels"], np.int64)]),
@@ -424,13 +424,13 @@ def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped
                 continue
             for name, dataset in old[group_name].items():
                 shape = (len(keep_rows) + len(new_rows["paths"]),) + dataset.shape[1:]
-                target = create_preallocated(new.require_group(group_name), name, shape, dataset.dtype)
+                target = _create_preallocated(new.require_group(group_name), name, shape, dataset.dtype)
                 for key, value in dataset.attrs.items():
                     target.attrs[key] = value
                 _copy_rows(dataset, target, keep_rows)
         if skipped is None:
-            skipped = read_skipped(old)
-        write_skipped(new, *skipped)
+            skipped = _read_skipped(old)
+        _write_skipped(new, *skipped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -563,7 +563,7 @@ def read_index(path, *, finished=True):
     path = Path(path)
     with open_store(path) as store_file, store_errors(path):
         backbones = check_store(store_file, path, finished=finished)
-        warn_missing_checksums(store_file, path, backbones, stacklevel=4)
+        _warn_missing_checksums(store_file, path, backbones, stacklevel=4)
         shapes, dtypes, view_names, recipes = {}, {}, {}, {}
         for backbone in backbones:
             dataset = store_file["features"][backbone]
@@ -578,14 +578,14 @@ def read_index(path, *, finished=True):
                                         if names is not None else
                                         tuple(f"view{index + 1}" for index in range(views.shape[1])))
         skipped = store_file.get("skipped", {})  # other tools may list skipped images without fingerprints
-        skipped_paths = read_strings(skipped["path"]) if "path" in skipped else []
-        skipped_reasons = read_strings(skipped["reason"]) if "reason" in skipped else [""] * len(skipped_paths)
+        skipped_paths = _read_strings(skipped["path"]) if "path" in skipped else []
+        skipped_reasons = _read_strings(skipped["reason"]) if "reason" in skipped else [""] * len(skipped_paths)
         return StoreIndex(
             path=path,
             class_names=tuple(str(name) for name in _decode_attr(np.asarray(store_file.attrs["class_names"]).reshape(-1))),
-            paths=np.asarray(read_strings(store_file["images/path"]), dtype=object),
+            paths=np.asarray(_read_strings(store_file["images/path"]), dtype=object),
             labels=np.asarray(store_file["images/label"][()]).reshape(-1).astype(np.int64),
-            splits=np.asarray(read_strings(store_file["images/split"]), dtype=object),
+            splits=np.asarray(_read_strings(store_file["images/split"]), dtype=object),
             backbones=backbones,
             feature_shapes=shapes,
             feature_dtypes=dtypes,
@@ -662,14 +662,14 @@ class FeatureRows:
         dataset = self._dataset(group, backbone)
         with store_errors(self.path):
             if (group, backbone) not in self._checksums:
-                self._checksums[group, backbone] = read_checksums(self._file, group, backbone)
+                self._checksums[group, backbone] = _read_checksums(self._file, group, backbone)
             if rows is None:
                 rows = np.arange(len(dataset))
                 values = dataset[()]
             else:
                 rows = np.asarray(rows, dtype=np.int64)
                 values = _read_rows(dataset, rows) if len(rows) else dataset[:0]
-            verify_rows(self._file, self.path, group, backbone, rows, values, self._checksums[group, backbone])
+            _verify_rows(self._file, self.path, group, backbone, rows, values, self._checksums[group, backbone])
         return values
 
     def close(self):
@@ -808,7 +808,7 @@ def check_store(store_file, path, *, finished=True, require_features=True):
     images = _require(store_file, "images", path, "/images group", ours)
     path_rows = _require(images, "path", path, "/images/path dataset", ours).shape
     labels = np.asarray(_require(images, "label", path, "/images/label dataset", ours)[()]).reshape(-1)
-    splits = np.asarray(read_strings(_require(images, "split", path, "/images/split dataset", ours)), dtype=object)
+    splits = np.asarray(_read_strings(_require(images, "split", path, "/images/split dataset", ours)), dtype=object)
     num_rows = len(labels)
     if "features" in store_file or require_features:
         features = _require(store_file, "features", path, "/features group", ours)
@@ -915,23 +915,23 @@ def load_store(path, backbones=None, views=False):
                              f"{', '.join(available) or 'none'}. Run run_precompute.py with them first. "
                              f"Received: backbones={list(backbones)}")
         check_finished(store, backbones, path)
-        warn_missing_checksums(store, path, backbones)
+        _warn_missing_checksums(store, path, backbones)
         features, view_arrays, view_names, info = {}, {}, {}, {}
         for name in backbones:
             features[name] = store["features"][name][()]
             rows = np.arange(len(features[name]))
-            verify_rows(store, path, "features", name, rows, features[name], read_checksums(store, "features", name))
+            _verify_rows(store, path, "features", name, rows, features[name], _read_checksums(store, "features", name))
             info[name] = feature_attrs(store, name)
             if views and "views" in store and name in store["views"]:
                 view_arrays[name] = store["views"][name][()]
-                verify_rows(store, path, "views", name, rows, view_arrays[name], read_checksums(store, "views", name))
+                _verify_rows(store, path, "views", name, rows, view_arrays[name], _read_checksums(store, "views", name))
                 view_names[name] = tuple(_decode_attr(store["views"][name].attrs["view_names"]))
-        skipped_paths, skipped_reasons, _ = read_skipped(store)
+        skipped_paths, skipped_reasons, _ = _read_skipped(store)
         return FeatureStore(
             features=features, views=view_arrays, view_names=view_names,
             labels=store["images/label"][()].astype(np.int64),
-            splits=np.asarray(read_strings(store["images/split"])),
-            paths=np.asarray(read_strings(store["images/path"])),
+            splits=np.asarray(_read_strings(store["images/split"])),
+            paths=np.asarray(_read_strings(store["images/path"])),
             class_names=tuple(_decode_attr(store.attrs.get("class_names", np.array([], dtype=object)))),
             skipped=tuple(zip(skipped_paths, skipped_reasons)),
             backbone_info=info,
@@ -971,7 +971,7 @@ def open_to_resume(path):
     try:
         store_file = h5py.File(path, "r")
     except OSError as error:
-        if is_hdf5(path):
+        if _is_hdf5(path):
             open_store(path)  # raises the StoreError that says it is damaged
         raise ValueError(f"{path} exists but is not an HDF5 file ({error}); it is left untouched. Choose another "
                          f"--out. Received: out={path}") from None
@@ -1017,7 +1017,7 @@ class RowFiller:
         _fill_rows(dataset, rows, values)
         key = f"checksums/{group}/{backbone}"
         if key in self._file:  # a backbone of a store written before checksums has none
-            _fill_rows(self._file[key], rows, row_checksums(values))
+            _fill_rows(self._file[key], rows, _row_checksums(values))
 
     def mark_done(self, backbone, rows):
         """Mark rows `rows` of `backbone` computed (`/progress/<backbone>`)."""
@@ -1071,9 +1071,9 @@ def create_store(store_path, *, class_names, paths, labels, splits, fingerprints
         store.attrs["format_version"] = FORMAT_VERSION
         for key, value in root_attrs.items():
             store.attrs[key] = value
-        set_strings_attr(store, "class_names", class_names)
-        write_images(store, paths, labels, splits, fingerprints)
-        write_skipped(store, [], [], np.zeros((0, 2), np.int64))
+        _set_strings_attr(store, "class_names", class_names)
+        _write_images(store, paths, labels, splits, fingerprints)
+        _write_skipped(store, [], [], np.zeros((0, 2), np.int64))
 
 
 def stored_backbones(store_file):
@@ -1115,12 +1115,12 @@ def read_run_rows(path, backbones=()):
     """
     with open_store(path) as store, store_errors(path):
         return RunRows(
-            paths=read_strings(store["images/path"]),
+            paths=_read_strings(store["images/path"]),
             labels=store["images/label"][()],
             fingerprints=store["images/fingerprint"][()],
-            class_names=read_strings_attr(store, "class_names"),
+            class_names=_read_strings_attr(store, "class_names"),
             unreadable=store["pending/unreadable"][()].astype(bool),
             pending_reasons=[value.decode("utf-8", "replace") for value in store["pending/reason"][()]],
             done={name: store["progress"][name][()].astype(bool) for name in backbones},
-            skipped=read_skipped(store),
+            skipped=_read_skipped(store),
         )

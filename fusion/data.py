@@ -17,7 +17,7 @@ from features import store as feature_store
 MEMORY_SHARE = 0.5
 
 
-def available_memory_bytes():
+def _available_memory_bytes():
     """Memory the system can still give this process, in bytes (MemAvailable on Linux)."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
@@ -124,7 +124,7 @@ def open_feature_source(store_path, backbones, *, stream=None, with_views=False,
         if needed_bytes is None:
             with feature_store.FeatureRows(store_path) as reader:
                 needed_bytes = sum(reader.nbytes("features", name) for name in backbones)
-        stream = needed_bytes > MEMORY_SHARE * available_memory_bytes()
+        stream = needed_bytes > MEMORY_SHARE * _available_memory_bytes()
     source_class = _HDF5Source if stream else _ArraySource
     return source_class(store_path, backbones, with_views)
 

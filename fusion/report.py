@@ -36,14 +36,14 @@ def _model_kind(name, backbones):
     return "baseline"
 
 
-def rank_models(test_metrics):
+def _rank_models(test_metrics):
     """Model names, best first: higher accuracy, then lower log loss."""
     return sorted(test_metrics, key=lambda name: (-test_metrics[name]["accuracy"], test_metrics[name]["log_loss"]))
 
 
-def summarize(test_metrics, backbones, mcnemar):
+def _summarize(test_metrics, backbones, mcnemar):
     """The winner and its margin over the runner-up; fusion's margins over the average and the best backbone, and significance."""
-    contenders = [name for name in rank_models(test_metrics) if not name.startswith("fusion_without_")]
+    contenders = [name for name in _rank_models(test_metrics) if not name.startswith("fusion_without_")]
     winner = contenders[0]
     singles = [name for name in contenders if name in backbones]
     best_single = singles[0] if singles else None
@@ -131,7 +131,7 @@ def build_report(info, backbones, rows, labels, test_probabilities, *, weighted_
         "images_per_split": {split: int(len(split_rows)) for split, split_rows in rows.items()},
         "test": test_metrics,
         "mcnemar": {"fusion_vs_average": {**mcnemar, "model_a": "fusion", "model_b": "average"}},
-        "summary": summarize(test_metrics, backbones, mcnemar),
+        "summary": _summarize(test_metrics, backbones, mcnemar),
         "weighted_average_weights": dict(zip(backbones, np.asarray(weighted_average_weights).tolist())),
         "training": training,
         "warnings": warnings,
@@ -148,7 +148,7 @@ def _save(figure, path):
 
 
 def _model_comparison_figure(test_metrics, backbones):
-    names = rank_models(test_metrics)[::-1]
+    names = _rank_models(test_metrics)[::-1]
     kinds = [_model_kind(name, backbones) for name in names]
     # constrained layout makes room for the legend below the axes.
     figure, axis = plt.subplots(figsize=(7, 0.35 * len(names) + 1.6), layout="constrained")
@@ -163,7 +163,7 @@ def _model_comparison_figure(test_metrics, backbones):
     return figure
 
 
-def plot_model_comparison(test_metrics, backbones, path):
+def _plot_model_comparison(test_metrics, backbones, path):
     """Save a bar chart of every model's test accuracy, best on top, coloured by kind of model.
 
     Args:
@@ -172,7 +172,7 @@ def plot_model_comparison(test_metrics, backbones, path):
         path: the PNG file to write.
 
     Example:
-        >>> plot_model_comparison(report["test"], report["backbones"], "plots/model_comparison.png")
+        >>> _plot_model_comparison(report["test"], report["backbones"], "plots/model_comparison.png")
     """
     _save(_model_comparison_figure(test_metrics, backbones), path)
 
@@ -219,7 +219,7 @@ def _confusion_figure(matrix, class_names, model_name):
     return figure
 
 
-def plot_confusion_matrix(matrix, class_names, model_name, path):
+def _plot_confusion_matrix(matrix, class_names, model_name, path):
     """Save a confusion matrix plot normalised by row: each true class's test images split by prediction.
 
     Args:
@@ -229,7 +229,7 @@ def plot_confusion_matrix(matrix, class_names, model_name, path):
         path: the PNG file to write.
 
     Example:
-        >>> plot_confusion_matrix(metrics["confusion_matrix"], class_names, "fusion", "plots/confusion_matrix.png")
+        >>> _plot_confusion_matrix(metrics["confusion_matrix"], class_names, "fusion", "plots/confusion_matrix.png")
     """
     _save(_confusion_figure(matrix, class_names, model_name), path)
 
@@ -245,7 +245,7 @@ def _most_confused_pairs(matrix, class_names, top=MOST_CONFUSED_PAIRS):
             for row, column in cells[:top]]
 
 
-def plot_training_curves(histories, path):
+def _plot_training_curves(histories, path):
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, history in histories.items():
         style = "-" if name == "fusion" else "--" if name.startswith("fusion_without_") else ":"
@@ -281,7 +281,7 @@ def _confusion_as_table(class_names):
     return len(class_names) > CONFUSION_PLOT_MAX_CLASSES
 
 
-def render_markdown(report):
+def _render_markdown(report):
     """report.md: what was trained, the table, the winner and by how much, significance, per-class scores, plots.
 
     Past CONFUSION_PLOT_MAX_CLASSES classes, a table of the winner's most confused pairs stands in for
@@ -337,7 +337,7 @@ def render_markdown(report):
     lines += ["", "## All models (test split)", ""]
     header = "| model | kind | accuracy (95% CI) |" + (" top-5 (95% CI) |" if has_top5 else "") + " log loss | macro F1 |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for name in rank_models(test):
+    for name in _rank_models(test):
         metrics = test[name]
         lines.append(
             f"| {name} | {_model_kind(name, backbones)} | {_with_interval(metrics['accuracy'], metrics.get('accuracy_ci95'))} |"
@@ -412,16 +412,16 @@ def write_report(run_dir, report, histories):
                    *(f"plots/{name}.png" for name in ("model_comparison", "confusion_matrix", "training_curves")))
     winner = report["summary"]["winner"]
     report["plots"] = {"model comparison": "plots/model_comparison.png"}
-    plot_model_comparison(report["test"], report["backbones"], run_dir / "plots" / "model_comparison.png")
+    _plot_model_comparison(report["test"], report["backbones"], run_dir / "plots" / "model_comparison.png")
     # Past CONFUSION_PLOT_MAX_CLASSES, report.md lists the most confused pairs instead.
     if not _confusion_as_table(report["class_names"]):
-        plot_confusion_matrix(
+        _plot_confusion_matrix(
             report["test"][winner]["confusion_matrix"], report["class_names"], winner, run_dir / "plots" / "confusion_matrix.png"
         )
         report["plots"][f"confusion matrix of {winner}"] = "plots/confusion_matrix.png"
-    plot_training_curves(histories, run_dir / "plots" / "training_curves.png")
+    _plot_training_curves(histories, run_dir / "plots" / "training_curves.png")
     report["plots"]["training curves"] = "plots/training_curves.png"
     # report.md first: report.json is what marks a run finished (see `fusion.saved_run.load_run`).
-    markdown_path = write_text_atomic(run_dir / "report.md", render_markdown(report))
+    markdown_path = write_text_atomic(run_dir / "report.md", _render_markdown(report))
     write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return markdown_path

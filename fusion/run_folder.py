@@ -48,11 +48,11 @@ def _record_lock(run_dir):
         os.close(descriptor)  # releases the lock
 
 
-def read_written(run_dir):
+def _read_written(run_dir):
     """The files recorded as written into `run_dir`, relative POSIX paths; None when it has no record.
 
     Example:
-        >>> read_written("runs/exp1")[:2]
+        >>> _read_written("runs/exp1")[:2]
         ['config.json', 'history/fusion.csv']
     """
     path = _manifest(run_dir)
@@ -79,7 +79,7 @@ def record_written(run_dir, *paths):
     run_dir = Path(run_dir)
     resolved_dir = run_dir.resolve()
     with _record_lock(run_dir):
-        files = set(read_written(run_dir) or [])
+        files = set(_read_written(run_dir) or [])
         for path in paths:
             absolute = (run_dir / path).resolve()  # an absolute path stays as it is
             try:
@@ -129,7 +129,7 @@ def prepare_run_folder(out_dir, overwrite):
                 f"Run folder {out_dir.resolve()} is not empty. Choose a new --out, or pass --overwrite "
                 f"to replace the run in it. Received: out={out_dir}"
             )
-        written = read_written(out_dir)
+        written = _read_written(out_dir)
         if written is None:
             raise FileExistsError(
                 f"Refusing to overwrite {out_dir.resolve()}: it is not empty and holds no {MANIFEST_NAME}, the record "

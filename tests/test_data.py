@@ -113,9 +113,9 @@ def test_view_index_and_view_augment_pick_views(store):
 
 def test_memory_or_stream_decided_by_available_memory(store, monkeypatch):
     info = read_store_info(store)
-    monkeypatch.setattr(fusion.data, "available_memory_bytes", lambda: 10**12)
+    monkeypatch.setattr(fusion.data, "_available_memory_bytes", lambda: 10**12)
     assert open_feature_source(store, info.backbones).streamed is False
-    monkeypatch.setattr(fusion.data, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(fusion.data, "_available_memory_bytes", lambda: 1000)
     assert open_feature_source(store, info.backbones).streamed is True
     assert open_feature_source(store, info.backbones, stream=False).streamed is False
 

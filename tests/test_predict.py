@@ -170,7 +170,7 @@ def _run_cli(argv, capsys):
 
 
 def test_a_cut_short_cached_export_is_exported_again_saying_so(float32_run, tmp_path, capsys):
-    from fusion.run_folder import read_written
+    from fusion.run_folder import _read_written
 
     data, _, run_dir = float32_run
     run_copy = _copy_run(run_dir, tmp_path)
@@ -182,7 +182,7 @@ def test_a_cut_short_cached_export_is_exported_again_saying_so(float32_run, tmp_
     assert err == [f"run_predict.py: warning: {exported} is damaged: not a whole .keras file (4096 bytes, not a "
                    f"complete zip archive; cut short?); exporting the run again."]
     assert keras.saving.load_model(exported, safe_mode=True).output_shape == (None, 2)
-    assert "exported.keras" in read_written(run_copy)
+    assert "exported.keras" in _read_written(run_copy)
     assert not [path for path in run_copy.iterdir() if ".tmp-" in path.name]
     # The second prediction reuses the whole file, without a word.
     assert _run_cli([run_copy, image_paths(data)[0], "--out", out, "--no-progress"], capsys)[::2] == (0, [])

@@ -15,10 +15,10 @@ from fusion.report import (
     _most_confused_pairs,
     _row_normalised,
     build_report,
-    rank_models,
-    render_markdown,
+    _rank_models,
+    _render_markdown,
     store_warnings,
-    summarize,
+    _summarize,
     write_report,
 )
 
@@ -41,7 +41,7 @@ def _report(fusion_accuracy, p_value):
     mcnemar = {"only_a_correct": 12, "only_b_correct": 2, "p_value": p_value}
     return {"store": "cache.h5", "backbones": ["a", "b"], "class_names": ["cat", "dog"],
             "images_per_split": {"train": 600, "val": 200, "test": 100}, "test": test,
-            "mcnemar": {"fusion_vs_average": mcnemar}, "summary": summarize(test, ["a", "b"], mcnemar),
+            "mcnemar": {"fusion_vs_average": mcnemar}, "summary": _summarize(test, ["a", "b"], mcnemar),
             "weighted_average_weights": {"a": 0.6, "b": 0.4}, "training": {}}
 
 
@@ -59,7 +59,7 @@ def test_summary_names_winner_margins_and_significance():
     assert np.isclose(summary["fusion_minus_average"], 0.10) and np.isclose(summary["fusion_minus_best_single_backbone"], 0.15)
     assert summary["fusion_vs_average_significant"] is True
     # Ablations never win: they are diagnostics of the fusion model.
-    assert rank_models({"x": _metrics(0.5, 1), "y": _metrics(0.5, 0.9)}) == ["y", "x"]
+    assert _rank_models({"x": _metrics(0.5, 1), "y": _metrics(0.5, 0.9)}) == ["y", "x"]
 
 
 def test_markdown_says_who_wins_by_how_much_and_whether_it_is_significant(tmp_path):
@@ -79,7 +79,7 @@ def test_markdown_says_who_wins_by_how_much_and_whether_it_is_significant(tmp_pa
 
 
 def test_markdown_at_two_classes_shows_intervals_and_the_worst_recall_first():
-    lines = render_markdown({**_report(0.90, 0.01), "plots": {}}).splitlines()
+    lines = _render_markdown({**_report(0.90, 0.01), "plots": {}}).splitlines()
     assert "| model | kind | accuracy (95% CI) | log loss | macro F1 |" in lines  # No model has top-5 at 2 classes.
     assert "| fusion | fusion | 0.900 (0.840–0.950) | 0.300 | 0.900 |" in lines
     assert "| stacking | baseline | 0.820 (0.760–0.870) | 0.390 | 0.820 |" in lines
@@ -91,7 +91,7 @@ def test_markdown_at_two_classes_shows_intervals_and_the_worst_recall_first():
 
 def test_markdown_when_fusion_does_not_pay():
     report = _report(0.79, 0.6)
-    markdown = render_markdown({**report, "plots": {}})
+    markdown = _render_markdown({**report, "plots": {}})
     assert "Best model on the test split: **stacking** (accuracy 0.820), +0.010 ahead of the runner-up, weighted_average (0.810)." in markdown
     assert "-0.010 against the averaging baseline" in markdown
     assert "is not significant at the 5% level. A learned fusion is not shown to be worth it here." in markdown
@@ -138,7 +138,7 @@ def test_report_at_60_classes_lists_the_most_confused_pairs_instead_of_a_plot(tm
     mcnemar = mcnemar_test(labels, fusion, average)
     report = {"store": "cache.h5", "backbones": ["a", "b"], "class_names": class_names,
               "images_per_split": {"train": 1500, "val": 500, "test": 500}, "test": test,
-              "mcnemar": {"fusion_vs_average": mcnemar}, "summary": summarize(test, ["a", "b"], mcnemar),
+              "mcnemar": {"fusion_vs_average": mcnemar}, "summary": _summarize(test, ["a", "b"], mcnemar),
               "weighted_average_weights": {"a": 0.5, "b": 0.5}, "training": {}}
     lines = write_report(tmp_path, report, HISTORIES).read_text().splitlines()
 

@@ -13,7 +13,7 @@ import pytest
 from fusion.evaluation import mcnemar_test
 from fusion.model import build_fusion_model
 from fusion.run import train_run
-from fusion.run_folder import read_written
+from fusion.run_folder import _read_written
 from fusion.saved_run import load_run
 from fusion.store import read_store_info
 from fusion.synthetic import write_synthetic_store
@@ -159,7 +159,7 @@ def test_tta_averages_the_identity_and_every_view(xor_run):
 def test_run_folder_holds_models_histories_plots_and_config(xor_run):
     run_dir = xor_run.run_dir
     # Every file of the run is in its record, so that --overwrite can remove it and nothing else.
-    written = set(read_written(run_dir))
+    written = set(_read_written(run_dir))
     present = {path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file()}
     assert present - written == {"written_files.json"} and "report.md" in written
     models = sorted(path.name for path in (run_dir / "models").iterdir())

@@ -9,7 +9,7 @@ import pytest
 from fusion.run_folder import (
     MANIFEST_NAME,
     prepare_run_folder,
-    read_written,
+    _read_written,
     record_written,
     write_run_json,
     write_test_predictions,
@@ -23,9 +23,9 @@ def _write(path, text="x"):
 
 def test_a_new_run_folder_starts_an_empty_record(tmp_path):
     run_dir = prepare_run_folder(tmp_path / "run", overwrite=False)
-    assert read_written(run_dir) == [] and (run_dir / MANIFEST_NAME).is_file()
+    assert _read_written(run_dir) == [] and (run_dir / MANIFEST_NAME).is_file()
     record_written(run_dir, "config.json", run_dir / "models" / "fusion.keras", tmp_path / "elsewhere.csv")
-    assert read_written(run_dir) == ["config.json", "models/fusion.keras"]  # outside the folder: not the run's
+    assert _read_written(run_dir) == ["config.json", "models/fusion.keras"]  # outside the folder: not the run's
 
 
 def test_overwrite_removes_exactly_what_a_run_wrote(tmp_path):
@@ -35,7 +35,7 @@ def test_overwrite_removes_exactly_what_a_run_wrote(tmp_path):
         _write(run_dir / name)
     prepare_run_folder(run_dir, overwrite=True)
     assert sorted(path.name for path in run_dir.iterdir()) == [MANIFEST_NAME]
-    assert read_written(run_dir) == []
+    assert _read_written(run_dir) == []
 
 
 def test_overwrite_refuses_a_folder_with_anything_a_run_did_not_write(tmp_path):
@@ -76,7 +76,7 @@ def test_paths_are_relative_to_the_run_folder_or_absolute(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     prepare_run_folder("runs/exp1", overwrite=False)
     record_written("runs/exp1", "exported.keras", (tmp_path / "runs" / "exp1" / "p.csv"), (tmp_path / "p.csv"))
-    assert read_written("runs/exp1") == ["exported.keras", "p.csv"]
+    assert _read_written("runs/exp1") == ["exported.keras", "p.csv"]
 
 
 def test_a_killed_writers_temporary_of_a_recorded_file_goes_with_the_run(tmp_path):
@@ -106,7 +106,7 @@ def test_concurrent_records_keep_every_entry(tmp_path):
     names = [f"predictions_{index}.csv" for index in range(40)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda name: record_written(run_dir, name), names))
-    assert read_written(run_dir) == sorted(names)
+    assert _read_written(run_dir) == sorted(names)
     assert sorted(path.name for path in run_dir.iterdir()) == [MANIFEST_NAME]  # no temporary left behind
 
 
@@ -117,7 +117,7 @@ def test_the_writers_record_each_file_before_writing_it(tmp_path):
     probabilities = {"fusion": np.array([[0.9, 0.1], [0.25, 0.75]]), "fusion+tta": np.array([[0.6, 0.4], [0.7, 0.3]])}
     write_test_predictions(run_dir, ("x/0.png", "x/1.png", "y/2.png"), ("cat", "dog"), np.array([2, 0]),
                            np.array([1, 0]), probabilities)
-    assert read_written(run_dir) == ["models/stacking.json", "predictions/fusion+tta.csv", "predictions/fusion.csv",
+    assert _read_written(run_dir) == ["models/stacking.json", "predictions/fusion+tta.csv", "predictions/fusion.csv",
                                      "predictions/test_probabilities.npz"]
     with open(run_dir / "predictions" / "fusion.csv", newline="") as handle:
         rows = list(csv.reader(handle))

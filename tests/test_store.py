@@ -4,7 +4,7 @@ import pytest
 
 from features.store import (
     StoreBusyError,
-    create_preallocated,
+    _create_preallocated,
     load_store,
     rewrite_store,
     store_lock,
@@ -36,7 +36,7 @@ def test_structural_change_is_all_or_nothing(tmp_path):
 def test_preallocated_rows_write_raw_data_only(tmp_path):
     path = tmp_path / "cache.h5"
     with h5py.File(path, "w") as store:
-        create_preallocated(store, "features", (100, 64), np.float16)
+        _create_preallocated(store, "features", (100, 64), np.float16)
     size = path.stat().st_size
     assert size > 100 * 64 * 2  # chunks are on disk before any row is written
     with h5py.File(path, "r+") as store:
