@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fusion.data
-from features import store as feature_store
+from features.store._read import _read_rows
 from fusion.data import FeatureBatches, open_feature_source
 from fusion.model import build_fusion_model
 from fusion.store import read_store_info
@@ -80,15 +80,15 @@ class _CountingDataset:
 def test_streamed_reads_of_a_sparse_split_stay_near_the_rows_wanted():
     dataset = _CountingDataset(np.arange(10_000, dtype=np.float32)[:, None])
     dense = np.arange(100, 132)  # consecutive rows: one contiguous read
-    np.testing.assert_array_equal(feature_store._read_rows(dataset, dense)[:, 0], dense)
+    np.testing.assert_array_equal(_read_rows(dataset, dense)[:, 0], dense)
     assert dataset.rows_read == [32]
     # A 1% split: 32 rows spread over 3,200 store rows are read as 32 rows, not 3,200.
     sparse = np.arange(0, 3200, 100) + 7
-    np.testing.assert_array_equal(feature_store._read_rows(dataset, sparse)[:, 0], sparse)
+    np.testing.assert_array_equal(_read_rows(dataset, sparse)[:, 0], sparse)
     assert dataset.rows_read == [32, 32]
     # Gaps up to MAX_READ_SPAN rows per wanted row still read as one range.
     half = np.arange(200, 264, 2)
-    np.testing.assert_array_equal(feature_store._read_rows(dataset, half)[:, 0], half)
+    np.testing.assert_array_equal(_read_rows(dataset, half)[:, 0], half)
     assert dataset.rows_read[-1] == 63
 
 

@@ -80,7 +80,7 @@ def test_the_wheel_holds_both_packages_the_stage_scripts_and_their_console_entry
     (wheel,) = tmp_path.glob("fusionpipe-*.whl")
     assert wheel.name.startswith(f"fusionpipe-{features.__version__}-")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("features/store.py", "fusion/run.py", "run_precompute.py", "run_train.py", "run_predict.py"):
+    for module in ("features/store/__init__.py", "features/store/_read.py", "fusion/run.py", "run_precompute.py", "run_train.py", "run_predict.py"):
         assert module in names
     assert not any(name.startswith("tests/") for name in names)
     entry_points = zipfile.ZipFile(wheel).read(

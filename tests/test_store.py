@@ -4,11 +4,11 @@ import pytest
 
 from features.store import (
     StoreBusyError,
-    _create_preallocated,
     load_store,
     rewrite_store,
     store_lock,
 )
+from features.store._layout import _create_preallocated
 
 
 def test_a_second_writer_is_refused_at_once(tmp_path):

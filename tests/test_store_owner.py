@@ -1,4 +1,4 @@
-"""The store has one owner: only features/store.py opens the HDF5 file or imports h5py; the rest go through it."""
+"""The store has one owner: only the package features/store/ imports h5py; the rest go through it."""
 
 import ast
 from pathlib import Path
@@ -10,7 +10,7 @@ from features.store import FeatureRows, StoreError, read_index, write_plain_stor
 from fusion.synthetic import write_synthetic_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OWNER = REPO_ROOT / "features" / "store.py"
+OWNER = REPO_ROOT / "features" / "store"
 
 
 def _project_sources():
@@ -29,9 +29,27 @@ def _imports_h5py(path):
     return False
 
 
-def test_only_the_store_module_imports_h5py():
-    importers = [str(path.relative_to(REPO_ROOT)) for path in _project_sources() if _imports_h5py(path)]
-    assert importers == ["features/store.py"], f"h5py is imported outside the store's owner: {importers}"
+def _outside_the_owner(paths, root=REPO_ROOT, owner=OWNER):
+    """The modules among `paths` that import h5py and do not lie inside the package `owner`."""
+    return [path.relative_to(root).as_posix() for path in paths if owner not in path.parents and _imports_h5py(path)]
+
+
+def test_only_the_store_package_imports_h5py():
+    sources = list(_project_sources())
+    assert _imports_h5py(OWNER / "_files.py"), "the check would pass vacuously: the store package imports no h5py"
+    importers = _outside_the_owner(sources)
+    assert importers == [], f"h5py is imported outside the store's owner (features/store/): {importers}"
+
+
+def test_the_owner_check_catches_a_module_outside_the_store_package(tmp_path):
+    # The check above must be able to fail: a module beside the package, even one named like it, is caught.
+    (tmp_path / "features" / "store").mkdir(parents=True)
+    names = ("store/_files.py", "sneaky.py", "store_extra.py", "clean.py")
+    sources = {name: tmp_path / "features" / name for name in names}
+    for name, path in sources.items():
+        path.write_text("import numpy\n" if name == "clean.py" else "from h5py import File\n", encoding="utf-8")
+    found = _outside_the_owner(sources.values(), root=tmp_path, owner=tmp_path / "features" / "store")
+    assert found == ["features/sneaky.py", "features/store_extra.py"]
 
 
 def test_read_index_reads_what_the_generator_wrote(tmp_path):
