@@ -9,8 +9,6 @@ attributes and config.json. Nothing else reads the recipe by string keys.
 import dataclasses
 import sys
 
-import numpy as np
-
 # Without these a backbone cannot be rebuilt as precompute ran it; stores of other tools lack them.
 _REQUIRED = ("backbone", "input_size", "pooling", "weights")
 
@@ -21,17 +19,6 @@ _ONLY_FOR_RANDOM_WEIGHTS = ("seed", "backend")
 
 # Kept for the record: they do not change the features, so a run and a store may differ in them.
 _RECORD_ONLY = ("keras_version", "backend_version")
-
-
-def _plain(value):
-    """An HDF5 attribute or a JSON value as a plain Python value (str, int, float, list)."""
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode("utf-8")
-    if isinstance(value, np.ndarray):
-        return [_plain(item) for item in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _backend_version(backend):
@@ -115,13 +102,14 @@ class FeatureRecipe:
         Returns None when `attrs` does not record enough to rebuild the backbone (stores of other tools).
 
         Args:
-            attrs: mapping of attribute name -> value (HDF5 values are decoded).
+            attrs: mapping of attribute name -> plain value, as `features.store.feature_attrs` reads
+                them from a store or as config.json holds them.
             backbone: the backbone's name where `attrs` does not record it (default: None).
 
         Example:
             >>> FeatureRecipe.from_attrs({"backbone": "resnet50", "input_size": 64, "pooling": "avg", "weights": "none"})
         """
-        values = {key: _plain(value) for key, value in dict(attrs or {}).items()}
+        values = dict(attrs or {})
         if backbone is not None:
             values.setdefault("backbone", backbone)
         if any(key not in values for key in _REQUIRED):

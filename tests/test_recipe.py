@@ -1,11 +1,14 @@
 """The typed recipe: written as the store's attributes, read back equal, compared field by field, and rebuilding the backbone."""
 
 import dataclasses
+import json
 
+import h5py
 import numpy as np
 import pytest
 
 from features.recipe import FeatureRecipe
+from features.store import feature_attrs, open_store, write_plain_store
 
 
 def _recipe(**changes):
@@ -14,14 +17,17 @@ def _recipe(**changes):
     return dataclasses.replace(recipe, **changes)
 
 
-def test_attrs_round_trip_including_hdf5_values():
+def test_attrs_round_trip_through_a_store_and_json(tmp_path):
     recipe = _recipe()
     attrs = recipe.to_attrs()
     assert attrs["views"] == "flip" and attrs["input_size"] == 32 and attrs["weights_sha256"] == "none"
-    # As h5py hands them back: numpy scalars and bytes.
-    stored = {key: (np.bytes_(value.encode()) if isinstance(value, str) else np.int64(value))
-              for key, value in attrs.items()}
-    assert FeatureRecipe.from_attrs(stored) == recipe
+    store = tmp_path / "plain.h5"
+    write_plain_store(store, ["a"], ["a.png"], [0], ["train"], {"mobilenet_v2": np.zeros((1, 4), np.float16)})
+    with h5py.File(store, "r+") as store_file:  # as precompute's add_backbone writes them
+        store_file["features/mobilenet_v2"].attrs.update(attrs)
+    with open_store(store) as store_file:
+        assert FeatureRecipe.from_attrs(feature_attrs(store_file, "mobilenet_v2")) == recipe
+    assert FeatureRecipe.from_attrs(json.loads(json.dumps(attrs))) == recipe  # as config.json holds it
     assert FeatureRecipe.from_attrs(dict(attrs, views="none")).views == ()
 
 
