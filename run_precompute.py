@@ -9,10 +9,10 @@ import sys
 
 def build_parser():
     """The argument parser of `run_precompute.py`."""
-    from features.cli import add_config_option
+    from features.cli import add_config_option, program_name
 
     parser = argparse.ArgumentParser(
-        prog="run_precompute.py",
+        prog=program_name("run_precompute.py"),
         description="Run frozen ImageNet backbones over DATA once and store their features in one "
         "HDF5 file. Run the same command again to resume, or with more backbones to add them.")
     parser.add_argument("data", metavar="DATA", help="data root: class folders, split folders "

@@ -9,14 +9,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, save_options  # noqa: E402
+from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, program_name, save_options  # noqa: E402
 
 PROGRAM = "run_predict.py"
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=program_name(PROGRAM),
         description="Classify images with a model exported from a run_train.py run folder.",
     )
     add_config_option(parser)
@@ -51,7 +51,7 @@ def build_parser():
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"{PROGRAM}: warning: {message}", file=file or sys.stderr)
+    print(f"{program_name(PROGRAM)}: warning: {message}", file=file or sys.stderr)
 
 
 def _check_arguments(args):
@@ -75,8 +75,9 @@ def _check_arguments(args):
 
 
 def main(argv=None):
-    args = parse_args_with_config(build_parser(), argv)
-    with exit_on_user_error(PROGRAM), warnings.catch_warnings():
+    parser = build_parser()
+    args = parse_args_with_config(parser, argv)
+    with exit_on_user_error(parser.prog), warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         from fusion.export import export_model
         from fusion.image_inputs import gather_image_paths

@@ -6,14 +6,14 @@
 import argparse
 import sys
 
-from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, save_options
+from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, program_name, save_options
 
 PROGRAM = "run_train.py"
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=program_name(PROGRAM),
         description="Train a fusion model over the backbones of a feature store, with per-backbone, "
         "averaging, weighted-average and stacking baselines and a drop-one ablation, and write a report.",
     )
@@ -71,7 +71,7 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    with exit_on_user_error(PROGRAM):
+    with exit_on_user_error(parser.prog):
         args = parse_args_with_config(parser, argv)
         if not args.out:
             # Checked here rather than with required=True so that a --config file may give it.

@@ -24,6 +24,17 @@ _EXIT_USER_ERROR = 2
 _EXIT_INTERRUPTED = 130
 
 
+def program_name(script):
+    """The name usage lines and errors print: the console script's (`fusionpipe-train`) when run as one, else `script`.
+
+    Example:
+        >>> program_name("run_train.py")  # in `python run_train.py ...`
+        'run_train.py'
+    """
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return invoked if invoked.startswith("fusionpipe-") else script
+
+
 def add_config_option(parser):
     """Add `--config FILE` to `parser`; values in the file become the defaults."""
     parser.add_argument(

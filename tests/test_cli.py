@@ -1,10 +1,11 @@
 import argparse
 import json
 import re
+import sys
 
 import pytest
 
-from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, save_options
+from features.cli import add_config_option, exit_on_user_error, parse_args_with_config, program_name, save_options
 
 
 def _parser():
@@ -184,3 +185,14 @@ def test_every_scripts_saved_defaults_load_back_as_config(tmp_path):
         positionals = ["x" for action in parser._actions if not action.option_strings and action.nargs is None]
         args = parse_args_with_config(parser, ["--config", str(config)] + positionals)
         assert {key: getattr(args, key) for key in defaults} == json.loads(config.read_text()), script
+
+
+@pytest.mark.parametrize("argv0, expected", [
+    ("/venv/bin/fusionpipe-train", "fusionpipe-train"),  # the console script the user typed
+    ("run_train.py", "run_train.py"),
+    ("/usr/lib/python3/site-packages/pytest/__main__.py", "run_train.py"),  # called in-process
+    ("", "run_train.py"),
+])
+def test_usage_and_errors_name_the_program_the_user_ran(monkeypatch, argv0, expected):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert program_name("run_train.py") == expected
