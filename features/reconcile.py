@@ -114,7 +114,7 @@ def drop_unreadable_rows(out, backbones):
         return ()
     bad_rows = np.flatnonzero(unreadable)
     paths = stored.paths
-    reasons = [stored.pending_reasons[row] for row in bad_rows]
+    reasons = stored.reasons(bad_rows)
     if np.all(unreadable):
         # Nothing was computed, so nothing is lost by removing the store; keeping it would pin
         # every file as unreadable for the next run, which may name the right DATA.

@@ -297,7 +297,8 @@ class RunRows:
         fingerprints: (N, 2) size and mtime_ns of each image file when stored.
         class_names: list of class names.
         unreadable: (N,) bool, rows found unreadable in a run that has not ended.
-        pending_reasons: list of why each row is unreadable ("" for readable rows).
+        pending_reason: (N,) fixed-length UTF-8 bytes, why each row is unreadable (empty for
+            readable rows); `reasons(rows)` decodes the rows asked for.
         done: dict backbone -> (N,) bool, rows computed.
         skipped: (paths, reasons, fingerprints) of `/skipped`.
     """
@@ -307,9 +308,13 @@ class RunRows:
     fingerprints: np.ndarray
     class_names: list
     unreadable: np.ndarray
-    pending_reasons: list
+    pending_reason: np.ndarray
     done: dict
     skipped: tuple
+
+    def reasons(self, rows):
+        """Why rows `rows` are unreadable, as str (decoded here: a run needs them only for its unreadable rows)."""
+        return [value.decode("utf-8", "replace") for value in self.pending_reason[rows]]
 
 
 def read_run_rows(path, backbones=()):
@@ -326,7 +331,7 @@ def read_run_rows(path, backbones=()):
             fingerprints=store["images/fingerprint"][()],
             class_names=_read_strings_attr(store, "class_names"),
             unreadable=store["pending/unreadable"][()].astype(bool),
-            pending_reasons=[value.decode("utf-8", "replace") for value in store["pending/reason"][()]],
+            pending_reason=store["pending/reason"][()],
             done={name: store["progress"][name][()].astype(bool) for name in backbones},
             skipped=_read_skipped(store),
         )
