@@ -1,7 +1,6 @@
 """Feature extractors: each backbone built and traced once per process, kept in a small cache, run in batches."""
 
 import collections
-import logging
 import os
 import threading
 import time
@@ -50,7 +49,7 @@ def feature_extractor(name, input_size, weights_file, pooling, seed, precision):
             _EXTRACTORS.move_to_end(key)
             return _EXTRACTORS[key], False
         model = _build(name, input_size, weights_file, pooling, seed, precision)
-        _trace_for_any_batch_size(model)
+        _compile_fast_predict(model)
         _EXTRACTORS[key] = model
         while len(_EXTRACTORS) > _EXTRACTORS_MAX:
             _EXTRACTORS.popitem(last=False)
@@ -67,46 +66,64 @@ def _build(name, input_size, weights_file, pooling, seed, precision):
         keras.config.set_dtype_policy(previous)
 
 
-def _trace_for_any_batch_size(model):
-    """TensorFlow-only fast path: make `model`'s compiled predict step accept any batch size.
+def _compile_fast_predict(model):
+    """TensorFlow-only fast path: give `model` one `tf.function` for any batch size, traced once now.
 
-    Keras's predict step is a `tf.function` with `reduce_retracing=True`: a second call with a
-    new batch size traces it once more with the batch dimension unknown, and no batch size
-    traces again. The last, short batch of a run then needs no padding (up to a whole batch of
-    wasted compute). Other backends compile one program per shape and keep padding.
+    The function takes float32 images of shape `[None, H, W, 3]` and returns the model's
+    features in inference mode, as float32 also when the model was built under a mixed
+    precision policy. Its unknown batch dimension means one trace serves every batch, the
+    last, short one included, so nothing is padded: Keras's own predict step would need two
+    traces (one per batch size seen, then one with the batch dimension unknown), which was
+    most of a run's start-up. It runs once on one image here, so that the first batch of the
+    run pays no one-time setup either. Without XLA (`jit_compile`): on a 2-core AVX-512 CPU
+    it was no faster for ResNet50 and a DINOv2-small-shaped ViT, 10x slower for MobileNetV2
+    and slower for every model under mixed_bfloat16, and it compiles again, seconds each
+    time, for each new batch size (the engines table of benchmarks/bench_precompute.py
+    measures it). Other backends compile one program per shape and keep the padded
+    `predict_on_batch` path of `predict_in_batches`.
     """
     if keras.backend.backend() != "tensorflow":
         return
-    shape = tuple(model.input_shape[1:])
-    # The second trace is on purpose; TensorFlow's logger would warn about "excessive retracing".
-    tensorflow_logger = logging.getLogger("tensorflow")
-    level = tensorflow_logger.level
-    tensorflow_logger.setLevel(logging.ERROR)
-    try:
-        for batch_size in (1, 2):
-            model.predict_on_batch(np.zeros((batch_size,) + shape, np.float32))
-    finally:
-        tensorflow_logger.setLevel(level)
-    model._fusionpipe_any_batch_size = True
+    image_shape = tuple(model.input_shape[1:])
+
+    def predict(images):
+        return keras.ops.cast(model(images, training=False), "float32")
+
+    # An export archive's endpoint is Keras's public way to `tf.function(predict, input_signature=...)`
+    # (autograph off): features/ imports Keras, never TensorFlow (tests/test_backends.py). Never written out.
+    function = keras.export.ExportArchive().add_endpoint(
+        "predict", predict, input_signature=[keras.InputSpec(shape=(None,) + image_shape, dtype="float32")])
+    function(np.zeros((1,) + image_shape, np.float32))
+    model._fusionpipe_predict = function
+
+
+def _fast_predict(model):
+    """The fast path's `tf.function` of `model`, or None where it has none (other backends, a model built elsewhere)."""
+    return getattr(model, "_fusionpipe_predict", None)
 
 
 def predict_in_batches(model, images, batch_size):
-    """Run `model` on `images` in batches of `batch_size`, through its compiled predict step.
+    """Run `model` on `images` in batches of `batch_size`; returns float32 features, one row per image.
 
-    The last batch is padded to `batch_size` so that the step keeps one shape and is not
-    traced again, unless the model went through `_trace_for_any_batch_size` (TensorFlow).
+    With TensorFlow a model from `feature_extractor` runs through its one `tf.function` of any
+    batch size (`_compile_fast_predict`), the last batch unpadded. Otherwise it runs through
+    Keras's compiled predict step, the last batch padded to `batch_size` so that the step keeps
+    one shape and is not compiled again.
 
     Example:
         >>> features = predict_in_batches(model, images, batch_size=32)
     """
-    pad = not getattr(model, "_fusionpipe_any_batch_size", False)
+    fast = _fast_predict(model)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         count = len(batch)
-        if pad and count < batch_size:
+        if fast is not None:
+            outputs.append(fast(np.asarray(batch, np.float32)).numpy())
+            continue
+        if count < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:], batch.dtype)])
-        outputs.append(np.asarray(model.predict_on_batch(batch))[:count])
+        outputs.append(np.asarray(model.predict_on_batch(batch), np.float32)[:count])
     return np.concatenate(outputs) if outputs else np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
 
 

@@ -267,13 +267,13 @@ def test_second_run_in_a_process_reuses_built_backbones(data, tmp_path):
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="TensorFlow fast path")
 def test_short_last_batch_runs_unpadded_without_tracing_again():
     model, _ = extractors.feature_extractor("mobilenet_v2", 32, None, "avg", 0, "float32")
-    traces = model.predict_function.experimental_get_tracing_count()
+    traces = extractors._fast_predict(model).experimental_get_tracing_count()
     images = np.random.default_rng(3).uniform(0, 255, (11, 32, 32, 3)).astype("float32")
     batched = extractors.predict_in_batches(model, images, batch_size=4)  # 4 + 4 + 3
-    assert model.predict_function.experimental_get_tracing_count() == traces
+    assert extractors._fast_predict(model).experimental_get_tracing_count() == traces
     one_by_one = np.concatenate([model.predict_on_batch(image[None]) for image in images])
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-4)
-    assert model.predict_function.experimental_get_tracing_count() == traces
+    assert extractors._fast_predict(model).experimental_get_tracing_count() == traces
 
 
 def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
