@@ -31,12 +31,24 @@ def _number(pattern, text):
 
 def test_bench_precompute_prints_both_ratios_and_the_precision_gain():
     printed = _run("bench_precompute", "--images", "6", "--size", "320x240", "--backbones", "mobilenet_v2",
-                   "--batch-size", "4")
+                   "--batch-size", "4", "--startup-images", "5", "--engines", "function", "--engine-rounds", "1")
     for label in (r"\(a\) pipeline", r"\(b\) naive recipe", r"\(c\) compute bound", r"\(a\) mixed_bfloat16"):
         assert _number(label + r": +[\d.]+ s +([\d.]+) img/s", printed) > 0
     assert _number(r"a/b speed-up over naive: ([\d.]+)x", printed) > 0
     assert _number(r"a/c share of compute bound: ([\d.]+)", printed) > 0
     assert _number(r"gain over float32 \(a\): ([\d.]+)x", printed) > 0
+    # Start-up comes first and apart: the first row of a process that had built nothing, within the whole run.
+    first_row = _number(r"start-up, nothing built yet: first row written ([\d.]+) s after calling precompute", printed)
+    build = _number(r"after calling precompute \(build \+ trace ([\d.]+) s\)", printed)
+    assert 0 < build <= first_row <= _number(r"whole run on 5 photos ([\d.]+) s", printed)
+    # The engines table: the precompute path beside the engines asked for, on the same batch, with its ratio.
+    table = printed[printed.index("engines ("):]
+    assert "mobilenet_v2 at 224 px, batch 16" in table and "tf.function, XLA" not in table
+    path_speed = _number(r"precompute path +([\d.]+) img/s", table)
+    function_speed = _number(r"tf\.function +([\d.]+) img/s", table)
+    assert _number(r"precompute path +[\d.]+ img/s .* max rel\. diff from predict_on_batch ([\d.e+-]+)\n", table) < 1e-4
+    ratio = _number(r"precompute path / fastest float32 engine \([^)]+\): ([\d.]+)", table)
+    assert abs(ratio - path_speed / max(function_speed, _number(r"predict_on_batch +([\d.]+) img/s", table))) < 0.02
 
 
 def test_bench_train_prints_memory_and_streamed_speed():
