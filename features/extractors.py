@@ -76,11 +76,12 @@ def _compile_fast_predict(model):
     traces (one per batch size seen, then one with the batch dimension unknown), which was
     most of a run's start-up. It runs once on one image here, so that the first batch of the
     run pays no one-time setup either. Without XLA (`jit_compile`): on a 2-core AVX-512 CPU
-    it was no faster for ResNet50 and a DINOv2-small-shaped ViT, 10x slower for MobileNetV2
-    and slower for every model under mixed_bfloat16, and it compiles again, seconds each
-    time, for each new batch size (the engines table of benchmarks/bench_precompute.py
-    measures it). Other backends compile one program per shape and keep the padded
-    `predict_on_batch` path of `predict_in_batches`.
+    it was within a few percent of this function for ResNet50 (either way) and a
+    DINOv2-small-shaped ViT, over 10x slower for MobileNetV2 and slower for every model
+    under mixed_bfloat16, and it compiles again, seconds each time, for each new batch size
+    (the engines table of benchmarks/bench_precompute.py measures it). Other backends
+    compile one program per shape and keep the padded `predict_on_batch` path of
+    `predict_in_batches`.
     """
     if keras.backend.backend() != "tensorflow":
         return
