@@ -14,7 +14,7 @@ from pathlib import Path
 
 import keras
 
-from features import downloads
+from features import downloads, hub_backbones
 
 _BACKBONES = {}
 
@@ -168,16 +168,106 @@ def _register_all():
 
 
 _register_all()
+# The foundation models of KerasHub share the registry; their module builds and loads them.
+_BACKBONES.update(hub_backbones.HUB_BACKBONES)
+
+# Every pooling some backbone takes; `poolings_of(name)` says which ones a backbone takes.
+ALL_POOLINGS = ("avg", "max", "cls", "cls+avg", "none")
 
 
-def list_backbones():
-    """Names of all registered backbones, sorted.
+def _is_hub(spec):
+    return isinstance(spec, hub_backbones.HubBackboneSpec)
+
+
+def poolings_of(name):
+    """The poolings backbone `name` takes: avg, max, none for the CNNs; cls, avg, cls+avg, none for transformers.
+
+    Example:
+        >>> poolings_of("dinov2_small")
+        ('cls', 'avg', 'cls+avg', 'none')
+    """
+    spec = get_backbone_spec(name)
+    return spec.poolings if _is_hub(spec) else POOLINGS
+
+
+def default_pooling(name):
+    """The pooling `name` uses unless told otherwise: avg for CNNs, the entry's own for transformers.
+
+    Example:
+        >>> default_pooling("dinov2_small"), default_pooling("resnet50")
+        ('cls+avg', 'avg')
+    """
+    spec = get_backbone_spec(name)
+    return spec.default_pooling if _is_hub(spec) else "avg"
+
+
+def resolve_pooling(name, pooling):
+    """The pooling backbone `name` uses for `pooling`: "auto"/None is its default; a pooling it does not take is a ValueError.
+
+    Args:
+        name: registry name.
+        pooling: "auto", None, one pooling for all backbones, or a dict of backbone name -> pooling
+            (names left out get their default).
+
+    Example:
+        >>> resolve_pooling("clip_vit_base_patch16", "auto")
+        'cls'
+    """
+    if isinstance(pooling, dict):
+        pooling = pooling.get(name, "auto")
+    if pooling in (None, "auto"):
+        return default_pooling(name)
+    if pooling not in ALL_POOLINGS:
+        raise ValueError(f"Unknown pooling '{pooling}'. Valid values: auto, {', '.join(ALL_POOLINGS)}. "
+                         f"Received: pooling={pooling!r}")
+    if pooling not in poolings_of(name):
+        raise ValueError(
+            f"Pooling '{pooling}' does not apply to backbone '{name}'. It takes: {', '.join(poolings_of(name))} "
+            f"(or auto, its default {default_pooling(name)}); set one per backbone with NAME=POOLING. "
+            f"Received: pooling={pooling!r}")
+    return pooling
+
+
+def parse_pooling(values, backbones):
+    """The pooling of each backbone from command-line values: one for all, NAME=POOLING per backbone, or both.
+
+    Args:
+        values: strings such as ["auto"], ["cls+avg"], ["cls", "resnet50=avg"]; one unkeyed value
+            at most, used for the backbones not named.
+        backbones: the run's backbone names.
+
+    Example:
+        >>> parse_pooling(["cls", "resnet50=avg"], ["dinov2_small", "resnet50"])
+        {'dinov2_small': 'cls', 'resnet50': 'avg'}
+    """
+    values = [values] if isinstance(values, str) else list(values)
+    keyed = dict(value.split("=", 1) for value in values if "=" in value)
+    unkeyed = [value for value in values if "=" not in value]
+    if len(unkeyed) > 1:
+        raise ValueError(f"Give one pooling for all backbones, and NAME=POOLING for the others. "
+                         f"Received: pooling={values}")
+    unknown = [name for name in keyed if name not in backbones]
+    if unknown:
+        raise ValueError(f"Pooling given for backbones not in this run: {', '.join(unknown)}. Backbones of the run: "
+                         f"{', '.join(backbones)}. Received: pooling={values}")
+    return {name: keyed.get(name, unkeyed[0] if unkeyed else "auto") for name in backbones}
+
+
+def list_backbones(source=None):
+    """Names of all registered backbones, sorted; only those of `source` when given.
+
+    Args:
+        source: "keras.applications" (the CNNs) or "keras_hub" (the foundation models), or None
+            for all (default: None).
 
     Example:
         >>> "resnet50" in list_backbones()
         True
+        >>> "dinov2_small" in list_backbones("keras_hub")
+        True
     """
-    return sorted(_BACKBONES)
+    return sorted(name for name, spec in _BACKBONES.items()
+                  if source is None or getattr(spec, "source", "keras.applications") == source)
 
 
 def get_backbone_spec(name):
@@ -211,15 +301,11 @@ def check_backbone_names(names):
     return names
 
 
-def _check_pooling(pooling):
-    if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling '{pooling}'. Valid values: {', '.join(POOLINGS)}. "
-                         f"Received: pooling={pooling!r}")
-
-
 def check_input_size(name, input_size):
     """The input size to use for backbone `name`: its native size when `input_size` is None."""
     spec = get_backbone_spec(name)
+    if _is_hub(spec):
+        return hub_backbones.check_hub_input_size(spec, input_size)
     if input_size is None:
         return spec.input_size
     if not isinstance(input_size, int) or input_size < spec.min_input_size:
@@ -266,6 +352,8 @@ def resolve_weights(name, weights="imagenet"):
         True
     """
     spec = get_backbone_spec(name)
+    if _is_hub(spec):
+        return hub_backbones.resolve_hub_weights(spec, weights)
     if weights is None or weights == "none":
         return None
     if weights == "imagenet":
@@ -315,6 +403,8 @@ def weights_sha256(path):
         '...'
     """
     path = Path(path).resolve()
+    if path.is_dir():  # a KerasHub preset folder: its weights file
+        path = hub_backbones.preset_weights_file(path)
     status = path.stat()
     key = (str(path), status.st_size, status.st_mtime_ns)
     with _SHA256_LOCK:
@@ -334,7 +424,10 @@ def has_imagenet_weights(name):
         >>> has_imagenet_weights("resnet50")
         False
     """
-    return _local_imagenet_file(get_backbone_spec(name)) is not None
+    spec = get_backbone_spec(name)
+    if _is_hub(spec):
+        return hub_backbones.has_cached_preset(spec)
+    return _local_imagenet_file(spec) is not None
 
 
 @keras.saving.register_keras_serializable(package="fusionpipe")
@@ -383,7 +476,9 @@ def create_backbone(name, input_size=None, weights="imagenet", pooling="avg", se
         name: registry name, see `list_backbones()`.
         input_size: side of the input images (default: None, the backbone's native size).
         weights: "imagenet", "none", a folder of Keras weight files, or a file (default: "imagenet").
-        pooling: "avg", "max" or "none" for the spatial feature map (default: "avg").
+        pooling: "avg", "max" or "none" (the spatial feature map) for CNNs; "cls", "avg", "cls+avg"
+            or "none" (the grid of patch tokens) for transformers; "auto" for the backbone's
+            default (see `default_pooling`) (default: "avg").
         seed: seeds the random initialisation, so `weights="none"` is repeatable (default: 0).
 
     Example:
@@ -393,8 +488,10 @@ def create_backbone(name, input_size=None, weights="imagenet", pooling="avg", se
     """
     spec = get_backbone_spec(name)
     input_size = check_input_size(name, input_size)
-    _check_pooling(pooling)
+    pooling = resolve_pooling(name, pooling)
     weights_path = resolve_weights(name, weights)
+    if _is_hub(spec):
+        return hub_backbones.create_hub_backbone(spec, input_size, weights_path, pooling, seed)
     keras.utils.set_random_seed(seed)
     constructor = getattr(keras.applications, spec.constructor)
     backbone = constructor(include_top=False, weights=weights_path,
