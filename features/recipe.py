@@ -43,7 +43,7 @@ class FeatureRecipe:
         views: names of the extra views stored in `/views/<backbone>` (empty for none).
         preprocessing: the `preprocess_input` applied, for the record.
         resize: how images were resized, for the record.
-        weights_file: the Keras weights file name of the backbone.
+        weights_file: the Keras weights file name of the backbone at `input_size`.
         weights_sha256: sha256 of the weights file used, "none" for random or unknown.
         keras_version, backend, backend_version: what computed the features.
 
@@ -90,7 +90,7 @@ class FeatureRecipe:
             precision=precision, views=tuple(views),
             preprocessing=f"keras.applications.{spec.preprocess_module}.preprocess_input",
             resize="bilinear, antialias, aspect ratio not kept",
-            weights_file=spec.weights_file,
+            weights_file=spec.weights_for(int(input_size)).weights_file,
             weights_sha256=weights_sha256(weights_path) if weights_path else "none",
             keras_version=keras.__version__, backend=backend, backend_version=_backend_version(backend),
         )
