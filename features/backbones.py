@@ -276,6 +276,20 @@ def list_backbones():
     return sorted(_BACKBONES)
 
 
+def describe_backbones():
+    """One row per registered backbone, sorted by name, for `run_precompute.py --list-backbones`.
+
+    Each row is a dict of `name`, `family`, `input_size` (native), `feature_size` (the vector
+    length with pooling "avg") and `source`.
+
+    Example:
+        >>> describe_backbones()[0]["family"], describe_backbones()[0]["feature_size"]
+        ('ConvNeXt', 1024)
+    """
+    return [dict(name=spec.name, family=spec.family, input_size=spec.input_size, feature_size=spec.feature_size,
+                 source=spec.source) for spec in map(get_backbone_spec, list_backbones())]
+
+
 def get_backbone_spec(name):
     """The `BackboneSpec` of backbone `name`; an unknown name is a ValueError listing valid ones.
 

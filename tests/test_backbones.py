@@ -9,6 +9,7 @@ import keras
 from features.backbones import (
     PreprocessInput,
     create_backbone,
+    describe_backbones,
     get_backbone_spec,
     has_imagenet_weights,
     list_backbones,
@@ -209,6 +210,17 @@ def test_small_cnns_are_registered_with_family_width_and_feature_size():
     families = {get_backbone_spec(name).family for name in list_backbones()}
     assert {"ResNet", "ResNetV2", "DenseNet", "VGG", "Xception", "MobileNet", "MobileNetV2", "MobileNetV3",
             "EfficientNet", "EfficientNetV2", "ConvNeXt", "InceptionV3", "InceptionResNetV2"} == families
+
+
+def test_describe_backbones_gives_one_row_per_entry():
+    rows = describe_backbones()
+    assert [row["name"] for row in rows] == list_backbones()
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["mobilenet_v3_small"] == dict(name="mobilenet_v3_small", family="MobileNetV3", input_size=224,
+                                                 feature_size=576, source="keras.applications")
+    assert by_name["xception"] == dict(name="xception", family="Xception", input_size=299, feature_size=2048,
+                                       source="keras.applications")
+    assert by_name["mobilenet_v2_140"]["feature_size"] == 1792
 
 
 def test_small_cnns_build_with_their_width_and_keras_preprocessing():

@@ -67,7 +67,10 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 def test_list_backbones(capsys):
     assert main(["--list-backbones"]) == 0
-    assert "densenet201" in capsys.readouterr().out
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["name", "family", "input", "avg", "features", "source"]
+    assert ["densenet201", "DenseNet", "224", "1920", "keras.applications"] in rows
+    assert ["mobilenet_v3_small_minimalistic", "MobileNetV3", "224", "576", "keras.applications"] in rows
 
 
 @pytest.mark.slow
