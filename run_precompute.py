@@ -35,7 +35,8 @@ def build_parser():
                         help="registry names, e.g. xception resnet50 inception_v3 densenet201 vgg19; "
                         "--list-backbones shows all (default: resnet50)")
     models.add_argument("--list-backbones", action="store_true",
-                        help="print the registered backbones and exit (default: off)")
+                        help="print the registered backbones (name, family, native input size, feature size with "
+                        "avg pooling, source) and exit (default: off)")
     models.add_argument("--weights", default="imagenet", metavar="imagenet|none|FOLDER",
                         help="imagenet (from ~/.keras/models or $KERAS_HOME/models), none (seeded "
                         "random, for tests and timing), or a folder holding Keras's weight files "
@@ -106,11 +107,13 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
     if "--list-backbones" in argv:
-        from features.backbones import get_backbone_spec, list_backbones
+        from features.backbones import describe_backbones
 
-        for name in list_backbones():
-            spec = get_backbone_spec(name)
-            print(f"{name:22s} input {spec.input_size:3d}  features {spec.feature_size}")
+        print(f"{'name':34s} {'family':17s} {'input':>5s} {'pooling':>8s} {'features':>8s} {'params':>7s}  source")
+        for row in describe_backbones():
+            params = f"{row['params'] / 1e6:6.0f}M" if row["params"] else "      -"
+            print(f"{row['name']:34s} {row['family']:17s} {row['input_size']:5d} {row['pooling']:>8s} "
+                  f"{row['features']:8d} {params:>7s}  {row['source']}")
         return 0
     with exit_on_user_error(parser.prog):
         args = parse_args_with_config(parser, argv)

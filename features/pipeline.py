@@ -202,7 +202,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                                               decode_workers, max_pixels)
     input_sizes = {name: check_input_size(name, input_size) for name in backbones}
     # Weights are checked before anything else, so a missing file costs no work.
-    weight_files = {name: resolve_weights(name, weights) for name in backbones}
+    weight_files = {name: resolve_weights(name, weights, input_sizes[name]) for name in backbones}
     weights_label = _weights_label(weights)
     table = discover_images(data, csv_path=csv, csv_path_column=csv_path_column,
                             csv_label_column=csv_label_column, csv_split_column=csv_split_column,

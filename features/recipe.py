@@ -43,7 +43,7 @@ class FeatureRecipe:
         views: names of the extra views stored in `/views/<backbone>` (empty for none).
         preprocessing: the `preprocess_input` (CNNs) or the preset's scale and offset (KerasHub), for the record.
         resize: how images were resized, for the record.
-        weights_file: the Keras weights file name of the backbone.
+        weights_file: the Keras weights file name of the backbone at `input_size`.
         preset: the KerasHub preset with its version (kaggle://...), for KerasHub backbones.
         weights_sha256: sha256 of the weights file used, "none" for random or unknown.
         keras_version, backend, backend_version: what computed the features.
@@ -87,14 +87,14 @@ class FeatureRecipe:
 
         spec = get_backbone_spec(backbone)
         backend = keras.backend.backend()
-        if getattr(spec, "source", None) == "keras_hub":
+        if spec.source == "keras_hub":
             scale, offset = read_preset_preprocessing(spec, weights_path)
             preprocessing = (f"Rescaling(scale={[round(value, 8) for value in scale]}, "
                              f"offset={[round(value, 8) for value in offset]})")
             weights_file, preset = "model.weights.h5", spec.kaggle_handle
         else:
             preprocessing = f"keras.applications.{spec.preprocess_module}.preprocess_input"
-            weights_file, preset = spec.weights_file, None
+            weights_file, preset = spec.weights_for(int(input_size)).weights_file, None
         return cls(
             backbone=backbone, input_size=int(input_size), pooling=pooling,
             weights="none" if weights in (None, "none") else str(weights), seed=int(seed), dtype=dtype,

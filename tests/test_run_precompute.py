@@ -67,7 +67,12 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 def test_list_backbones(capsys):
     assert main(["--list-backbones"]) == 0
-    assert "densenet201" in capsys.readouterr().out
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["name", "family", "input", "pooling", "features", "params", "source"]
+    assert ["densenet201", "DenseNet", "224", "avg", "1920", "-", "keras.applications"] in rows
+    assert ["mobilenet_v3_small_minimalistic", "MobileNetV3", "224", "avg", "576", "-", "keras.applications"] in rows
+    assert ["siglip2_so400m_patch14_224", "SigLIP", "2", "224", "cls", "1152", "1135M", "keras_hub",
+            "siglip2_so400m_patch14_224"] in rows
 
 
 @pytest.mark.slow
