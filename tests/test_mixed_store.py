@@ -102,3 +102,15 @@ def test_the_mixed_export_reloads_in_safe_mode_in_a_fresh_process(mixed_run):
                             cwd=Path(__file__).resolve().parent.parent, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1, 2) ('class_0', 'class_1')" in result.stdout
+
+
+def test_a_transformer_under_mixed_bfloat16_gives_the_float32_features_within_bfloat16_rounding(tmp_path):
+    data = write_two_class_images(tmp_path / "images", per_class=3)
+    stored = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        features.precompute(data, tmp_path / f"{precision}.h5", ["dinov2_small"], weights="none", input_size=28,
+                            precision=precision, dtype="float32", progress=False, log=lambda *_: None)
+        stored[precision] = features.load_store(tmp_path / f"{precision}.h5").features["dinov2_small"]
+    assert stored["mixed_bfloat16"].dtype == np.float32
+    assert np.corrcoef(stored["float32"].ravel(), stored["mixed_bfloat16"].ravel())[0, 1] > 0.999
+    assert 0 < np.abs(stored["float32"] - stored["mixed_bfloat16"]).max() < 0.2  # computed in bfloat16, not ignored
