@@ -221,3 +221,25 @@ def test_poolings_by_backbone():
         parse_pooling(["vgg16=avg"], ["resnet50"])
     with pytest.raises(ValueError, match="Give one pooling for all backbones"):
         parse_pooling(["cls", "avg"], ["resnet50"])
+
+
+def test_online_the_preset_is_downloaded_through_kagglehub(tmp_path, monkeypatch):
+    import kagglehub
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.delenv("FUSIONPIPE_OFFLINE", raising=False)
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    (downloaded / "config.json").write_text(json.dumps({"class_name": "CLIPBackbone"}))
+    (downloaded / "model.weights.h5").write_bytes(b"weights")
+    asked = []
+    monkeypatch.setattr(kagglehub, "model_download", lambda handle: asked.append(handle) or str(downloaded))
+    assert resolve_weights("clip_vit_base_patch16", "imagenet") == str(downloaded)
+    assert asked == ["keras/clip/keras/clip_vit_base_patch16/3"]
+
+    def no_network(handle):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(kagglehub, "model_download", no_network)
+    with pytest.raises(FileNotFoundError, match=r"downloading it failed \(Name or service not known\)"):
+        resolve_weights("clip_vit_base_patch16", "imagenet")
