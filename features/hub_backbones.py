@@ -228,12 +228,13 @@ def resolve_hub_weights(spec, weights):
 
     Args:
         spec: the entry's `HubBackboneSpec`.
-        weights: "imagenet", "none"/None, or a folder (default: none).
+        weights: "imagenet", "none"/None, or a folder.
 
     Example:
         >>> resolve_hub_weights(get_hub_spec("dinov2_small"), "none") is None
         True
     """
+    import_keras_hub()  # a missing keras-hub stops here, before any work, like missing weights
     if weights is None or weights == "none":
         return None
     if weights == "imagenet":
@@ -308,7 +309,11 @@ def read_preset_preprocessing(spec, folder):
     path = Path(folder) / _IMAGE_CONVERTER_FILE if folder else None
     if path is None or not path.is_file():
         return spec.preprocessing()
-    config = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"Preset file {path} is not an image converter's JSON ({error}); save the preset again "
+                         f"with save_to_preset. Received: weights={str(folder)!r}") from None
     scale, offset = config.get("scale"), config.get("offset")
     if scale is None:
         return spec.preprocessing()

@@ -243,3 +243,20 @@ def test_online_the_preset_is_downloaded_through_kagglehub(tmp_path, monkeypatch
     monkeypatch.setattr(kagglehub, "model_download", no_network)
     with pytest.raises(FileNotFoundError, match=r"downloading it failed \(Name or service not known\)"):
         resolve_weights("clip_vit_base_patch16", "imagenet")
+
+
+def test_without_keras_hub_a_foundation_backbone_stops_with_the_install_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"need keras-hub.*pip install --no-deps keras-hub==0\.32\.0"):
+        resolve_weights("dinov2_small", "none")
+    assert resolve_weights("resnet50", "none") is None  # the CNNs do not need it
+
+
+def test_a_damaged_image_converter_file_is_one_line(tmp_path):
+    from features.hub_backbones import read_preset_preprocessing
+
+    (tmp_path / "image_converter.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"image_converter\.json is not an image converter's JSON"):
+        read_preset_preprocessing(get_hub_spec("dinov2_small"), tmp_path)
