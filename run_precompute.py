@@ -35,7 +35,8 @@ def build_parser():
                         help="registry names, e.g. xception resnet50 inception_v3 densenet201 vgg19; "
                         "--list-backbones shows all (default: resnet50)")
     models.add_argument("--list-backbones", action="store_true",
-                        help="print the registered backbones and exit (default: off)")
+                        help="print the registered backbones (name, family, native input size, feature size with "
+                        "avg pooling, source) and exit (default: off)")
     models.add_argument("--weights", default="imagenet", metavar="imagenet|none|FOLDER",
                         help="imagenet (from ~/.keras/models or $KERAS_HOME/models), none (seeded "
                         "random, for tests and timing), or a folder holding Keras's weight files "
@@ -44,8 +45,11 @@ def build_parser():
                         help="seed of random weights and of the train/val/test split (default: 0)")
     models.add_argument("--input-size", type=int, default=None, metavar="N",
                         help="one input size for all backbones (default: each backbone's native size)")
-    models.add_argument("--pooling", default="avg", choices=["avg", "max", "none"],
-                        help="global average, global max, or none to store spatial maps (default: avg)")
+    models.add_argument("--pooling", nargs="+", default=["auto"], metavar="POOLING|NAME=POOLING",
+                        help="how each backbone's output becomes features: avg or max (CNNs), cls, avg or cls+avg "
+                        "(transformers: class token or pooled output, mean of patch tokens, both), none (the "
+                        "spatial map or token grid), auto (avg for CNNs, cls+avg for DINOv2/v3, cls for "
+                        "SigLIP, CLIP, ViT); one for all, or NAME=POOLING per backbone (default: auto)")
     models.add_argument("--views", default="none", choices=["none", "hflip", "dihedral"],
                         help="extra views stored in /views for test-time augmentation; each costs one "
                         "more pass: hflip 2x, dihedral (7 flips/rotations) 8x the compute (default: none)")
@@ -103,20 +107,23 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
     if "--list-backbones" in argv:
-        from features.backbones import get_backbone_spec, list_backbones
+        from features.backbones import describe_backbones
 
-        for name in list_backbones():
-            spec = get_backbone_spec(name)
-            print(f"{name:22s} input {spec.input_size:3d}  features {spec.feature_size}")
+        print(f"{'name':34s} {'family':17s} {'input':>5s} {'pooling':>8s} {'features':>8s} {'params':>7s}  source")
+        for row in describe_backbones():
+            params = f"{row['params'] / 1e6:6.0f}M" if row["params"] else "      -"
+            print(f"{row['name']:34s} {row['family']:17s} {row['input_size']:5d} {row['pooling']:>8s} "
+                  f"{row['features']:8d} {params:>7s}  {row['source']}")
         return 0
     with exit_on_user_error(parser.prog):
         args = parse_args_with_config(parser, argv)
+        from features.backbones import parse_pooling
         from features.layout import parse_split_map
         from features.pipeline import precompute
 
         summary = precompute(
             args.data, args.out, args.backbones, weights=args.weights, seed=args.seed,
-            input_size=args.input_size, pooling=args.pooling, dtype=args.dtype, batch_size=args.batch_size,
+            input_size=args.input_size, pooling=parse_pooling(args.pooling, args.backbones), dtype=args.dtype, batch_size=args.batch_size,
             views=args.views, precision=args.precision, val_fraction=args.val_fraction,
             test_fraction=args.test_fraction, csv=args.csv, csv_path_column=args.csv_path_column,
             csv_label_column=args.csv_label_column, csv_split_column=args.csv_split_column,

@@ -46,7 +46,7 @@ def build_parser():
     return parser
 
 
-def choose_weights(requested, backbones):
+def choose_weights(requested, backbones, input_size=None):
     """Return ("imagenet" or "none", the reason to tell the user) for the demo's `--weights` choice.
 
     ImageNet weights missing on this machine are downloaded when it is online (see
@@ -60,14 +60,14 @@ def choose_weights(requested, backbones):
     missing = []
     for name in backbones:
         try:
-            resolve_weights(name, "imagenet")
+            resolve_weights(name, "imagenet", input_size)
         except FileNotFoundError:
             if requested == "imagenet":
                 raise  # the error names the file and the folder to put it in
             missing.append(name)
     if not missing:
         return "imagenet", "ImageNet weights found"
-    files = ", ".join(get_backbone_spec(name).weights_file for name in missing)
+    files = ", ".join(get_backbone_spec(name).weights_for(input_size).weights_file for name in missing)
     return "none", (f"ImageNet weights are not on this machine ({files} not in {keras_weights_folders()[0]}) "
                     f"and could not be downloaded")
 
@@ -81,7 +81,7 @@ def main(argv=None):
 
         started = time.perf_counter()
         out = Path(args.out)
-        weights, reason = choose_weights(args.weights, args.backbones)
+        weights, reason = choose_weights(args.weights, args.backbones, args.input_size)
         if weights == "none":
             print("=" * 78)
             print(f"NOTE: {reason}: the backbones are RANDOMLY INITIALISED.")

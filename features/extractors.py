@@ -36,7 +36,7 @@ def feature_extractor(name, input_size, weights_file, pooling, seed, precision):
         name: a registry name, see `list_backbones()`.
         input_size: the input size in pixels.
         weights_file: a Keras weights file, or None for random weights.
-        pooling: "avg", "max" or "none".
+        pooling: "avg", "max", "cls", "cls+avg" or "none" (as the backbone takes).
         seed: seed of the random weights.
         precision: the Keras dtype policy to build under, e.g. "float32".
 
@@ -134,20 +134,20 @@ class ExtractorSet:
     Args:
         input_sizes: backbone name -> input size.
         weight_files: backbone name -> weights file, or None for random weights.
-        pooling: "avg", "max" or "none".
+        poolings: backbone name -> pooling ("avg", "max", "cls", "cls+avg" or "none").
         seed: seed of the random weights.
         precision: the Keras dtype policy to build under, e.g. "float32".
 
     Example:
-        >>> extractors = ExtractorSet({"resnet50": 224}, {"resnet50": None}, "avg", 0, "float32")
+        >>> extractors = ExtractorSet({"resnet50": 224}, {"resnet50": None}, {"resnet50": "avg"}, 0, "float32")
         >>> models = extractors.build(["resnet50"])
         >>> extractors.build_seconds  # 0.0 when this process had built it before
     """
 
-    def __init__(self, input_sizes, weight_files, pooling, seed, precision):
+    def __init__(self, input_sizes, weight_files, poolings, seed, precision):
         self.input_sizes = input_sizes
         self.weight_files = weight_files
-        self.pooling = pooling
+        self.poolings = poolings
         self.seed = seed
         self.precision = precision
         self.models = {}
@@ -159,6 +159,6 @@ class ExtractorSet:
             if name not in self.models:
                 building = time.perf_counter()
                 self.models[name], built = feature_extractor(name, self.input_sizes[name], self.weight_files[name],
-                                                             self.pooling, self.seed, self.precision)
+                                                             self.poolings[name], self.seed, self.precision)
                 self.build_seconds += time.perf_counter() - building if built else 0.0
         return {name: self.models[name] for name in names}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from features import store as feature_store
-from features.backbones import check_backbone_names, check_input_size, resolve_weights
+from features.backbones import check_backbone_names, check_input_size, resolve_pooling, resolve_weights
 from features.compute import compute_missing_rows
 from features.dataset import discover_images
 from features.extractors import ExtractorSet
@@ -32,9 +32,12 @@ def _check_choice(name, value, choices):
 
 
 def _check_arguments(backbones, pooling, dtype, precision, on_change, views, batch_size, decode_workers, max_pixels):
-    """Refuse a bad argument before any file is read; returns (backbone names, names of the extra views)."""
+    """Refuse a bad argument before any file is read; returns (backbone names, backbone -> pooling, extra views)."""
     backbones = check_backbone_names(backbones)
-    _check_choice("pooling", pooling, ("avg", "max", "none"))
+    if isinstance(pooling, dict) and set(pooling) - set(backbones):
+        raise ValueError(f"Pooling given for backbones not in this run: {', '.join(sorted(set(pooling) - set(backbones)))}. "
+                         f"Backbones of the run: {', '.join(backbones)}. Received: pooling={pooling!r}")
+    poolings = {name: resolve_pooling(name, pooling) for name in backbones}
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("precision", precision, PRECISIONS)
     _check_choice("on_change", on_change, ON_CHANGE)
@@ -45,7 +48,7 @@ def _check_arguments(backbones, pooling, dtype, precision, on_change, views, bat
         raise ValueError(f"decode_workers must be a positive integer, or None for the default. "
                          f"Received: decode_workers={decode_workers!r}")
     check_max_pixels(max_pixels)
-    return backbones, extra_views
+    return backbones, poolings, extra_views
 
 
 def _weights_label(weights):
@@ -137,7 +140,7 @@ def _read_outcome(store_path):
     return tuple(zip(skipped_paths, skipped_reasons)), image_count, tuple(class_names)
 
 
-def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=None, pooling="avg",
+def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=None, pooling="auto",
                dtype="float16", batch_size=32, views="none", precision="float32", val_fraction=0.1,
                test_fraction=0.1, csv=None, csv_path_column="path", csv_label_column="label",
                csv_split_column="split", on_change="refuse", retry_skipped=False, decode_workers=None, progress=True,
@@ -155,7 +158,9 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         weights: "imagenet", "none" (seeded random), or a folder of Keras weight files (default: "imagenet").
         seed: seed of the random weights and of the split (default: 0).
         input_size: one input size for all backbones (default: None, each its native size).
-        pooling: "avg", "max" or "none" for spatial maps (default: "avg").
+        pooling: "auto" (each backbone's default: avg for CNNs, see `features.backbones.default_pooling`),
+            one pooling for all backbones ("avg", "max", "cls", "cls+avg", "none" where each
+            backbone takes it), or a dict of backbone name -> pooling (default: "auto").
         dtype: "float16" or "float32" for the stored features (default: "float16").
         batch_size: images per compiled predict call (default: 32).
         views: extra views to store, "none", "hflip" or "dihedral" (7 views; costs 8x) (default: "none").
@@ -193,11 +198,11 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         {'resnet50': 120}
     """
     started = time.perf_counter()
-    backbones, extra_views = _check_arguments(backbones, pooling, dtype, precision, on_change, views, batch_size,
+    backbones, poolings, extra_views = _check_arguments(backbones, pooling, dtype, precision, on_change, views, batch_size,
                                               decode_workers, max_pixels)
     input_sizes = {name: check_input_size(name, input_size) for name in backbones}
     # Weights are checked before anything else, so a missing file costs no work.
-    weight_files = {name: resolve_weights(name, weights) for name in backbones}
+    weight_files = {name: resolve_weights(name, weights, input_sizes[name]) for name in backbones}
     weights_label = _weights_label(weights)
     table = discover_images(data, csv_path=csv, csv_path_column=csv_path_column,
                             csv_label_column=csv_label_column, csv_split_column=csv_split_column,
@@ -213,7 +218,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         log(line)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     options = dict(data=str(Path(data).resolve()), backbones=backbones, weights=weights_label, seed=seed,
-                   input_size=input_size, pooling=pooling, dtype=dtype, batch_size=batch_size, views=views,
+                   input_size=input_size, pooling=poolings, dtype=dtype, batch_size=batch_size, views=views,
                    precision=precision, val_fraction=val_fraction, test_fraction=test_fraction,
                    csv=str(csv) if csv else None, split_map=dict(split_map or {}), recursive=recursive,
                    min_images_per_class=min_images_per_class, allow_outside_data=allow_outside_data,
@@ -226,12 +231,12 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         feature_store.remove_stale_temporary(store_path)
         if created:
             create_store(store_path, table, options)
-        wanted = {name: FeatureRecipe.for_run(name, input_sizes[name], pooling, weights_label, seed, dtype,
+        wanted = {name: FeatureRecipe.for_run(name, input_sizes[name], poolings[name], weights_label, seed, dtype,
                                               precision, extra_views, weight_files[name]) for name in backbones}
         to_add, created_with = _check_stored_backbones(store_path, backbones, wanted)
         in_effect, differing = _options_in_effect(options, created_with, weights_label)
         added, missing, retried = (0, 0, 0) if created else reconcile(store_path, table, on_change, retry_skipped)
-        extractors = ExtractorSet(input_sizes, weight_files, pooling, seed, precision)
+        extractors = ExtractorSet(input_sizes, weight_files, poolings, seed, precision)
         if to_add:
             _add_backbones(store_path, extractors.build(to_add), dtype, wanted, extra_views)
         paths, done, reused, todo_rows, active = _read_progress(store_path, backbones)

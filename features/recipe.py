@@ -35,15 +35,16 @@ class FeatureRecipe:
     Attributes:
         backbone: registry name (`features.list_backbones()`).
         input_size: side of the square images the backbone saw.
-        pooling: "avg", "max" or "none".
+        pooling: "avg", "max", "cls", "cls+avg" or "none" (see `features.backbones.poolings_of`).
         weights: "imagenet", "none" or the resolved path of a weights file or folder.
         seed: seed of the random initialisation (matters only for weights "none").
         dtype: dtype the features were stored in.
         precision: compute precision ("float32", "mixed_bfloat16", ...).
         views: names of the extra views stored in `/views/<backbone>` (empty for none).
-        preprocessing: the `preprocess_input` applied, for the record.
+        preprocessing: the `preprocess_input` (CNNs) or the preset's scale and offset (KerasHub), for the record.
         resize: how images were resized, for the record.
-        weights_file: the Keras weights file name of the backbone.
+        weights_file: the Keras weights file name of the backbone at `input_size`.
+        preset: the KerasHub preset with its version (kaggle://...), for KerasHub backbones.
         weights_sha256: sha256 of the weights file used, "none" for random or unknown.
         keras_version, backend, backend_version: what computed the features.
 
@@ -63,6 +64,7 @@ class FeatureRecipe:
     preprocessing: str | None = None
     resize: str | None = None
     weights_file: str | None = None
+    preset: str | None = None
     weights_sha256: str | None = None
     keras_version: str | None = None
     backend: str | None = None
@@ -81,16 +83,24 @@ class FeatureRecipe:
         import keras
 
         from features.backbones import get_backbone_spec, weights_sha256
+        from features.hub_backbones import read_preset_preprocessing
 
         spec = get_backbone_spec(backbone)
         backend = keras.backend.backend()
+        if spec.source == "keras_hub":
+            scale, offset = read_preset_preprocessing(spec, weights_path)
+            preprocessing = (f"Rescaling(scale={[round(value, 8) for value in scale]}, "
+                             f"offset={[round(value, 8) for value in offset]})")
+            weights_file, preset = "model.weights.h5", spec.kaggle_handle
+        else:
+            preprocessing = f"keras.applications.{spec.preprocess_module}.preprocess_input"
+            weights_file, preset = spec.weights_for(int(input_size)).weights_file, None
         return cls(
             backbone=backbone, input_size=int(input_size), pooling=pooling,
             weights="none" if weights in (None, "none") else str(weights), seed=int(seed), dtype=dtype,
-            precision=precision, views=tuple(views),
-            preprocessing=f"keras.applications.{spec.preprocess_module}.preprocess_input",
+            precision=precision, views=tuple(views), preprocessing=preprocessing,
             resize="bilinear, antialias, aspect ratio not kept",
-            weights_file=spec.weights_file,
+            weights_file=weights_file, preset=preset,
             weights_sha256=weights_sha256(weights_path) if weights_path else "none",
             keras_version=keras.__version__, backend=backend, backend_version=_backend_version(backend),
         )

@@ -166,7 +166,7 @@ def _check_weights_file(recipe):
     expected = recipe.weights_sha256 or "none"
     if expected == "none":
         return
-    weights_file = resolve_weights(recipe.backbone, recipe.weights)
+    weights_file = resolve_weights(recipe.backbone, recipe.weights, recipe.input_size)
     found = weights_sha256(weights_file) if weights_file else "none"
     if found != expected:
         raise ValueError(

@@ -67,6 +67,19 @@ class ModelFileError(ValueError):
         self.reason = reason
 
 
+def _register_keras_hub_classes(path):
+    """Import keras_hub when the file holds a KerasHub backbone: its classes are registered on import."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            needs_keras_hub = b'"keras_hub' in archive.read("config.json")
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return  # not a whole .keras file: loading it says so
+    if needs_keras_hub:
+        from features.hub_backbones import import_keras_hub
+
+        import_keras_hub()
+
+
 def load_keras_file(path, remedy):
     """Load a `.keras` file in safe mode; a file that does not load is a one-line `ModelFileError` naming it.
 
@@ -84,6 +97,7 @@ def load_keras_file(path, remedy):
         # Keras calls a file that is not a zip archive "not found"; here it is there, but cut short or not a model.
         raise ModelFileError(path, f"is damaged: not a whole .keras file ({path.stat().st_size} bytes, not a complete "
                                    f"zip archive; cut short?)", remedy)
+    _register_keras_hub_classes(path)
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # a zip that is no Keras model, a crafted or foreign config: all a bad file

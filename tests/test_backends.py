@@ -18,13 +18,20 @@ import keras, numpy as np, features, fusion
 from _run_fixtures import write_two_class_images
 base = Path({base!r})
 data = write_two_class_images(base / "images", per_class=6)
-summary = features.precompute(data, base / "cache.h5", ["mobilenet_v2", "resnet50"], weights="none",
-                              input_size=32, views="hflip", val_fraction=0.25, test_fraction=0.25, progress=False)
+# A KerasHub transformer beside two CNNs; 42 px: a multiple of DINOv2's patch size 14.
+summary = features.precompute(data, base / "cache.h5", ["mobilenet_v2", "resnet50", "dinov2_small"], weights="none",
+                              input_size=42, views="hflip", val_fraction=0.25, test_fraction=0.25, progress=False)
 store = features.load_store(base / "cache.h5")
 run = fusion.train_run(base / "cache.h5", base / "run", units=8, epochs=2, batch_size=4, ablation=False,
                        log=lambda *_: None)
 reloaded = fusion.load_run(base / "run")
 features_now = {{name: store.features[name].astype("float32") for name in run.backbones}}
+from fusion.export import export_model
+from fusion.saved_run import load_keras_file
+export_model(base / "run")
+exported = load_keras_file(base / "run" / "exported.keras", "export again")
+pixels = [features.load_image(data / path, min_size=42).astype("float32") for path in store.paths]
+from_pixels = np.concatenate([np.asarray(exported.predict_on_batch(image[None])) for image in pixels])
 print(json.dumps({{
     "backend": keras.backend.backend(),
     "computed": summary.computed,
@@ -33,6 +40,7 @@ print(json.dumps({{
     "models": sorted(run.models),
     "reload_difference": float(np.abs(run.fusion_model.predict(features_now, verbose=0)
                                       - reloaded.fusion_model.predict(features_now, verbose=0)).max()),
+    "export_difference": float(np.abs(from_pixels - run.fusion_model.predict(features_now, verbose=0)).max()),
 }}))
 """
 
@@ -69,8 +77,10 @@ def test_precompute_and_training_run_under_jax(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["backend"] == "jax"
-    assert outcome["computed"] == {"mobilenet_v2": 12, "resnet50": 12}
-    assert outcome["shapes"] == {"mobilenet_v2": [12, 1280], "resnet50": [12, 2048]}
+    assert outcome["computed"] == {"mobilenet_v2": 12, "resnet50": 12, "dinov2_small": 12}
+    assert outcome["shapes"] == {"mobilenet_v2": [12, 1280], "resnet50": [12, 2048], "dinov2_small": [12, 768]}
     assert outcome["finite"]
-    assert outcome["models"] == ["fusion", "mobilenet_v2", "resnet50"]
+    assert outcome["models"] == ["dinov2_small", "fusion", "mobilenet_v2", "resnet50"]
     assert outcome["reload_difference"] < 1e-5
+    # The exported pixels-to-classes model against the store path (features stored as float16).
+    assert outcome["export_difference"] < 5e-3

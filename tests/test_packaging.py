@@ -37,10 +37,15 @@ def _imported_top_level_modules(folder):
 def test_requirements_files_and_pyproject_declare_the_same_dependencies():
     assert sorted(PYPROJECT["project"]["dependencies"]) == _requirements("requirements.txt")
     assert sorted(PYPROJECT["project"]["optional-dependencies"]["dev"]) == _requirements("requirements-dev.txt")
+    assert sorted(PYPROJECT["project"]["optional-dependencies"]["hub"]) == _requirements("requirements-hub.txt")
+    # keras-hub itself is installed without its dependencies (tensorflow-text would pull the full tensorflow).
+    assert [Requirement(line).name for line in _requirements("requirements-nodeps.txt")] == ["keras-hub"]
+    assert "--no-deps -r requirements-nodeps.txt" in (ROOT / "Makefile").read_text()
 
 
 def test_every_requirement_is_pinned_in_constraints_to_a_version_it_allows():
-    requirements = [Requirement(line) for name in ("requirements.txt", "requirements-dev.txt")
+    requirements = [Requirement(line) for name in ("requirements.txt", "requirements-dev.txt", "requirements-hub.txt",
+                                                   "requirements-nodeps.txt")
                     for line in _requirements(name)]
     pins = {}
     for line in _requirements("constraints.txt"):
@@ -56,8 +61,9 @@ def test_every_requirement_is_pinned_in_constraints_to_a_version_it_allows():
 
 def test_every_third_party_module_the_packages_import_is_declared():
     # Import name -> distribution name where they differ.
-    distribution = {"sklearn": "scikit-learn", "PIL": "pillow", "tensorflow": "tensorflow-cpu"}
-    declared = {re.split(r"[<>=\[ ]", requirement)[0] for requirement in PYPROJECT["project"]["dependencies"]}
+    distribution = {"sklearn": "scikit-learn", "PIL": "pillow", "tensorflow": "tensorflow-cpu", "keras_hub": "keras-hub"}
+    declared = {re.split(r"[<>=!\[ ]", requirement)[0] for requirement in PYPROJECT["project"]["dependencies"]
+                + PYPROJECT["project"]["optional-dependencies"]["hub"] + _requirements("requirements-nodeps.txt")}
     standard = set(sys.stdlib_module_names) | {"features", "fusion", "__future__"}
     imported = _imported_top_level_modules("features") | _imported_top_level_modules("fusion")
     undeclared = sorted(name for name in imported - standard if distribution.get(name, name) not in declared)

@@ -53,6 +53,32 @@ def test_cli_offline_imagenet_stops_before_any_work(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "c.h5").exists()
 
 
+def test_cli_offline_foundation_preset_stops_before_any_work(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("keras_hub")
+    make_class_folders(tmp_path / "data", per_class=2)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty_cache"))
+    code, output = _run_main([str(tmp_path / "data"), "--out", str(tmp_path / "c.h5"), "--backbones",
+                              "dinov2_base", "--weights", "imagenet"], capsys)
+    assert code == 2 and output.err.count("\n") == 1 and "Traceback" not in output.err
+    assert "KerasHub preset dinov2_base" in output.err and str(tmp_path / "empty_cache") in output.err
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_cli_pooling_per_backbone(tmp_path, capsys):
+    make_class_folders(tmp_path / "data", per_class=2)
+    out = tmp_path / "cache.h5"
+    code = main([str(tmp_path / "data"), "--out", str(out), "--backbones", "vgg16", "dinov2_small", "--weights",
+                 "none", "--input-size", "42", "--pooling", "cls", "vgg16=max", "--no-progress"])
+    assert code == 0
+    store = load_store(out)
+    assert store.features["vgg16"].shape == (4, 512) and store.features["dinov2_small"].shape == (4, 384)
+    assert store.backbone_info["dinov2_small"]["pooling"] == "cls" and store.backbone_info["vgg16"]["pooling"] == "max"
+    capsys.readouterr()
+    code, output = _run_main([str(tmp_path / "data"), "--out", str(tmp_path / "other.h5"), "--backbones", "vgg16",
+                              "--weights", "none", "--input-size", "42", "--pooling", "cls"], capsys)
+    assert code == 2 and "Pooling 'cls' does not apply to backbone 'vgg16'" in output.err
+
+
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
     make_class_folders(tmp_path / "data", per_class=2)
     code, output = _run_main([str(tmp_path / "data"), "--backbones", "resnet5", "--weights", "none"], capsys)
@@ -67,7 +93,12 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 def test_list_backbones(capsys):
     assert main(["--list-backbones"]) == 0
-    assert "densenet201" in capsys.readouterr().out
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["name", "family", "input", "pooling", "features", "params", "source"]
+    assert ["densenet201", "DenseNet", "224", "avg", "1920", "-", "keras.applications"] in rows
+    assert ["mobilenet_v3_small_minimalistic", "MobileNetV3", "224", "avg", "576", "-", "keras.applications"] in rows
+    assert ["siglip2_so400m_patch14_224", "SigLIP", "2", "224", "cls", "1152", "1135M", "keras_hub",
+            "siglip2_so400m_patch14_224"] in rows
 
 
 @pytest.mark.slow
