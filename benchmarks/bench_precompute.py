@@ -121,7 +121,7 @@ def _naive(data, models, sizes, batch_size):
     return retraced
 
 
-def _compute_bound(backbones, sizes, count, batch_size, precision="float32"):
+def _compute_bound(backbones, sizes, poolings, count, batch_size, precision="float32"):
     import numpy as np
 
     from features.extractors import feature_extractor, predict_in_batches
@@ -129,7 +129,7 @@ def _compute_bound(backbones, sizes, count, batch_size, precision="float32"):
     seconds = 0.0
     for name in backbones:
         # `create_backbone(name, weights="none")` through the extractor cache: built and traced before.
-        model, _ = feature_extractor(name, sizes[name], None, "avg", 0, precision)
+        model, _ = feature_extractor(name, sizes[name], None, poolings[name], 0, precision)
         images = np.random.default_rng(0).uniform(0, 255, (count, sizes[name], sizes[name], 3)).astype("float32")
         started = time.perf_counter()
         predict_in_batches(model, images, batch_size)
@@ -195,7 +195,7 @@ def _relative_difference(result, reference):
     return float(np.abs(result - reference).max() / max(float(np.abs(reference).max()), 1e-30))
 
 
-def _engine_table(name, size, chosen, mixed, rounds):
+def _engine_table(name, size, pooling, chosen, mixed, rounds):
     """Time one batch of 16 through each engine and the precompute path; print the table and the path's ratios."""
     import numpy as np
     import tensorflow as tf
@@ -212,7 +212,7 @@ def _engine_table(name, size, chosen, mixed, rounds):
         return lambda batch: compiled(batch).numpy()
 
     # label -> (run one batch, precision); the precompute path's own rows are not engines.
-    model, _ = feature_extractor(name, size, None, "avg", 0, "float32")
+    model, _ = feature_extractor(name, size, None, pooling, 0, "float32")
     engines = {"predict_on_batch": (lambda batch: np.asarray(model.predict_on_batch(batch)), "float32")}
     if "function" in chosen:
         engines["tf.function"] = (function(model, False), "float32")
@@ -222,7 +222,7 @@ def _engine_table(name, size, chosen, mixed, rounds):
     engines[paths["float32"]] = (lambda batch: predict_in_batches(model, batch, ENGINE_BATCH), "float32")
     unavailable = _reduced_precision_available(mixed)
     if not unavailable:
-        mixed_model, _ = feature_extractor(name, size, None, "avg", 0, mixed)
+        mixed_model, _ = feature_extractor(name, size, None, pooling, 0, mixed)
         if "mixed" in chosen:
             engines[f"{mixed} tf.function"] = (function(mixed_model, False), mixed)
         if "mixed_xla" in chosen:
@@ -248,7 +248,8 @@ def _engine_table(name, size, chosen, mixed, rounds):
             engine(images)
             seconds[label].append(time.perf_counter() - started)
     speed = {label: ENGINE_BATCH / min(seconds[label]) for label in engines}
-    print(f"  {name} at {size} px, batch {ENGINE_BATCH}, best of {rounds} interleaved rounds:", flush=True)
+    print(f"  {name} at {size} px, pooling {pooling}, batch {ENGINE_BATCH}, best of {rounds} interleaved rounds:",
+          flush=True)
     for label, (_, precision) in engines.items():
         tolerance = _FLOAT32_TOLERANCE if precision == "float32" else _MIXED_TOLERANCE
         correct = differences[label] <= tolerance
@@ -329,13 +330,14 @@ def main(argv=None):
 
     import keras
 
-    from features.backbones import check_backbone_names, check_input_size
+    from features.backbones import check_backbone_names, check_input_size, resolve_pooling
     from features.pipeline import precompute
 
     # The naive warm-up retraces predict on purpose (batches of 2, then 1); TF warns about it.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     backbones = check_backbone_names(args.backbones)
     sizes = {name: check_input_size(name, args.input_size) for name in backbones}
+    poolings = {name: resolve_pooling(name, "auto") for name in backbones}  # as precompute's default
     naive_names = [name for name in backbones if _source(name) == "keras.applications"]
 
     # The data summary of each precompute would come between the benchmark's own lines.
@@ -406,7 +408,7 @@ def main(argv=None):
             print("(b) naive recipe:   skipped: no backbone from keras.applications", flush=True)
 
         cpu = time.process_time()
-        bound = _compute_bound(backbones, sizes, count, args.batch_size)
+        bound = _compute_bound(backbones, sizes, poolings, count, args.batch_size)
         bound_cpu = time.process_time() - cpu
         # Like (a): the last short batch is padded only where the backend needs one compiled shape.
         padded = 0 if keras.backend.backend() == "tensorflow" else -count % args.batch_size
@@ -435,7 +437,7 @@ def main(argv=None):
         elif engines:
             print(f"engines ({_load()}):", flush=True)
             for name in backbones:
-                _engine_table(name, sizes[name], engines, args.mixed_precision, args.engine_rounds)
+                _engine_table(name, sizes[name], poolings[name], engines, args.mixed_precision, args.engine_rounds)
         print(_load())
 
 

@@ -43,7 +43,7 @@ def test_bench_precompute_prints_both_ratios_and_the_precision_gain():
     assert 0 < build <= first_row <= _number(r"whole run on 5 photos ([\d.]+) s", printed)
     # The engines table: the precompute path beside the engines asked for, on the same batch, with its ratio.
     table = printed[printed.index("engines ("):]
-    assert "mobilenet_v2 at 224 px, batch 16" in table and "tf.function, XLA" not in table
+    assert "mobilenet_v2 at 224 px, pooling avg, batch 16" in table and "tf.function, XLA" not in table
     path_speed = _number(r"precompute path +([\d.]+) img/s", table)
     function_speed = _number(r"tf\.function +([\d.]+) img/s", table)
     assert _number(r"precompute path +[\d.]+ img/s .* max rel\. diff from predict_on_batch ([\d.e+-]+)\n", table) < 1e-4

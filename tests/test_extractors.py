@@ -68,3 +68,16 @@ def test_no_images_give_no_rows_of_the_feature_shape():
     model, _ = extractors.feature_extractor("mobilenet_v2", 32, None, "none", 0, "float32")
     features = extractors.predict_in_batches(model, np.zeros((0, 32, 32, 3), np.float32), 4)
     assert features.shape == (0, 1, 1, 1280) and features.dtype == np.float32
+
+
+@pytest.mark.parametrize("pooling", ["cls+avg", "none"])
+def test_a_foundation_model_gives_keras_predict_numbers_for_any_batch_size(pooling):
+    pytest.importorskip("keras_hub")
+    # 42 px: a multiple of DINOv2's patch size 14, a 3x3 grid of patch tokens.
+    model, _ = extractors.feature_extractor("dinov2_small", 42, None, pooling, 0, "float32")
+    images = _images(5, size=42, seed=5)
+    batched = extractors.predict_in_batches(model, images, 2)  # 2 + 2 + 1
+    one_at_a_time = np.concatenate([np.asarray(model.predict_on_batch(image[None])) for image in images])
+    assert batched.dtype == np.float32
+    assert batched.shape == ((5, 768) if pooling == "cls+avg" else (5, 3, 3, 384))
+    assert _relative_error(batched, one_at_a_time) < 1e-5
