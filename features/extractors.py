@@ -11,6 +11,7 @@ import numpy as np
 import keras
 
 from features.backbones import create_backbone
+from features.hub_backbones import preset_weights_file
 
 # Built feature extractors of this process, so that a second `precompute` (a notebook cell run
 # again, a benchmark after its warm-up) skips building the model and tracing its predict step,
@@ -24,6 +25,8 @@ def _extractor_key(name, input_size, weights_file, pooling, seed, precision):
     # A weights file replaced in place must not hit a stale model: key on its size and mtime too.
     weights_id = None
     if weights_file:
+        if Path(weights_file).is_dir():  # a KerasHub preset folder: its weights file is what changes
+            weights_file = preset_weights_file(weights_file)
         status = os.stat(weights_file)
         weights_id = (str(Path(weights_file).resolve()), status.st_size, status.st_mtime_ns)
     return (name, input_size, weights_id, pooling, seed, precision, keras.backend.backend())
@@ -35,7 +38,7 @@ def feature_extractor(name, input_size, weights_file, pooling, seed, precision):
     Args:
         name: a registry name, see `list_backbones()`.
         input_size: the input size in pixels.
-        weights_file: a Keras weights file, or None for random weights.
+        weights_file: a Keras weights file or KerasHub preset folder, or None for random weights.
         pooling: "avg", "max", "cls", "cls+avg" or "none" (as the backbone takes).
         seed: seed of the random weights.
         precision: the Keras dtype policy to build under, e.g. "float32".

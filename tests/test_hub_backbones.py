@@ -260,3 +260,15 @@ def test_a_damaged_image_converter_file_is_one_line(tmp_path):
     (tmp_path / "image_converter.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"image_converter\.json is not an image converter's JSON"):
         read_preset_preprocessing(get_hub_spec("dinov2_small"), tmp_path)
+
+
+def test_a_preset_replaced_in_place_is_not_served_from_the_extractor_cache(tmp_path):
+    from features.extractors import _extractor_key
+
+    folder = tmp_path / "dinov2_small"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.weights.h5").write_bytes(b"old weights")
+    before = _extractor_key("dinov2_small", 28, str(folder), "cls", 0, "float32")
+    (folder / "model.weights.h5").write_bytes(b"new weights, longer")
+    assert _extractor_key("dinov2_small", 28, str(folder), "cls", 0, "float32") != before
