@@ -35,8 +35,8 @@ def build_parser():
                         help="registry names, e.g. xception resnet50 inception_v3 densenet201 vgg19; "
                         "--list-backbones shows all (default: resnet50)")
     models.add_argument("--list-backbones", action="store_true",
-                        help="print the registered backbones (name, family, native input size, feature size with "
-                        "avg pooling, source) and exit (default: off)")
+                        help="print the registered backbones (name, family, native input size, default pooling, "
+                        "feature size with it, parameters of KerasHub presets, source) and exit (default: off)")
     models.add_argument("--weights", default="imagenet", metavar="imagenet|none|FOLDER",
                         help="imagenet (from ~/.keras/models or $KERAS_HOME/models), none (seeded "
                         "random, for tests and timing), or a folder holding Keras's weight files "
