@@ -188,13 +188,6 @@ def check_hub_input_size(spec, input_size):
     return input_size
 
 
-def check_hub_pooling(spec, pooling):
-    if pooling not in spec.poolings:
-        raise ValueError(
-            f"Pooling '{pooling}' does not apply to backbone '{spec.name}' ({spec.family}). Valid values: "
-            f"{', '.join(spec.poolings)}. Received: pooling={pooling!r}")
-
-
 # --- Pretrained weights: the preset in a folder ------------------------------------------------------------
 
 
@@ -455,8 +448,10 @@ def create_hub_backbone(spec, input_size, preset_folder, pooling, seed=0, archit
         >>> model.output_shape
         (None, 768)
     """
-    check_hub_pooling(spec, pooling)
+    # create_backbone checked both already; a direct call gets the same refusals before any building.
     input_size = check_hub_input_size(spec, input_size)
+    pool = TokenPooling(pooling, prefix_tokens=spec.prefix_tokens, grid_side=input_size // spec.patch_size,
+                        dtype="float32", name=f"{pooling}_pool".replace("+", "_"))
     keras.utils.set_random_seed(seed)
     encoder = _build_encoder(spec, input_size, preset_folder, architecture_overrides)
     encoder.trainable = False
@@ -465,8 +460,6 @@ def create_hub_backbone(spec, input_size, preset_folder, pooling, seed=0, archit
     # Scaling in float32 even under mixed precision, as for the CNNs.
     pixels = keras.layers.Rescaling(scale, offset, dtype="float32", name="preprocess")(images)
     tokens, pooled = _encoder_outputs(spec, encoder, pixels, pooling)
-    pool = TokenPooling(pooling, prefix_tokens=spec.prefix_tokens, grid_side=input_size // spec.patch_size,
-                        dtype="float32", name=f"{pooling}_pool".replace("+", "_"))
     if tokens is None:
         features = keras.layers.Activation("linear", dtype="float32", name="cls_pool")(pooled)
     else:
