@@ -107,23 +107,32 @@ def test_preprocessing_is_the_presets_mean_and_std():
     np.testing.assert_allclose(siglip_offset, [-1.0, -1.0, -1.0])
 
 
-def _tiny_siglip_backbone(vision_encoder):
-    text = keras_hub.models.SigLIPTextEncoder(vocabulary_size=16, embedding_dim=vision_encoder.hidden_dim,
-                                              hidden_dim=vision_encoder.hidden_dim, num_layers=1, num_heads=2,
-                                              intermediate_dim=32, max_sequence_length=8)
-    return keras_hub.models.SigLIPBackbone(vision_encoder, text)
+def _tiny_image_text_backbone(spec, vision_encoder):
+    """SigLIP and CLIP presets hold the whole image-text model: a tiny text tower beside the image encoder."""
+    width = vision_encoder.hidden_dim
+    if spec.encoder_class == "SigLIPVisionEncoder":
+        text = keras_hub.models.SigLIPTextEncoder(vocabulary_size=16, embedding_dim=width, hidden_dim=width,
+                                                  num_layers=1, num_heads=2, intermediate_dim=32, max_sequence_length=8)
+        return keras_hub.models.SigLIPBackbone(vision_encoder, text)
+    text = keras_hub.models.CLIPTextEncoder(vocabulary_size=16, embedding_dim=width, hidden_dim=width, num_layers=1,
+                                            num_heads=2, intermediate_dim=32, max_sequence_length=8)
+    return keras_hub.models.CLIPBackbone(vision_encoder, text, projection_dim=16)
 
 
-@pytest.mark.parametrize("name, size, pooling", [("dinov2_small", 28, "cls+avg"),
-                                                 ("siglip_base_patch16_224", 224, "cls+avg")])
+@pytest.mark.parametrize("name, size, pooling", [("dinov2_small", 28, "cls+avg"), ("dinov3_small", 32, "avg"),
+                                                 ("siglip_base_patch16_224", 224, "cls+avg"),
+                                                 ("clip_vit_base_patch16", 224, "cls+avg"),
+                                                 ("vit_base_patch16_224_imagenet21k", 224, "none")])
 def test_a_preset_saved_with_save_to_preset_loads_as_weights_folder(tmp_path, name, size, pooling):
     """A random model saved as a KerasHub preset and read back through --weights FOLDER gives the same features."""
     spec = get_hub_spec(name)
-    tiny = {"num_layers": 1, "hidden_dim": 32, "num_heads": 2, "intermediate_dim": 64}
+    tiny = {"num_layers": 1, "hidden_dim": 32, "num_heads": 2,
+            ("mlp_dim" if spec.encoder_class == "ViTBackbone" else "intermediate_dim"): 64}
     random_model = create_hub_backbone(spec, size, None, pooling, seed=5, architecture_overrides=tiny)
     # The same seed builds the same encoder; with pooling cls it is the model's third layer as a whole.
     encoder = create_hub_backbone(spec, size, None, "cls", seed=5, architecture_overrides=tiny).get_layer(index=2)
-    preset = _tiny_siglip_backbone(encoder) if spec.pooled_output else encoder
+    preset = _tiny_image_text_backbone(spec, encoder) if spec.encoder_class in (
+        "SigLIPVisionEncoder", "CLIPVisionEncoder") else encoder
     preset.save_to_preset(str(tmp_path / "presets" / spec.preset))
     assert resolve_weights(name, str(tmp_path / "presets")) == str((tmp_path / "presets" / spec.preset).resolve())
     from_folder = create_backbone(name, input_size=size, weights=str(tmp_path / "presets"), pooling=pooling)
