@@ -4,7 +4,7 @@ The public names below load on first use (PEP 562), so that `import features.cli
 script's `--help` answer without importing Keras.
 """
 
-from importlib import import_module as _import_module
+from features._lazy import lazy_exports as _lazy_exports
 
 # The project's one version number (pyproject.toml reads it from here).
 __version__ = "0.3.0"
@@ -77,16 +77,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = _import_module(_EXPORTS[name])
-    # Every public name of that submodule becomes a module attribute: later look-ups skip this function.
-    for public_name, owner in _EXPORTS.items():
-        if owner == module.__name__:
-            globals()[public_name] = getattr(module, public_name)
-    return globals()[name]
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(globals(), _EXPORTS)
