@@ -342,11 +342,22 @@ def parse_pooling(values, backbones):
     if len(unkeyed) > 1:
         raise ValueError(f"Give one pooling for all backbones, and NAME=POOLING for the others. "
                          f"Received: pooling={values}")
-    unknown = [name for name in keyed if name not in backbones]
+    check_pooling_names(keyed, backbones, values)
+    return {name: keyed.get(name, unkeyed[0] if unkeyed else "auto") for name in backbones}
+
+
+def check_pooling_names(names, backbones, received):
+    """Refuse a pooling given for a backbone that is not in the run (a typo would otherwise be ignored).
+
+    Args:
+        names: the backbone names a pooling was given for.
+        backbones: the run's backbone names.
+        received: the pooling argument as given, repeated in the message.
+    """
+    unknown = [name for name in names if name not in backbones]
     if unknown:
         raise ValueError(f"Pooling given for backbones not in this run: {', '.join(unknown)}. Backbones of the run: "
-                         f"{', '.join(backbones)}. Received: pooling={values}")
-    return {name: keyed.get(name, unkeyed[0] if unkeyed else "auto") for name in backbones}
+                         f"{', '.join(backbones)}. Received: pooling={received!r}")
 
 
 def list_backbones(source=None):

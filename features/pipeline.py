@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from features import store as feature_store
-from features.backbones import check_backbone_names, check_input_size, resolve_pooling, resolve_weights
+from features.backbones import (check_backbone_names, check_input_size, check_pooling_names, resolve_pooling,
+                                resolve_weights)
 from features.compute import compute_missing_rows
 from features.dataset import discover_images
 from features.extractors import ExtractorSet
@@ -34,9 +35,8 @@ def _check_choice(name, value, choices):
 def _check_arguments(backbones, pooling, dtype, precision, on_change, views, batch_size, decode_workers, max_pixels):
     """Refuse a bad argument before any file is read; returns (backbone names, backbone -> pooling, extra views)."""
     backbones = check_backbone_names(backbones)
-    if isinstance(pooling, dict) and set(pooling) - set(backbones):
-        raise ValueError(f"Pooling given for backbones not in this run: {', '.join(sorted(set(pooling) - set(backbones)))}. "
-                         f"Backbones of the run: {', '.join(backbones)}. Received: pooling={pooling!r}")
+    if isinstance(pooling, dict):
+        check_pooling_names(pooling, backbones, pooling)
     poolings = {name: resolve_pooling(name, pooling) for name in backbones}
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("precision", precision, PRECISIONS)

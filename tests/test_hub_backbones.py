@@ -281,3 +281,11 @@ def test_a_preset_replaced_in_place_is_not_served_from_the_extractor_cache(tmp_p
     before = _extractor_key("dinov2_small", 28, str(folder), "cls", 0, "float32")
     (folder / "model.weights.h5").write_bytes(b"new weights, longer")
     assert _extractor_key("dinov2_small", 28, str(folder), "cls", 0, "float32") != before
+
+
+def test_precompute_refuses_a_pooling_for_a_backbone_not_in_the_run(tmp_path):
+    with pytest.raises(ValueError, match=r"Pooling given for backbones not in this run: vgg16\. Backbones of the run: "
+                                         r"resnet50"):
+        features.precompute(tmp_path / "nowhere", tmp_path / "c.h5", ["resnet50"], weights="none",
+                            pooling={"vgg16": "avg"})
+    assert not (tmp_path / "c.h5").exists()
