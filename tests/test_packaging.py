@@ -61,7 +61,8 @@ def test_every_requirement_is_pinned_in_constraints_to_a_version_it_allows():
 
 def test_every_third_party_module_the_packages_import_is_declared():
     # Import name -> distribution name where they differ.
-    distribution = {"sklearn": "scikit-learn", "PIL": "pillow", "tensorflow": "tensorflow-cpu", "keras_hub": "keras-hub"}
+    distribution = {"sklearn": "scikit-learn", "PIL": "pillow", "tensorflow": "tensorflow-cpu", "keras_hub": "keras-hub",
+                    "keras_tuner": "keras-tuner"}
     declared = {re.split(r"[<>=!\[ ]", requirement)[0] for requirement in PYPROJECT["project"]["dependencies"]
                 + PYPROJECT["project"]["optional-dependencies"]["hub"] + _requirements("requirements-nodeps.txt")}
     standard = set(sys.stdlib_module_names) | {"features", "fusion", "__future__"}
