@@ -37,6 +37,7 @@ _EXPORTS = {
     "write_synthetic_store": "fusion.synthetic",
     "class_weights": "fusion.training",
     "train_model": "fusion.training",
+    "tune_head": "fusion.tuning",
 }
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "select_backbones",
     "train_model",
     "train_run",
+    "tune_head",
     "write_predictions_csv",
     "write_report",
     "write_synthetic_store",
