@@ -167,3 +167,17 @@ def test_bad_build_arguments_fail_before_any_trial(data, tmp_path):
     with pytest.raises(ValueError, match="Unknown pooling 'median'"):
         tune_head({**build_kwargs, "pooling": "median"}, train, val, trials=2, directory=tmp_path / "tuning")
     assert not (tmp_path / "tuning").exists()
+
+
+def test_a_failing_trial_stops_the_search_with_its_own_error(data, tmp_path):
+    # KerasTuner alone would log the error, mark the trial invalid and go on to the next one.
+    build_kwargs, train, val = data
+    arrays = {split: ({name: train.source.features[name][batches.rows] for name in batches.backbones}, batches.labels)
+              for split, batches in (("train", train), ("val", val))}
+    # A class weight without class 1: train_model cannot weigh the validation rows of class 1.
+    with pytest.raises(KeyError, match="1"):
+        tune_head(build_kwargs, arrays["train"], arrays["val"], trials=3, directory=tmp_path / "tuning",
+                  epochs=EPOCHS, patience=PATIENCE, class_weight={0: 1.0}, log=lambda line: None)
+    project_dir = tmp_path / "tuning" / "fusion"
+    assert [path.name for path in project_dir.glob("trial_*")] == ["trial_0"]
+    assert not (project_dir / "trials.csv").exists() and not (project_dir / "best.json").exists()
