@@ -14,8 +14,9 @@ PROGRAM = "run_train.py"
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=program_name(PROGRAM),
-        description="Train a fusion model over the backbones of a feature store, with per-backbone, "
-        "averaging, weighted-average and stacking baselines and a drop-one ablation, and write a report.",
+        description="Train fusion models over the backbones of a feature store, with per-backbone, "
+        "averaging, weighted-average and stacking baselines and a drop-one ablation, on the store's split or "
+        "k folds, and write a report.",
     )
     parser.add_argument("store", help="feature store (.h5) written by run_precompute.py")
     add_config_option(parser)
@@ -23,6 +24,11 @@ def build_parser():
     model = parser.add_argument_group("model")
     model.add_argument("--backbones", nargs="+", metavar="NAME",
                        help="train on these backbones of the store only (default: all of the store's)")
+    model.add_argument("--fusion", nargs="+", choices=["concat", "gated", "attention"], default=["concat"],
+                       metavar="HEAD",
+                       help="fusion heads to train and compare, any of concat (branches concatenated), gated (a "
+                       "per-image softmax gate weighs the backbones) and attention (Transformer blocks over one "
+                       "token per backbone); reported as fusion, gated_fusion, attention_fusion (default: concat)")
     model.add_argument("--units", type=int, default=256, help="units of each backbone's Dense layer (default: 256)")
     model.add_argument("--dropout", type=float, default=0.5, help="dropout rate after each Dense layer (default: 0.5)")
     model.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the Dense weights (default: 0.0001)")
@@ -42,7 +48,17 @@ def build_parser():
     training.add_argument("--class-weight", choices=["none", "balanced"], default="none",
                           help="'balanced' weights the loss so every class counts alike, for unbalanced data "
                           "(default: none)")
-    training.add_argument("--seed", type=int, default=0, help="seed of weights, batches and views (default: 0)")
+    training.add_argument("--seed", type=int, default=0,
+                          help="seed of weights, batches, views and folds (default: 0)")
+    training.add_argument("--folds", type=int, default=0,
+                          help="K-fold cross-validation over the train+val images: every model trained once per "
+                          "fold, baselines fitted out of fold, fold ensembles scored on test; 0 uses the store's "
+                          "train/val split (default: 0)")
+    training.add_argument("--repeats", type=int, default=1,
+                          help="repeat the K folds with other fold seeds, for steadier comparisons (default: 1)")
+    training.add_argument("--tune", type=int, default=0, metavar="N",
+                          help="KerasTuner trials over each fusion head's units, dropout, L2 and learning rate "
+                          "before training it, on the first fold's held-out loss (default: 0, no tuning)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--stream", action="store_true",
@@ -85,6 +101,7 @@ def main(argv=None):
             args.store,
             args.out,
             backbones=args.backbones,
+            fusion=args.fusion,
             units=args.units,
             dropout=args.dropout,
             l2=args.l2,
@@ -96,6 +113,9 @@ def main(argv=None):
             patience=args.patience,
             class_weight=args.class_weight,
             seed=args.seed,
+            folds=args.folds,
+            repeats=args.repeats,
+            tune=args.tune,
             stream=True if args.stream else None,
             block_rows=args.block_rows,
             view_augment=args.view_augment,

@@ -26,10 +26,13 @@ TICK_LABEL_MAX_CHARS = 18
 _KIND_COLORS = {"fusion": "tab:red", "baseline": "tab:blue", "single backbone": "tab:gray", "ablation": "tab:orange"}
 
 
+_FUSION_HEAD_NAMES = ("fusion", "gated_fusion", "attention_fusion")
+
+
 def _model_kind(name, backbones):
-    if name.startswith("fusion_without_"):
+    if "_without_" in name and name.split("_without_")[0] in _FUSION_HEAD_NAMES:
         return "ablation"
-    if name.split("+")[0] == "fusion":
+    if name.split("+")[0] in _FUSION_HEAD_NAMES:
         return "fusion"
     if name.split("+")[0] in backbones:
         return "single backbone"
@@ -41,12 +44,16 @@ def _rank_models(test_metrics):
     return sorted(test_metrics, key=lambda name: (-test_metrics[name]["accuracy"], test_metrics[name]["log_loss"]))
 
 
-def _summarize(test_metrics, backbones, mcnemar):
-    """The winner and its margin over the runner-up; fusion's margins over the average and the best backbone, and significance."""
-    contenders = [name for name in _rank_models(test_metrics) if not name.startswith("fusion_without_")]
+def _is_ablation(name):
+    return "_without_" in name and name.split("_without_")[0] in _FUSION_HEAD_NAMES
+
+
+def _summarize(test_metrics, backbones, mcnemar, fusion_head="fusion", best_single=None):
+    """The winner and its margin over the runner-up; the fusion head's margins over the average and the best backbone, and significance."""
+    contenders = [name for name in _rank_models(test_metrics) if not _is_ablation(name)]
     winner = contenders[0]
     singles = [name for name in contenders if name in backbones]
-    best_single = singles[0] if singles else None
+    best_single = best_single or (singles[0] if singles else None)
     runner_up = contenders[1] if len(contenders) > 1 else None
     summary = {
         "winner": winner,
@@ -55,15 +62,43 @@ def _summarize(test_metrics, backbones, mcnemar):
         "winner_minus_runner_up": (
             test_metrics[winner]["accuracy"] - test_metrics[runner_up]["accuracy"] if runner_up else None
         ),
+        "fusion_head": fusion_head,
         "best_single_backbone": best_single,
-        "fusion_minus_average": test_metrics["fusion"]["accuracy"] - test_metrics["average"]["accuracy"],
+        "fusion_minus_average": test_metrics[fusion_head]["accuracy"] - test_metrics["average"]["accuracy"],
         "fusion_minus_best_single_backbone": (
-            test_metrics["fusion"]["accuracy"] - test_metrics[best_single]["accuracy"] if best_single else None
+            test_metrics[fusion_head]["accuracy"] - test_metrics[best_single]["accuracy"] if best_single else None
         ),
         "fusion_vs_average_significant": mcnemar["p_value"] < SIGNIFICANCE_LEVEL,
         "significance_level": SIGNIFICANCE_LEVEL,
     }
     return summary
+
+
+def _choose_head(heads, cross_validation, validation_scores):
+    """The fusion head the run recommends and exports: best on held-out rows (folds or val), never on test."""
+    if len(heads) == 1:
+        return heads[0]
+    if cross_validation is not None:
+        return cross_validation.ranked(list(heads))[0]
+    return sorted(heads, key=lambda name: (-validation_scores[name]["accuracy"], validation_scores[name]["log_loss"]))[0]
+
+
+def _tests_between_models(heads, best_single, test_probabilities, test_labels, cross_validation):
+    """Each fusion head against the average and the best single backbone: over folds and on test."""
+    tests = {}
+    for head in heads:
+        for other in ("average", best_single):
+            if other is None:
+                continue
+            if cross_validation is not None:
+                entry = cross_validation.compare(head, other, test_probabilities, test_labels)
+            else:
+                a, b = test_probabilities[head].argmax(1), test_probabilities[other].argmax(1)
+                entry = {"model_a": head, "model_b": other, "metric": "accuracy",
+                         "test_difference": float(np.mean(a == test_labels) - np.mean(b == test_labels)),
+                         "test_mcnemar": mcnemar_test(test_labels, a, b)}
+            tests[f"{head}_vs_{other}"] = entry
+    return tests
 
 
 def store_warnings(info, backbones, statistics):
@@ -97,7 +132,7 @@ def store_warnings(info, backbones, statistics):
 
 
 def build_report(info, backbones, rows, labels, test_probabilities, *, weighted_average_weights, training, warnings,
-                 seed=0):
+                 seed=0, heads=("fusion",), cross_validation=None, validation_scores=None, gate_weights=None):
     """The report of a run as a dict: every model's test metrics, fusion against the average, the summary.
 
     Args:
@@ -110,6 +145,13 @@ def build_report(info, backbones, rows, labels, test_probabilities, *, weighted_
         training: dict model name -> how its training went (epochs, best epoch and val loss, seconds).
         warnings: lines a reader must see (see `store_warnings`).
         seed: seed of the bootstrap confidence intervals (default: 0).
+        heads: the report names of the trained fusion heads (default: ("fusion",)).
+        cross_validation: a `fusion.cross_validation.CrossValidation` of a k-fold run; its scores
+            choose the head and the best backbone, and the tests between models run over its folds
+            (default: None, a run on the store's split).
+        validation_scores: model -> `fold_scores` on the val split, to choose among several heads
+            without cross-validation (default: None).
+        gate_weights: gated head -> class -> backbone -> mean gate weight (default: None).
 
     Example:
         >>> report = build_report(info, backbones, rows, labels, test_probabilities,
@@ -121,21 +163,40 @@ def build_report(info, backbones, rows, labels, test_probabilities, *, weighted_
         name: evaluate_probabilities(labels["test"], probabilities, info.class_names, seed=seed)
         for name, probabilities in test_probabilities.items()
     }
+    heads = list(heads)
+    fusion_head = _choose_head(heads, cross_validation, validation_scores)
+    best_single = cross_validation.ranked(list(backbones))[0] if cross_validation is not None else None
     mcnemar = mcnemar_test(
-        labels["test"], test_probabilities["fusion"].argmax(1), test_probabilities["average"].argmax(1)
+        labels["test"], test_probabilities[fusion_head].argmax(1), test_probabilities["average"].argmax(1)
     )
-    return {
+    summary = _summarize(test_metrics, backbones, mcnemar, fusion_head=fusion_head, best_single=best_single)
+    report = {
         "store": str(info.path),
         "backbones": list(backbones),
         "class_names": list(info.class_names),
         "images_per_split": {split: int(len(split_rows)) for split, split_rows in rows.items()},
+        "fusion_heads": heads,
+    }
+    if cross_validation is not None:
+        report["cross_validation"] = {
+            "folds": cross_validation.num_folds, "repeats": cross_validation.num_repeats,
+            "images": int(len(cross_validation.pool_rows)), "stratified": True, "seed": seed,
+            "held_out_images_per_fold": [int(len(fold.val_rows)) for fold in cross_validation.folds],
+        }
+        report["cv"] = cross_validation.summary()
+    report.update({
         "test": test_metrics,
-        "mcnemar": {"fusion_vs_average": {**mcnemar, "model_a": "fusion", "model_b": "average"}},
-        "summary": _summarize(test_metrics, backbones, mcnemar),
+        "mcnemar": {"fusion_vs_average": {**mcnemar, "model_a": fusion_head, "model_b": "average"}},
+        "tests_between_models": _tests_between_models(heads, summary["best_single_backbone"], test_probabilities,
+                                                       labels["test"], cross_validation),
+        "summary": summary,
         "weighted_average_weights": dict(zip(backbones, np.asarray(weighted_average_weights).tolist())),
         "training": training,
         "warnings": warnings,
-    }
+    })
+    if gate_weights:
+        report["gate_weights"] = gate_weights
+    return report
 
 
 def _save(figure, path):
@@ -248,7 +309,7 @@ def _most_confused_pairs(matrix, class_names, top=MOST_CONFUSED_PAIRS):
 def _plot_training_curves(histories, path):
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, history in histories.items():
-        style = "-" if name == "fusion" else "--" if name.startswith("fusion_without_") else ":"
+        style = "-" if name in _FUSION_HEAD_NAMES else "--" if _is_ablation(name) else ":"
         axes[0].plot(history["val_loss"], style, label=name)
         axes[1].plot(history["val_accuracy"], style, label=name)
     if "fusion" in histories:
@@ -281,6 +342,88 @@ def _confusion_as_table(class_names):
     return len(class_names) > CONFUSION_PLOT_MAX_CLASSES
 
 
+def _points(difference):
+    return f"{100 * difference:+.1f} points"
+
+
+def _cross_validation_verdict(report):
+    """The lead of a cross-validated report: each fusion head against the average and the best backbone, with tests."""
+    setup = report["cross_validation"]
+    repeats = f" x {setup['repeats']} repeats" if setup["repeats"] > 1 else ""
+    level = report["summary"]["significance_level"]
+    lines = [f"Cross-validation: {setup['folds']} stratified folds{repeats} over the {setup['images']} train+val "
+             f"images; the test split scores each model's fold ensemble (the average of its fold models)."]
+    for entry in report["tests_between_models"].values():
+        a, b, test = entry["model_a"], entry["model_b"], entry["cv"]
+        low, high = test["ci95"]
+        if test["p_value"] < level:
+            word = "beats" if test["mean_difference"] > 0 else "falls behind"
+        else:
+            word = "is not shown to differ from"
+        cv = report["cv"]
+        lines.append(
+            f"- **{a}** {word} **{b}**: {_points(test['mean_difference'])} of out-of-fold accuracy "
+            f"({cv[a]['accuracy']['mean']:.3f} ± {cv[a]['accuracy']['std']:.3f} against "
+            f"{cv[b]['accuracy']['mean']:.3f} ± {cv[b]['accuracy']['std']:.3f}; 95% CI {_points(low)} to "
+            f"{_points(high)}, corrected resampled t-test p = {test['p_value']:.3g}; McNemar on the out-of-fold "
+            f"predictions p = {entry['oof_mcnemar']['p_value']:.3g}). On the test split: "
+            f"{_points(entry['test_difference'])}, McNemar p = {entry['test_mcnemar']['p_value']:.3g}."
+        )
+    lines.append(f"(Decided by the corrected resampled t-test over folds (Nadeau and Bengio, 2003) at the "
+                 f"{level:.0%} level; the plain t-test over folds would overstate certainty, since the folds' "
+                 f"training sets overlap.)")
+    lines.append("")
+    return lines
+
+
+def _cross_validation_tables(report):
+    cv, test, setup = report["cv"], report["test"], report["cross_validation"]
+    repeats = f" x {setup['repeats']} repeats" if setup["repeats"] > 1 else ""
+    lines = ["", f"## Cross-validation ({setup['folds']} folds{repeats}, "
+             f"out-of-fold scores, mean ± standard deviation over folds)", "",
+             "| model | kind | accuracy | log loss | macro F1 | test accuracy of the fold ensemble |",
+             "|---|---|---|---|---|---|"]
+    ranked = sorted(cv, key=lambda name: (-cv[name]["accuracy"]["mean"], cv[name]["log_loss"]["mean"]))
+    for name in ranked:
+        scores = cv[name]
+        lines.append(
+            f"| {name} | {_model_kind(name, report['backbones'])} | {scores['accuracy']['mean']:.3f} ± "
+            f"{scores['accuracy']['std']:.3f} | {scores['log_loss']['mean']:.3f} ± {scores['log_loss']['std']:.3f} | "
+            f"{scores['macro_f1']['mean']:.3f} ± {scores['macro_f1']['std']:.3f} | "
+            f"{_with_interval(test[name]['accuracy'], test[name].get('accuracy_ci95')) if name in test else '–'} |"
+        )
+    lines += ["", "The weighted average and stacking are scored per fold by a combiner fitted on the other folds' "
+              "out-of-fold predictions, so no score uses labels its model saw."]
+    return lines
+
+
+def _gate_weight_table(model_name, per_class, backbones):
+    lines = ["", f"## Which backbone {model_name} relied on", "",
+             "Mean gate weight per backbone for the held-out images of each true class (rows sum to 1):", "",
+             "| class | " + " | ".join(backbones) + " |", "|---|" + "---|" * len(backbones)]
+    for class_name, weights in per_class.items():
+        lines.append(f"| {class_name} | " + " | ".join(f"{weights[name]:.2f}" for name in backbones) + " |")
+    return lines
+
+
+def _gate_weight_figure(model_name, per_class, backbones):
+    classes = list(per_class)
+    values = np.array([[per_class[name][backbone] for backbone in backbones] for name in classes])
+    figure, axis = plt.subplots(figsize=(1.2 * len(backbones) + 3, 0.35 * len(classes) + 1.8), layout="constrained")
+    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    figure.colorbar(image, ax=axis, fraction=0.046).set_label("mean gate weight")
+    axis.set_xticks(range(len(backbones)), [_shorten(name) for name in backbones], rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), [_shorten(name) for name in classes])
+    if len(classes) <= CONFUSION_CELL_TEXT_MAX_CLASSES:
+        for (row, column), value in np.ndenumerate(values):
+            axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                      color="white" if value > 0.5 else "black")
+    axis.set_xlabel("backbone")
+    axis.set_ylabel("true class")
+    axis.set_title(f"Gate weights of {model_name}")
+    return figure
+
+
 def _render_markdown(report):
     """report.md: what was trained, the table, the winner and by how much, significance, per-class scores, plots.
 
@@ -307,6 +450,8 @@ def _render_markdown(report):
     ]
     winner = summary["winner"]
     runner_up = summary.get("runner_up")
+    if "cv" in report:
+        lines += _cross_validation_verdict(report)
     lines.append(
         f"Best model on the test split: **{winner}** (accuracy {test[winner]['accuracy']:.3f})"
         + (
@@ -316,10 +461,12 @@ def _render_markdown(report):
             else "."
         )
     )
+    fusion_head = summary.get("fusion_head", "fusion")
     difference = summary["fusion_minus_average"]
     verdict = "worth it" if difference > 0 and summary["fusion_vs_average_significant"] else "not shown to be worth it"
     lines.append(
-        f"The fusion model reaches {test['fusion']['accuracy']:.3f}, {_signed(difference)} against the "
+        f"The fusion model{'' if fusion_head == 'fusion' else f' ({fusion_head}, chosen on held-out rows)'} reaches "
+        f"{test[fusion_head]['accuracy']:.3f}, {_signed(difference)} against the "
         f"averaging baseline ({test['average']['accuracy']:.3f})"
         + (
             f" and {_signed(summary['fusion_minus_best_single_backbone'])} against the best single backbone, "
@@ -329,11 +476,14 @@ def _render_markdown(report):
         )
     )
     lines.append(
-        f"McNemar's exact test, fusion against average: only fusion right on {mcnemar['only_a_correct']} test "
+        f"McNemar's exact test, {fusion_head} against average: only {fusion_head} right on {mcnemar['only_a_correct']} test "
         f"images, only average right on {mcnemar['only_b_correct']}, p = {mcnemar['p_value']:.4g}: the difference "
         + ("is" if summary["fusion_vs_average_significant"] else "is not")
-        + f" significant at the {summary['significance_level']:.0%} level. A learned fusion is {verdict} here."
+        + f" significant at the {summary['significance_level']:.0%} level"
+        + (f" on the test split." if "cv" in report else f". A learned fusion is {verdict} here.")
     )
+    if "cv" in report:
+        lines += _cross_validation_tables(report)
     lines += ["", "## All models (test split)", ""]
     header = "| model | kind | accuracy (95% CI) |" + (" top-5 (95% CI) |" if has_top5 else "") + " log loss | macro F1 |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -344,14 +494,18 @@ def _render_markdown(report):
             + (f" {_with_interval(metrics.get('top5_accuracy'), metrics.get('top5_accuracy_ci95'))} |" if has_top5 else "")
             + f" {metrics['log_loss']:.3f} | {metrics['macro_f1']:.3f} |"
         )
-    ablations = [name for name in test if name.startswith("fusion_without_")]
-    if ablations:
-        lines += ["", "## What each backbone adds (drop-one ablation)", "", "| without | accuracy | fusion minus this |", "|---|---|---|"]
+    for head in report.get("fusion_heads", ["fusion"]):
+        ablations = [name for name in test if name.startswith(f"{head}_without_")]
+        if not ablations:
+            continue
+        title = "What each backbone adds (drop-one ablation)" + ("" if head == "fusion" else f", {head}")
+        lines += ["", f"## {title}", "", f"| without | accuracy | {head} minus this |", "|---|---|---|"]
         for name in sorted(ablations, key=lambda n: test[n]["accuracy"]):
             lines.append(
-                f"| {name.removeprefix('fusion_without_')} | {test[name]['accuracy']:.3f} | "
-                f"{test['fusion']['accuracy'] - test[name]['accuracy']:+.3f} |"
+                f"| {name.removeprefix(f'{head}_without_')} | {test[name]['accuracy']:.3f} | "
+                f"{test[head]['accuracy'] - test[name]['accuracy']:+.3f} |"
             )
+    if any(name.split("_without_")[0] in _FUSION_HEAD_NAMES for name in test if "_without_" in name):
         reused = {name: entry["same_as"] for name, entry in report.get("training", {}).items() if "same_as" in entry}
         if reused:
             lines += ["", "With two backbones and no head units, fusion without one backbone is the other backbone's own "
@@ -359,8 +513,11 @@ def _render_markdown(report):
                       + ", reused rather than trained again."]
     weights = report.get("weighted_average_weights")
     if weights:
-        lines += ["", "Weights of the weighted average (fitted on the validation split): "
+        fitted_on = "the out-of-fold predictions of every train+val image" if "cv" in report else "the validation split"
+        lines += ["", f"Weights of the weighted average (fitted on {fitted_on}): "
                   + ", ".join(f"{name} {weight:.2f}" for name, weight in weights.items()) + "."]
+    for model_name, per_class in report.get("gate_weights", {}).items():
+        lines += _gate_weight_table(model_name, per_class, report["backbones"])
     lines += [
         "", f"## Per class, {winner} (worst recall first)", "",
         "| class | precision | recall | F1 | test images |", "|---|---|---|---|---|",
@@ -419,6 +576,11 @@ def write_report(run_dir, report, histories):
             report["test"][winner]["confusion_matrix"], report["class_names"], winner, run_dir / "plots" / "confusion_matrix.png"
         )
         report["plots"][f"confusion matrix of {winner}"] = "plots/confusion_matrix.png"
+    for model_name, per_class in report.get("gate_weights", {}).items():
+        relative = f"plots/gate_weights_{model_name}.png"
+        record_written(run_dir, relative)
+        _save(_gate_weight_figure(model_name, per_class, report["backbones"]), run_dir / relative)
+        report["plots"][f"gate weights of {model_name}"] = relative
     _plot_training_curves(histories, run_dir / "plots" / "training_curves.png")
     report["plots"]["training curves"] = "plots/training_curves.png"
     # report.md first: report.json is what marks a run finished (see `fusion.saved_run.load_run`).
