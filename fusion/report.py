@@ -84,7 +84,7 @@ def _choose_head(heads, cross_validation, validation_scores):
 
 
 def _tests_between_models(heads, best_single, test_probabilities, test_labels, cross_validation):
-    """Each fusion head against the average and the best single backbone: over folds and on test."""
+    """Each fusion head against the average and the best single backbone, and (over folds) the average against that backbone."""
     tests = {}
     for head in heads:
         for other in ("average", best_single):
@@ -98,6 +98,10 @@ def _tests_between_models(heads, best_single, test_probabilities, test_labels, c
                          "test_difference": float(np.mean(a == test_labels) - np.mean(b == test_labels)),
                          "test_mcnemar": mcnemar_test(test_labels, a, b)}
             tests[f"{head}_vs_{other}"] = entry
+    if best_single is not None and cross_validation is not None:
+        # Does plain averaging beat the best backbone at all? The first question before any learned fusion.
+        tests[f"average_vs_{best_single}"] = cross_validation.compare("average", best_single, test_probabilities,
+                                                                       test_labels)
     return tests
 
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import top_k_accuracy_score
 
-from fusion.evaluation import bootstrap_accuracy_interval, evaluate_probabilities, mcnemar_test
+import scipy.stats
+
+from fusion.evaluation import bootstrap_accuracy_interval, corrected_resampled_ttest, evaluate_probabilities, mcnemar_test
 
 
 def test_metrics_match_hand_computed_values():
@@ -131,3 +133,30 @@ def test_mcnemar_counts_and_exact_p_value():
     assert math.isclose(mcnemar_test(labels, model_b, model_a)["p_value"], result["p_value"])
     with pytest.raises(ValueError, match="one entry per test image. Received: lengths 20, 20, 3"):
         mcnemar_test(labels, model_a, model_b[:3])
+
+
+def test_corrected_resampled_ttest_on_a_worked_example():
+    # Five folds of 100 held-out and 400 training images; accuracy differences 2, 4, 0, 2, 2 points.
+    # By hand: mean 0.02, sample variance 0.0002, corrected variance (1/5 + 100/400) * 0.0002 = 9e-5,
+    # t = 0.02 / sqrt(9e-5) = 2.108 with 4 degrees of freedom, two-sided p = 0.1027.
+    differences = [0.02, 0.04, 0.00, 0.02, 0.02]
+    result = corrected_resampled_ttest(differences, n_train=400, n_test=100)
+    assert result["t_statistic"] == pytest.approx(2.1082, abs=1e-4)
+    assert result["degrees_of_freedom"] == 4 and result["folds"] == 5
+    assert result["p_value"] == pytest.approx(0.1027, abs=1e-4)
+    # The 95% interval: 0.02 -+ t(0.975, 4) * sqrt(9e-5) = 0.02 -+ 2.776 * 0.009487.
+    assert result["ci95"] == pytest.approx([0.02 - 0.026340, 0.02 + 0.026340], abs=1e-5)
+    # The plain paired t-test over folds calls the same differences significant (p = 0.034): the
+    # correction is what keeps overlapping training sets from overstating certainty.
+    plain = scipy.stats.ttest_1samp(differences, 0.0)
+    assert plain.pvalue == pytest.approx(0.0341, abs=1e-4) and plain.pvalue < 0.05 < result["p_value"]
+
+
+def test_corrected_resampled_ttest_edge_cases_and_errors():
+    same = corrected_resampled_ttest([0.03, 0.03, 0.03], n_train=200, n_test=100)
+    assert same["p_value"] == 0.0 and same["ci95"] == [0.03, 0.03]
+    assert corrected_resampled_ttest([0.0, 0.0], n_train=10, n_test=10)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="at least 2 folds.*Received: 1 difference"):
+        corrected_resampled_ttest([0.1], n_train=10, n_test=10)
+    with pytest.raises(ValueError, match="n_train and n_test must be positive.*Received: n_train=0"):
+        corrected_resampled_ttest([0.1, 0.2], n_train=0, n_test=10)
