@@ -21,6 +21,8 @@ _EXPORTS = {
     "class_names_of": "fusion.export",
     "export_model": "fusion.export",
     "gather_image_paths": "fusion.image_inputs",
+    "gate_weights": "fusion.heads",
+    "FUSION_HEADS": "fusion.model",
     "build_fusion_model": "fusion.model",
     "Predictions": "fusion.predict",
     "load_classifier": "fusion.predict",
@@ -41,6 +43,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "FUSION_HEADS",
     "FeatureBatches",
     "FusionClassifier",
     "FusionRun",
@@ -57,6 +60,7 @@ __all__ = [
     "evaluate_probabilities",
     "export_model",
     "feature_statistics",
+    "gate_weights",
     "gather_image_paths",
     "load_classifier",
     "load_run",
@@ -79,8 +83,9 @@ __getattr__, __dir__ = _lazy_exports(globals(), _EXPORTS)
 
 # Importing fusion registers fusionpipe's Keras classes, so that exported models load with safe mode
 # after `import fusion`, as README.md promises: `PreprocessInput` (features.backbones), `FusionClassifier`
-# (fusion.classifier) and the layer that exports before it used (fusion.export). These imports are eager;
-# they load Keras.
+# (fusion.classifier), the layers of the gated and attention heads (fusion.heads) and the layer that
+# exports before it used (fusion.export). These imports are eager; they load Keras.
 from features import backbones as _backbones  # noqa: E402, F401
 from fusion import classifier as _classifier  # noqa: E402, F401
 from fusion import export as _export  # noqa: E402, F401
+from fusion import heads as _heads  # noqa: E402, F401

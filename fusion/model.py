@@ -1,12 +1,17 @@
-"""The fusion model: one named input per backbone, a small branch each, concatenated into a softmax."""
+"""The fusion model: one named input per backbone, a small branch each, joined by a fusion head into a softmax."""
 
 import keras
 import numpy as np
 
+from fusion.heads import attention_fusion, gated_fusion
+
 _POOLINGS = ("avg", "max", "avgmax")
+# How the branches are joined: concatenated, weighed by a per-image gate, or mixed by attention.
+FUSION_HEADS = ("concat", "gated", "attention")
 
 
-def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, head_units, learning_rate):
+def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, head_units, learning_rate, fusion,
+                   attention_width):
     if not feature_shapes:
         raise ValueError(
             "feature_shapes must name at least one backbone, e.g. {'resnet50': (2048,)}. "
@@ -31,6 +36,14 @@ def _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, hea
         (
             pooling in _POOLINGS,
             f"Unknown pooling {pooling!r}. Valid values: {', '.join(_POOLINGS)}. Received: pooling={pooling!r}",
+        ),
+        (
+            fusion in FUSION_HEADS,
+            f"Unknown fusion head {fusion!r}. Valid values: {', '.join(FUSION_HEADS)}. Received: fusion={fusion!r}",
+        ),
+        (
+            attention_width >= 1,
+            f"attention_width must be at least 1, e.g. 64. Received: attention_width={attention_width}",
         ),
     ]
     for passed, message in checks:
@@ -96,16 +109,25 @@ def build_fusion_model(
     head_units=(),
     learning_rate=1e-3,
     feature_statistics=None,
+    fusion="concat",
+    attention_width=64,
     name="fusion",
 ):
     """Build and compile the fusion model; with one backbone it is that backbone's classifier.
 
     Each backbone gets `keras.Input(name=backbone)` and a branch: standardisation (a
     `Normalization` layer holding the statistics given in `feature_statistics`) -> pooling
-    (spatial maps only) -> Dense(units, relu) -> BatchNormalization -> Dropout(dropout). The branches are
-    concatenated, passed through the optional `head_units` Dense layers, and into
-    Dense(num_classes, softmax). Without head layers each branch adds its own logits, so the
-    model cannot use interactions between backbones; head layers let it.
+    (spatial maps only) -> Dense(units, relu) -> BatchNormalization -> Dropout(dropout). The fusion
+    head joins the branches, then the optional `head_units` Dense layers and
+    Dense(num_classes, softmax) follow. `concat` concatenates them: without head layers each
+    branch adds its own logits, so the model cannot use interactions between backbones; head
+    layers let it. `gated` scales each branch by per-image softmax weights over the backbones
+    (layer `gate`, read with `fusion.gate_weights`) before concatenating, so it can trust a
+    different backbone per image. `attention` makes each branch a token of width
+    `attention_width` (plus a learned per-backbone embedding), prepends a learned class token and
+    runs one Transformer encoder block; the class token's output goes on, so it can combine
+    backbones non-additively even without head layers. With one backbone there is nothing to
+    join: every `fusion` builds the same plain classifier.
 
     Args:
         feature_shapes: dict backbone name -> per-image feature shape, `(D,)` or `(H, W, D)`;
@@ -121,6 +143,9 @@ def build_fusion_model(
         feature_statistics: dict backbone -> (mean, variance), arrays of one value per feature
             channel, e.g. from `fusion.feature_statistics` on the training rows (per-channel means,
             one variance per backbone); a backbone left out is not rescaled (default: None, none rescaled).
+        fusion: how the branches are joined, one of `FUSION_HEADS`: `concat`, `gated` or
+            `attention` (default: "concat").
+        attention_width: token width of the `attention` head (default: 64).
         name: the model's name (default: "fusion").
 
     Example:
@@ -128,16 +153,26 @@ def build_fusion_model(
         >>> model = build_fusion_model({"resnet50": (2048,), "vgg16": (7, 7, 512)}, num_classes=10,
         ...                            feature_statistics=statistics)
         >>> model.fit({"resnet50": x1, "vgg16": x2}, labels)
+        >>> gated = build_fusion_model({"resnet50": (2048,), "vgg16": (7, 7, 512)}, 10, fusion="gated")
     """
     head_units = tuple(int(size) for size in (head_units or ()))
-    _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, head_units, learning_rate)
+    _check_options(feature_shapes, num_classes, units, dropout, l2, pooling, head_units, learning_rate, fusion,
+                   attention_width)
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
     inputs = [keras.Input(shape=tuple(shape), name=backbone) for backbone, shape in feature_shapes.items()]
     branches = [
         _branch(tensor, backbone, units, dropout, regularizer, pooling)
         for tensor, backbone in zip(inputs, feature_shapes)
     ]
-    tensor = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="concatenate")(branches)
+    backbones = list(feature_shapes)
+    if len(branches) == 1:
+        tensor = branches[0]
+    elif fusion == "gated":
+        tensor = gated_fusion(branches, backbones, units, regularizer)
+    elif fusion == "attention":
+        tensor = attention_fusion(branches, backbones, int(attention_width), regularizer)
+    else:
+        tensor = keras.layers.Concatenate(name="concatenate")(branches)
     for index, size in enumerate(head_units):
         tensor = keras.layers.Dense(size, activation="relu", kernel_regularizer=regularizer, name=f"head_dense_{index}")(
             tensor
