@@ -26,7 +26,9 @@ TICK_LABEL_MAX_CHARS = 18
 _KIND_COLORS = {"fusion": "tab:red", "baseline": "tab:blue", "single backbone": "tab:gray", "ablation": "tab:orange"}
 
 
-_FUSION_HEAD_NAMES = ("fusion", "gated_fusion", "attention_fusion")
+# Each fusion head's name in the report; `fusion` is the concatenation head, as before there were others.
+HEAD_MODEL_NAMES = {"concat": "fusion", "gated": "gated_fusion", "attention": "attention_fusion"}
+_FUSION_HEAD_NAMES = tuple(HEAD_MODEL_NAMES.values())
 
 
 def _model_kind(name, backbones):

@@ -18,8 +18,9 @@ from fusion.cross_validation import (
 )
 from fusion.data import FeatureBatches, open_feature_source
 from fusion.ensemble import fold_ensemble
+from fusion.heads import gate_weights
 from fusion.model import build_fusion_model
-from fusion.report import build_report, store_warnings, write_report
+from fusion.report import HEAD_MODEL_NAMES, build_report, store_warnings, write_report
 from fusion.run_folder import prepare_run_folder, record_written, write_run_json, write_test_predictions
 from fusion.saved_run import FusionRun
 from fusion.statistics import feature_statistics
@@ -148,7 +149,7 @@ def train_run(
     report = build_report(
         info, backbones, rows, labels, test_probabilities, weighted_average_weights=weighted.weights_,
         training={name: model.training for name, model in trained.items()}, warnings=warnings, seed=seed,
-        heads=[_HEAD_MODEL_NAMES[head] for head in heads], cross_validation=cross_validation,
+        heads=[HEAD_MODEL_NAMES[head] for head in heads], cross_validation=cross_validation,
         validation_scores={name: model.fold_scores[0] for name, model in trained.items()},
         gate_weights={name: model.gate_weights for name, model in trained.items() if model.gate_weights},
     )
@@ -222,10 +223,10 @@ def _run_config(info, arguments, options):
 
 def _check_heads(fusion):
     heads = [fusion] if isinstance(fusion, str) else list(fusion or ())
-    unknown = [head for head in heads if head not in _HEAD_MODEL_NAMES]
+    unknown = [head for head in heads if head not in HEAD_MODEL_NAMES]
     if not heads or unknown:
         problem = f"Unknown fusion head {unknown[0]!r}." if unknown else "Give at least one fusion head."
-        raise ValueError(f"{problem} Valid values: {', '.join(_HEAD_MODEL_NAMES)}. Received: fusion={heads}")
+        raise ValueError(f"{problem} Valid values: {', '.join(HEAD_MODEL_NAMES)}. Received: fusion={heads}")
     if len(set(heads)) != len(heads):
         raise ValueError(f"Each fusion head may be given once. Received: fusion={heads}")
     return tuple(heads)
@@ -244,8 +245,8 @@ def _check_options(info, backbones, heads, model_options, head_units, *, batch_s
         raise ValueError(f"tune is the number of tuning trials per fusion head: 0 (no tuning) or more. Received: tune={tune}")
     class_weights([0], 1, class_weight)
     for head in heads:
-        _build_model({name: info.feature_shapes[name] for name in backbones}, len(info.class_names), head=head,
-                     head_units=head_units, **model_options)
+        build_fusion_model({name: info.feature_shapes[name] for name in backbones}, len(info.class_names),
+                           fusion=head, head_units=head_units, **model_options)
 
 
 def _check_view_options(info, backbones, view_augment, tta):
@@ -283,15 +284,6 @@ def _check_split_classes(info, labels, cross_validated=False):
             )
 
 
-# The fusion heads and their names in the report (`fusion` is today's concatenation).
-_HEAD_MODEL_NAMES = {"concat": "fusion", "gated": "gated_fusion", "attention": "attention_fusion"}
-
-
-def _build_model(feature_shapes, num_classes, *, head, **kwargs):
-    # TODO(heads): pass fusion=head once build_fusion_model takes it.
-    if head != "concat":
-        kwargs["fusion"] = head
-    return build_fusion_model(feature_shapes, num_classes, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,14 +372,14 @@ class _ModelTrainer:
         trained = {}
         for head in self.arguments.fusion:
             if self.arguments.tune:
-                self._tune(_HEAD_MODEL_NAMES[head], backbones, head_units, head)
-            trained[_HEAD_MODEL_NAMES[head]] = self._fit(_HEAD_MODEL_NAMES[head], backbones, head_units, head)
+                self._tune(HEAD_MODEL_NAMES[head], backbones, head_units, head)
+            trained[HEAD_MODEL_NAMES[head]] = self._fit(HEAD_MODEL_NAMES[head], backbones, head_units, head)
         for backbone in backbones:
             trained[backbone] = self._fit(backbone, (backbone,), (), "concat")
         if self.arguments.ablation and len(backbones) > 1:
             for head in self.arguments.fusion:
                 for backbone in backbones:
-                    name = f"{_HEAD_MODEL_NAMES[head]}_without_{backbone}"
+                    name = f"{HEAD_MODEL_NAMES[head]}_without_{backbone}"
                     rest = tuple(n for n in backbones if n != backbone)
                     if len(rest) == 1 and not head_units:
                         trained[name] = self._reuse(name, rest[0], trained[rest[0]])
@@ -409,7 +401,7 @@ class _ModelTrainer:
         fold = self.folds[number]
         return dict(
             feature_shapes={n: self.info.feature_shapes[n] for n in names}, num_classes=len(self.info.class_names),
-            head=head, pooling=self.arguments.pooling, head_units=head_units,
+            fusion=head, pooling=self.arguments.pooling, head_units=head_units,
             feature_statistics={n: self.statistics[number][n] for n in names},
             name=f"{name}_{fold.name}" if self.cross_validated else name,
         )
@@ -420,9 +412,6 @@ class _ModelTrainer:
         arguments, fold = self.arguments, self.folds[0]
         build_arguments = self._build_arguments(name, names, head_units, head, 0)
         build_arguments["name"] = name
-        if head != "concat":  # TODO(heads): always pass fusion=head after the merge
-            build_arguments["fusion"] = head
-        del build_arguments["head"]
         tuning = tune_head(
             build_arguments,
             self._batches(fold.train_rows, names, 0, shuffle=True, block_rows=arguments.block_rows,
@@ -479,8 +468,8 @@ class _ModelTrainer:
         arguments, info, fold = self.arguments, self.info, self.folds[number]
         keras.utils.set_random_seed(fold.seed)
         started = time.perf_counter()
-        model = _build_model(**self._build_arguments(name, names, head_units, head, number),
-                             **self._model_options(head))
+        model = build_fusion_model(**self._build_arguments(name, names, head_units, head, number),
+                                   **self._model_options(head))
         if self.cross_validated:
             # The fold ensemble is the model file; a fold's own checkpoint would only cost time.
             checkpoint, history_name = None, f"history/{name}/{fold.name}.csv"
@@ -509,8 +498,6 @@ class _ModelTrainer:
             tta_probabilities = np.mean(per_view, axis=0)
         gates = None
         if head == "gated" and len(names) > 1:
-            from fusion.model import gate_weights  # TODO(heads): top-level import after the merge
-
             gates = gate_weights(model, self._batches(fold.val_rows, names, number))
         best_epoch = int(np.argmin(history["val_loss"]))
         training = {

@@ -20,7 +20,8 @@ class FusionRun:
 
     Attributes:
         run_dir: the run folder.
-        models: dict model name -> `keras.Model` (`fusion`, each backbone, `fusion_without_<b>`).
+        models: dict model name -> `keras.Model` (each fusion head, each backbone, `<head>_without_<b>`);
+            after cross-validation each is its fold ensemble.
         class_names: tuple of class names, in the order of the softmax outputs.
         backbones: tuple of backbone names, the fusion model's input names.
         report: the contents of report.json.
@@ -35,8 +36,14 @@ class FusionRun:
     config: dict
 
     @property
+    def fusion_head(self):
+        """The fusion head the run chose on held-out rows (`fusion` unless several heads were trained)."""
+        return self.report.get("summary", {}).get("fusion_head", "fusion")
+
+    @property
     def fusion_model(self):
-        return self.models["fusion"]
+        """The chosen fusion head's model (its fold ensemble after cross-validation): what export_model exports."""
+        return self.models[self.fusion_head]
 
     def predict_proba(self, features, model="fusion", batch_size=256):
         """Class probabilities of `model` for a dict {backbone: (N, ...) features}."""
@@ -142,7 +149,7 @@ def load_run(run_dir):
         >>> probabilities = run.fusion_model.predict({"resnet50": features})
     """
     run_dir = Path(run_dir)
-    for name in ("config.json", "report.json", "models/fusion.keras"):
+    for name in ("config.json", "report.json"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(
                 f"Not a finished run: {(run_dir / name).resolve()} is missing. Expected a folder written by "
@@ -150,6 +157,12 @@ def load_run(run_dir):
             )
     config = read_run_config(run_dir)
     report = _read_run_json(run_dir / "report.json", ())
+    chosen = report.get("summary", {}).get("fusion_head", "fusion")
+    if not (run_dir / "models" / f"{chosen}.keras").is_file():
+        raise FileNotFoundError(
+            f"Not a finished run: {(run_dir / 'models' / f'{chosen}.keras').resolve()} is missing. Expected a folder "
+            f"written by run_train.py; train first or point to another run."
+        )
     damaged_run = "train the run again (run_train.py --overwrite) or point to another run"
     models = {path.stem: load_keras_file(path, damaged_run) for path in sorted((run_dir / "models").glob("*.keras"))}
     for name, entry in report.get("training", {}).items():
