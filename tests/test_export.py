@@ -344,3 +344,20 @@ def test_a_replaced_weights_file_is_refused_before_any_backbone_is_built(tmp_pat
     with pytest.raises(ValueError, match=r"The weights file of vgg16 \(.*\) has sha256 [0-9a-f]{64}, but the store's "
                                          r"features were made with a file of sha256 0{64}"):
         build_pixel_model(head, {"vgg16": recipe}, ["a", "b"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["gated", "attention"])
+def test_a_cross_validated_run_exports_the_fold_ensemble_of_its_chosen_head(float32_run, tmp_path, fusion):
+    data, store, _ = float32_run
+    run_dir = tmp_path / "cv_run"
+    run = __import__("fusion").train_run(store, run_dir, fusion=[fusion], folds=2, units=8, epochs=2, patience=2,
+                                         batch_size=8, ablation=False, log=lambda *_: None)
+    assert run.report["summary"]["fusion_head"] == f"{fusion}_fusion"
+    model = keras.saving.load_model(export_model(run_dir), safe_mode=True)
+    # One graph: each backbone once, the head averaging the two fold models of the chosen head.
+    fold_models = [layer.name for layer in model.head.layers if isinstance(layer, keras.Model)]
+    assert fold_models == [f"{fusion}_fusion_repeat1_fold1", f"{fusion}_fusion_repeat1_fold2"]
+    assert sorted(model.backbones) == sorted(BACKBONES)
+    paths, expected = store_path_probabilities(store, run_dir)
+    np.testing.assert_allclose(exported_probabilities(model, data, paths), expected, atol=1e-4)

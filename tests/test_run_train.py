@@ -109,3 +109,35 @@ def test_config_values_of_the_wrong_type_stop_before_the_run_folder(spatial_stor
         key, value = next(iter(options.items()))
         assert line.endswith(f"Received: {key}={value!r}")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cross_validation_heads_and_tuning_options_reach_the_run(spatial_store, tmp_path, capsys):
+    out = tmp_path / "cv"
+    argv = [str(spatial_store), "--out", str(out), "--backbones", "a", "b", "--units", "8", "--epochs", "1",
+            "--patience", "1", "--folds", "2", "--repeats", "2", "--fusion", "concat", "gated", "--tune", "1",
+            "--no-ablation"]
+    assert run_train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "fusion: 2 folds x 2 repeats, out-of-fold accuracy" in printed and "gated_fusion: tuned over 1 trials" in printed
+    run = load_run(out)
+    arguments = run.config["arguments"]
+    assert (arguments["folds"], arguments["repeats"], arguments["fusion"], arguments["tune"]) == (2, 2, ["concat", "gated"], 1)
+    assert run.report["cross_validation"]["repeats"] == 2 and len(run.report["cv"]["gated_fusion"]["accuracy"]["folds"]) == 4
+    assert sorted(run.models) == ["a", "b", "fusion", "gated_fusion"]
+    assert set(run.report["gate_weights"]["gated_fusion"]) == set(run.class_names)
+    for head in ("fusion", "gated_fusion"):
+        assert (out / "tuning" / head / "trials.csv").is_file()
+        assert run.report["training"][head]["tuning"]["trials_run"] == 1
+    assert (out / "plots" / "gate_weights_gated_fusion.png").is_file()
+    # Everything the run wrote is recorded, so --overwrite replaces it (KerasTuner's files too).
+    assert run_train.main(argv + ["--overwrite"]) == 0
+
+
+def test_fold_and_head_errors_exit_2_with_one_line(spatial_store, tmp_path, capsys):
+    base = [str(spatial_store), "--out", str(tmp_path / "r")]
+    assert "folds must be 0 (the store's train/val split) or at least 2" in _fail(capsys, base + ["--folds", "1"])
+    assert "give --folds 2 or more with it. Received: folds=0, repeats=3" in _fail(capsys, base + ["--repeats", "3"])
+    assert "invalid choice: 'sum'" in _fail(capsys, base + ["--fusion", "sum"])
+    assert "tune is the number of tuning trials" in _fail(capsys, base + ["--tune", "-2"])
+    assert not (tmp_path / "r").exists()
