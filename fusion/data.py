@@ -99,7 +99,7 @@ class _HDF5Source:
 
     def gather(self, backbone, blocks, rows, views=False):
         group = "views" if views else "features"
-        return np.concatenate([self._reader.read(group, backbone, rows[start:stop]) for start, stop in blocks])
+        return self._reader.read_blocks(group, backbone, [rows[start:stop] for start, stop in blocks])
 
     def close(self):
         self._reader.close()
