@@ -1,11 +1,16 @@
 """Batches from memory and streamed from HDF5: coverage, contiguous blocks, views, and equal training."""
 
+import shutil
+import threading
+
 import h5py
 import keras
 import numpy as np
 import pytest
 
 import fusion.data
+from features.store import StoreError
+from features.store._checks import _row_checksums
 from features.store._read import _read_rows
 from fusion.data import FeatureBatches, open_feature_source
 from fusion.model import build_fusion_model
@@ -145,3 +150,130 @@ def test_streamed_training_gives_the_same_model_as_in_memory(store):
     # Another seed trains another model, so the comparison above could have failed.
     _, other_predictions = _train_and_predict(store, info, stream=False, seed=1)
     assert np.abs(other_predictions - memory_predictions).max() > 1e-3
+
+
+def _read_ahead_threads():
+    return [thread for thread in threading.enumerate() if thread.name == "FeatureBatches read-ahead"]
+
+
+def _all_batches(batches, epochs=2):
+    """Every batch of `epochs` epochs, asked for in order as Keras does, with on_epoch_end between epochs."""
+    epochs_seen = []
+    for _ in range(epochs):
+        epochs_seen.append([batches[index] for index in range(len(batches))])
+        batches.on_epoch_end()
+    return epochs_seen
+
+
+def _assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for (inputs, labels), (other_inputs, other_labels) in zip(first, second):
+        assert inputs.keys() == other_inputs.keys()
+        for name in inputs:
+            np.testing.assert_array_equal(inputs[name], other_inputs[name])
+        np.testing.assert_array_equal(labels, other_labels)
+
+
+def test_read_ahead_gives_the_same_batches_as_reading_when_asked(store):
+    info = read_store_info(store)
+    source = open_feature_source(store, info.backbones, stream=True, with_views=True)
+    options = dict(batch_size=16, shuffle=True, block_rows=4, view_augment=True, seed=5)
+    assert _batches(source, info, **options).read_ahead == fusion.data.STREAM_READ_AHEAD
+    assert _batches(open_feature_source(store, info.backbones, stream=False), info, **options).read_ahead == 0
+    expected = _all_batches(_batches(source, info, read_ahead=0, **options))
+    assert not _read_ahead_threads()
+    for read_ahead in (1, 3):
+        batches = _batches(source, info, read_ahead=read_ahead, **options)
+        seen = _all_batches(batches)
+        for epoch in range(2):
+            _assert_same_batches(seen[epoch], expected[epoch])
+        assert not _read_ahead_threads(), "the thread ends with the epoch's last batch"
+    # The two epochs differ, so serving a batch read ahead for the old epoch in the new one would fail above.
+    assert not np.array_equal(expected[0][0][1], expected[1][0][1])
+    # Out of order, and an epoch ended half way: batches read ahead for the old plan are dropped.
+    batches = _batches(source, info, read_ahead=2, **options)
+    _assert_same_batches([batches[3], batches[0], batches[1], batches[-1]],
+                         [expected[0][3], expected[0][0], expected[0][1], expected[0][-1]])
+    batches[0]
+    assert len(_read_ahead_threads()) == 1
+    batches.on_epoch_end()
+    assert not _read_ahead_threads()
+    # Batch 1 of the old epoch was read ahead right after batch 0: the new epoch must not get it.
+    _assert_same_batches([batches[1], batches[2]], expected[1][1:3])
+    with pytest.raises(IndexError):
+        batches[len(batches)]
+    source.close()
+
+
+def test_closing_the_source_stops_its_read_ahead_and_closes_the_file(store):
+    info = read_store_info(store)
+    source = open_feature_source(store, info.backbones, stream=True)
+    batches = _batches(source, info, batch_size=8, shuffle=True, block_rows=4)
+    batches[0]
+    assert len(_read_ahead_threads()) == 1
+    source.close()
+    assert not _read_ahead_threads() and source._reader._file is None
+    # Asked again after close, it reads ahead anew (the store opens again, as a read after close always did).
+    reference = _batches(open_feature_source(store, info.backbones, stream=True), info, batch_size=8, shuffle=True,
+                         block_rows=4, read_ahead=0)
+    _assert_same_batches([batches[1]], [reference[1]])
+    source.close()
+    assert not _read_ahead_threads()
+
+
+@pytest.fixture
+def damaged_store(tmp_path, store):
+    """(a copy of the module's store with checksums, the training row of /features/alpha that no longer matches its own)."""
+    path = tmp_path / "damaged.h5"
+    shutil.copyfile(store, path)
+    row = int(read_store_info(store).split_rows("train")[40])
+    with h5py.File(path, "a") as store_file:
+        for name in store_file["features"]:
+            store_file[f"checksums/features/{name}"] = _row_checksums(store_file[f"features/{name}"][()])
+        store_file["features/alpha"][row, 0] += 1
+    return path, row
+
+
+def test_a_damaged_row_read_ahead_raises_the_same_error_when_its_batch_is_asked_for(damaged_store):
+    path, row = damaged_store
+    info = read_store_info(path)
+    failing = 40 // 8  # unshuffled batches of 8: the sixth holds training row 40
+    messages = []
+    for read_ahead in (0, 3):
+        batches = _batches(open_feature_source(path, info.backbones, stream=True), info, batch_size=8,
+                           read_ahead=read_ahead)
+        for index in range(failing):  # the batches before it are served
+            assert len(batches[index][1]) == 8
+        with pytest.raises(StoreError, match=rf"row {row} of /features/alpha \(backbone alpha, image .*\) does not "
+                                             r"match the checksum written with it") as error_info:
+            batches[failing]
+        messages.append(str(error_info.value))
+        assert not _read_ahead_threads()
+        batches.source.close()
+    assert messages[0] == messages[1]
+
+
+def test_no_read_ahead_thread_is_left_after_fit_evaluate_and_predict(store):
+    info = read_store_info(store)
+    source = open_feature_source(store, info.backbones, stream=True)
+    keras.utils.set_random_seed(0)
+    model = build_fusion_model({name: info.feature_shapes[name] for name in info.backbones}, 4, units=8)
+    threads_while_training = []
+    watch = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: threads_while_training.append(len(_read_ahead_threads())))
+    model.fit(_batches(source, info, batch_size=16, shuffle=True, block_rows=4),
+              validation_data=_batches(source, info, "val", batch_size=16), epochs=2, verbose=0, callbacks=[watch])
+    assert max(threads_while_training) >= 1, "the check below could not fail: no thread read ahead"
+    assert not _read_ahead_threads()
+    model.evaluate(_batches(source, info, "val", batch_size=16), verbose=0)
+    model.predict(_batches(source, info, "test", batch_size=16), verbose=0)
+    assert not _read_ahead_threads()
+    source.close()
+
+
+def test_bad_read_ahead():
+    with pytest.raises(ValueError, match=r"read_ahead must be None or a whole number of batches, 0 or more .*"
+                                         r"Received: read_ahead=-1"):
+        FeatureBatches(None, ["a"], [0], [0], read_ahead=-1)
+    with pytest.raises(ValueError, match=r"Received: read_ahead=2.5"):
+        FeatureBatches(None, ["a"], [0], [0], read_ahead=2.5)

@@ -1,8 +1,10 @@
 """The store has one owner: only the package features/store/ imports h5py; the rest go through it."""
 
 import ast
+import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -73,6 +75,29 @@ def test_feature_rows_reads_the_rows_asked_for(tmp_path):
         np.testing.assert_array_equal(rows.read("features", "alpha", [1, 2, 7]), features[[1, 2, 7]])
         np.testing.assert_array_equal(rows.read("features", "alpha"), features)
         assert rows.shape("features", "alpha") == (10, 4) and not rows.has("views", "alpha")
+
+
+def test_feature_rows_reads_blocks_in_the_order_given_and_checks_them(tmp_path):
+    features = np.arange(200, dtype=np.float16).reshape(50, 4)
+    store = tmp_path / "plain.h5"
+    write_plain_store(store, ["a", "b"], [f"{i}.png" for i in range(50)], [i % 2 for i in range(50)],
+                      ["train"] * 50, {"alpha": features})
+    checksums = np.array([zlib.crc32(row.tobytes()) for row in features], np.uint32)
+    checksums[37] ^= 1  # as if row 37 had changed on disk since it was written
+    with h5py.File(store, "a") as store_file:
+        store_file["checksums/features/alpha"] = checksums
+    blocks = [np.arange(20, 28), np.array([3, 5, 6]), np.arange(0, 0), np.array([49])]
+    with FeatureRows(store) as rows:
+        values = rows.read_blocks("features", "alpha", blocks)
+        np.testing.assert_array_equal(values, features[np.concatenate(blocks)])
+        assert values.dtype == np.float16
+        np.testing.assert_array_equal(values, np.concatenate([rows.read("features", "alpha", block) for block in blocks]))
+        with pytest.raises(StoreError, match=r"row 37 of /features/alpha \(backbone alpha, image 37.png\) does not match "
+                                             r"the checksum written with it.*Received: 1 damaged row\(s\) among 10 read"):
+            rows.read_blocks("features", "alpha", [np.arange(32, 40), np.arange(2)])
+        rows.close()  # a closed reader opens the file again on its next read
+        np.testing.assert_array_equal(rows.read_blocks("features", "alpha", [np.arange(4)]), features[:4])
+        assert rows.read_blocks("features", "alpha", []).shape == (0, 4)
 
 
 def test_write_plain_store_refuses_an_unknown_string_format(tmp_path):
