@@ -1,7 +1,8 @@
-"""Fusion-model training speed from memory and streamed from HDF5, measured side by side in one run.
+"""Fusion-model training speed from memory and streamed from HDF5, and the cost of k-fold cross-validation, in one run.
 
     python benchmarks/bench_train.py            # 20k rows, backbones of 2048/1024/512 dims, float16
     python benchmarks/bench_train.py --rows 5000 --epochs 1
+    python benchmarks/bench_train.py --folds 5 --cv-rows 3000   # the whole train_run, one split against 5 folds
 """
 
 import argparse
@@ -26,7 +27,36 @@ def _build_parser():
     training.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     training.add_argument("--block-rows", type=int, default=8,
                           help="consecutive rows per shuffled block when streaming (default: 8)")
+    folds = parser.add_argument_group("cross-validation cost (a whole train_run: fusion, each backbone, baselines)")
+    folds.add_argument("--folds", type=int, default=5,
+                       help="folds timed against the store's one split; 0 skips this part (default: 5)")
+    folds.add_argument("--cv-rows", type=int, default=3000, help="images in that store (default: 3000)")
+    folds.add_argument("--cv-epochs", type=int, default=10,
+                       help="epochs per model, all run (no early stop), so both sides do the same work per model "
+                       "(default: 10)")
     return parser
+
+
+def _cross_validation_cost(args, folder):
+    """Seconds of a whole run on the store's split and with `--folds`, on one store, and their ratio."""
+    from fusion import train_run, write_synthetic_store
+
+    backbones = [f"backbone{index}_{dim}" for index, dim in enumerate(args.dims)]
+    path = write_synthetic_store(Path(folder) / "cv.h5", kind="noisy_views", num_rows=args.cv_rows,
+                                 backbones=backbones, feature_dims=args.dims, num_classes=10, dtype="float16")
+    seconds = {}
+    for folds in (0, args.folds):
+        started = time.perf_counter()
+        # patience = epochs: every model runs every epoch, so the ratio is the cost of the folds, not of early stopping.
+        train_run(path, Path(folder) / f"run_{folds}", folds=folds, epochs=args.cv_epochs, patience=args.cv_epochs,
+                  batch_size=args.batch_size, ablation=False, stream=False, log=lambda *_: None)
+        seconds[folds] = time.perf_counter() - started
+    print(f"cross-validation cost ({args.cv_rows} rows, fusion + {len(backbones)} backbones + baselines, "
+          f"{args.cv_epochs} epochs each, in memory):")
+    print(f"  one split (train/val/test 60/20/20):  {seconds[0]:7.1f} s")
+    print(f"  --folds {args.folds} over train+val:            {seconds[args.folds]:7.1f} s")
+    print(f"--folds {args.folds} / one split: {seconds[args.folds] / seconds[0]:.2f}x "
+          f"(goal: at most {1.1 * args.folds:.1f}x)")
 
 
 def _samples_per_second(source, info, rows, batch_size, block_rows, epochs):
@@ -67,6 +97,8 @@ def main(argv=None):
                                            args.batch_size, args.block_rows, args.epochs)
             print(f"streamed from HDF5 (blocks of {args.block_rows:>3} rows): {streamed:9.0f} samples/s")
             print(f"streamed / in memory: {streamed / memory:.2f}")
+            if args.folds:
+                _cross_validation_cost(args, folder)
     return 0
 
 

@@ -51,12 +51,17 @@ def test_bench_precompute_prints_both_ratios_and_the_precision_gain():
     assert abs(ratio - path_speed / max(function_speed, _number(r"predict_on_batch +([\d.]+) img/s", table))) < 0.02
 
 
-def test_bench_train_prints_memory_and_streamed_speed():
-    printed = _run("bench_train", "--rows", "400", "--dims", "16", "8", "--epochs", "1")
+def test_bench_train_prints_memory_and_streamed_speed_and_the_cost_of_folds():
+    printed = _run("bench_train", "--rows", "400", "--dims", "16", "8", "--epochs", "1", "--folds", "2",
+                   "--cv-rows", "200", "--cv-epochs", "1")
     memory = _number(r"in memory \(rows shuffled\): +(\d+) samples/s", printed)
     streamed = _number(r"streamed from HDF5 \(blocks of +8 rows\): +(\d+) samples/s", printed)
     assert memory > 0 and streamed > 0
     assert abs(_number(r"streamed / in memory: ([\d.]+)", printed) - streamed / memory) < 0.02
+    one_split = _number(r"one split \(train/val/test 60/20/20\): +([\d.]+) s", printed)
+    folds = _number(r"--folds 2 over train\+val: +([\d.]+) s", printed)
+    assert 0 < one_split and 0 < folds
+    assert abs(_number(r"--folds 2 / one split: ([\d.]+)x \(goal: at most 2.2x\)", printed) - folds / one_split) < 0.02
 
 
 def test_bench_cli_prints_each_scripts_help_time_beside_importing_keras():
