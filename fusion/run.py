@@ -151,7 +151,8 @@ def train_run(
         training={name: model.training for name, model in trained.items()}, warnings=warnings, seed=seed,
         heads=[HEAD_MODEL_NAMES[head] for head in heads], cross_validation=cross_validation,
         validation_scores={name: model.fold_scores[0] for name, model in trained.items()},
-        gate_weights={name: model.gate_weights for name, model in trained.items() if model.gate_weights},
+        gate_weights={name: trained[name].gate_weights for name in HEAD_MODEL_NAMES.values()
+                      if name in trained and trained[name].gate_weights},
     )
     write_test_predictions(run_dir, info.paths, info.class_names, rows["test"], labels["test"], test_probabilities)
     histories = {name: model.history for name, model in trained.items() if model.history is not None}

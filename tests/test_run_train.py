@@ -115,8 +115,7 @@ def test_config_values_of_the_wrong_type_stop_before_the_run_folder(spatial_stor
 def test_cross_validation_heads_and_tuning_options_reach_the_run(spatial_store, tmp_path, capsys):
     out = tmp_path / "cv"
     argv = [str(spatial_store), "--out", str(out), "--backbones", "a", "b", "--units", "8", "--epochs", "1",
-            "--patience", "1", "--folds", "2", "--repeats", "2", "--fusion", "concat", "gated", "--tune", "1",
-            "--no-ablation"]
+            "--patience", "1", "--folds", "2", "--repeats", "2", "--fusion", "concat", "gated", "--tune", "1"]
     assert run_train.main(argv) == 0
     printed = capsys.readouterr().out
     assert "fusion: 2 folds x 2 repeats, out-of-fold accuracy" in printed and "gated_fusion: tuned over 1 trials" in printed
@@ -124,14 +123,21 @@ def test_cross_validation_heads_and_tuning_options_reach_the_run(spatial_store, 
     arguments = run.config["arguments"]
     assert (arguments["folds"], arguments["repeats"], arguments["fusion"], arguments["tune"]) == (2, 2, ["concat", "gated"], 1)
     assert run.report["cross_validation"]["repeats"] == 2 and len(run.report["cv"]["gated_fusion"]["accuracy"]["folds"]) == 4
-    assert sorted(run.models) == ["a", "b", "fusion", "gated_fusion"]
-    assert set(run.report["gate_weights"]["gated_fusion"]) == set(run.class_names)
-    for head in ("fusion", "gated_fusion"):
-        assert (out / "tuning" / head / "trials.csv").is_file()
-        assert run.report["training"][head]["tuning"]["trials_run"] == 1
+    # Each head has its drop-one ablation (with two backbones, the other backbone's own model, reused).
+    assert sorted(run.models) == ["a", "b", "fusion", "fusion_without_a", "fusion_without_b", "gated_fusion",
+                                  "gated_fusion_without_a", "gated_fusion_without_b"]
+    assert run.report["training"]["gated_fusion_without_a"]["same_as"] == "b"
+    gates = run.report["gate_weights"]
+    assert list(gates) == ["gated_fusion"] and set(gates["gated_fusion"]) == set(run.class_names)
+    assert all(sum(weights.values()) == pytest.approx(1, abs=1e-4) for weights in gates["gated_fusion"].values())
     assert (out / "plots" / "gate_weights_gated_fusion.png").is_file()
-    # Everything the run wrote is recorded, so --overwrite replaces it (KerasTuner's files too).
-    assert run_train.main(argv + ["--overwrite"]) == 0
+    written = json.loads((out / "written_files.json").read_text())["files"]
+    for head in ("fusion", "gated_fusion"):
+        assert (out / "tuning" / head / "trials.csv").is_file() and f"tuning/{head}/trials.csv" in written
+        assert run.report["training"][head]["tuning"]["trials_run"] == 1
+    # Everything the run wrote is recorded (KerasTuner's files too), so --overwrite may replace it all.
+    on_disk = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
+    assert on_disk - {"written_files.json", "options.json"} <= set(written)
 
 
 def test_fold_and_head_errors_exit_2_with_one_line(spatial_store, tmp_path, capsys):
