@@ -100,10 +100,24 @@ def test_cross_fitted_combiners_never_see_the_labels_of_the_fold_they_predict():
     assert [len(p) for p in predicted] == [len(fold.val_rows) for fold in folds]
 
 
-@pytest.fixture(scope="module")
-def cv_run(tmp_path_factory):
+@pytest.mark.slow
+def test_a_five_fold_run_reports_scores_tests_and_fold_ensembles(tmp_path):
+    """One 5-fold run (a minute of training), checked part by part below.
+
+    One test rather than several on a shared fixture: pytest-xdist would build the fixture once
+    on each worker.
+    """
+    cv_run = _build_cv_run(tmp_path)
+    _check_cv_report_holds_per_fold_scores_for_every_model(cv_run)
+    _check_averaging_beats_every_single_backbone_with_a_p_value(cv_run)
+    _check_fusion_is_compared_over_folds_oof_and_test(cv_run)
+    _check_baselines_are_fitted_on_the_out_of_fold_probabilities_of_every_train_val_image(cv_run)
+    _check_each_model_file_is_its_fold_ensemble(cv_run)
+    _check_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_run, tmp_path)
+
+
+def _build_cv_run(base):
     """A 5-fold run on a store where each of three backbones sees the class through its own heavy noise."""
-    base = tmp_path_factory.mktemp("cv")
     store = write_synthetic_store(base / "noisy.h5", kind="noisy_views", num_rows=600, backbones=("a", "b", "c"),
                                   feature_dims=16, noise=2.5, seed=2)
     fits = []
@@ -115,12 +129,12 @@ def cv_run(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("fusion.run.WeightedAverage", SpyAverage)
-        run = train_run(store, base / "run", folds=5, units=16, epochs=12, patience=4, learning_rate=3e-3,
+        run = train_run(store, base / "run", folds=5, units=16, epochs=8, patience=3, learning_rate=3e-3,
                         ablation=False, log=QUIET)
     return store, run, fits
 
 
-def test_cv_report_holds_per_fold_scores_for_every_model(cv_run):
+def _check_cv_report_holds_per_fold_scores_for_every_model(cv_run):
     store, run, _ = cv_run
     report = json.loads((run.run_dir / "report.json").read_text())
     assert report["cross_validation"]["folds"] == 5 and report["cross_validation"]["repeats"] == 1
@@ -137,7 +151,7 @@ def test_cv_report_holds_per_fold_scores_for_every_model(cv_run):
     assert list(report["training"]["fusion"]["folds"]) == [f"repeat1_fold{k}" for k in range(1, 6)]
 
 
-def test_averaging_beats_every_single_backbone_with_a_p_value(cv_run):
+def _check_averaging_beats_every_single_backbone_with_a_p_value(cv_run):
     _, run, _ = cv_run
     report = run.report
     average = report["cv"]["average"]["accuracy"]["mean"]
@@ -156,7 +170,7 @@ def test_averaging_beats_every_single_backbone_with_a_p_value(cv_run):
     assert "## Cross-validation (5 folds, out-of-fold scores, mean ± standard deviation over folds)" in markdown
 
 
-def test_fusion_is_compared_over_folds_oof_and_test(cv_run):
+def _check_fusion_is_compared_over_folds_oof_and_test(cv_run):
     _, run, _ = cv_run
     tests = run.report["tests_between_models"]
     best = run.report["summary"]["best_single_backbone"]
@@ -173,7 +187,7 @@ def test_fusion_is_compared_over_folds_oof_and_test(cv_run):
     assert best == max(("a", "b", "c"), key=lambda name: (cv[name]["accuracy"]["mean"], -cv[name]["log_loss"]["mean"]))
 
 
-def test_baselines_are_fitted_on_the_out_of_fold_probabilities_of_every_train_val_image(cv_run):
+def _check_baselines_are_fitted_on_the_out_of_fold_probabilities_of_every_train_val_image(cv_run):
     _, run, fits = cv_run
     pool = run.report["cross_validation"]["images"]
     # The final weighted average is fitted once on all pool rows, first; then once per fold on the other folds.
@@ -189,7 +203,7 @@ def _test_features(store, backbones):
         return {name: handle[f"features/{name}"][:][rows].astype("float32") for name in backbones}
 
 
-def test_each_model_file_is_its_fold_ensemble(cv_run):
+def _check_each_model_file_is_its_fold_ensemble(cv_run):
     store, run, _ = cv_run
     loaded = load_run(run.run_dir)
     model = loaded.models["fusion"]
@@ -207,8 +221,7 @@ def test_each_model_file_is_its_fold_ensemble(cv_run):
     assert np.mean(probabilities.argmax(1) == labels) == pytest.approx(accuracy)
 
 
-@pytest.mark.slow
-def test_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_run, tmp_path):
+def _check_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_run, tmp_path):
     store, run, _ = cv_run
     inputs = _test_features(store, ["a", "b", "c"])
     np.savez(tmp_path / "inputs.npz", **inputs)
