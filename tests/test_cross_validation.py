@@ -160,7 +160,7 @@ def _check_averaging_beats_every_single_backbone_with_a_p_value(cv_run):
     best = report["summary"]["best_single_backbone"]
     test = report["tests_between_models"][f"average_vs_{best}"]
     assert test["cv"]["method"].startswith("corrected resampled t-test")
-    # Measured: +16.9 points, p = 0.0016.
+    # Measured: +13.1 points (0.750 against 0.619), corrected p = 0.008, CI +5.7 to +20.5 points.
     assert test["cv"]["mean_difference"] > 0.08 and test["cv"]["p_value"] < 0.02
     assert test["cv"]["ci95"][0] > 0 and 0 <= test["oof_mcnemar"]["p_value"] < 0.05
     markdown = (run.run_dir / "report.md").read_text()
