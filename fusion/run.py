@@ -274,14 +274,16 @@ def _check_split_classes(info, labels, cross_validated=False):
             f"--min-images-per-class to leave small classes out, or give them training images. "
             f"Received: {len(info.class_names)} class names, {len(np.unique(learned))} in {where}"
         )
-    for split in ("train",) if cross_validated else ("train", "val"):
-        present = np.unique(learned if cross_validated else labels[split])
+    for split in ("train and val",) if cross_validated else ("train", "val"):
+        split_labels = learned if cross_validated else labels[split]
+        present = np.unique(split_labels)
         if len(present) < 2:
             raise ValueError(
-                f"The {split} split of {info.path} holds only class {info.class_names[present[0]]!r} "
-                f"({len(labels[split])} labeled rows): training and the fitted baselines need at least 2 classes "
-                f"in train and in val. Re-run precompute with a larger --val-fraction, or give a split with "
-                f"more classes. Received: classes in {split}={[info.class_names[c] for c in present]}"
+                f"The {split} split{'s' if cross_validated else ''} of {info.path} hold{'' if cross_validated else 's'} "
+                f"only class {info.class_names[present[0]]!r} ({len(split_labels)} labeled rows): training and the "
+                f"fitted baselines need at least 2 classes in train and in val. Re-run precompute with a larger "
+                f"--val-fraction, or give a split with more classes. Received: classes in {split}="
+                f"{[info.class_names[c] for c in present]}"
             )
 
 

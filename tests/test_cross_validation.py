@@ -262,3 +262,18 @@ def test_bad_run_options_stop_before_the_run_folder(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         train_run(store, tmp_path / "run", log=QUIET, **kwargs)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_class_with_no_train_or_val_image_is_refused_before_cross_validation(tmp_path):
+    from features.store import write_plain_store
+
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 4)
+    splits = ["train", "val"] * 20 + ["test"] * 4
+    rng = np.random.default_rng(0)
+    path = tmp_path / "s.h5"
+    write_plain_store(path, ["cat", "dog", "fox"], [f"img_{i}.png" for i in range(44)], labels,
+                             splits, {"a": rng.normal(size=(44, 4)).astype("float32")}, {})
+    with pytest.raises(ValueError, match=r"1 class\(es\) of .* have no labeled image in the train and val splits, so no "
+                                         r"model can learn them: fox\."):
+        train_run(path, tmp_path / "run", folds=2, log=QUIET)
+    assert not (tmp_path / "run").exists()
