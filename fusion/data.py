@@ -8,6 +8,7 @@ Streamed batches are read ahead in a background thread while Keras trains on the
 (`FeatureBatches(read_ahead=...)`), so the model does not wait for HDF5.
 """
 
+import copy
 import dataclasses
 import os
 import queue
@@ -311,6 +312,21 @@ class FeatureBatches(keras.utils.PyDataset):
 
     def __len__(self):
         return len(self._plan.batches)
+
+    def restarted(self):
+        """A copy of these batches back at epoch 0, with a read-ahead of its own: the same batch order again.
+
+        Example:
+            >>> first_epoch = [batch for batch in batches.restarted()]  # e.g. one tuning trial
+        """
+        with self._read_ahead_lock:
+            restarted = copy.copy(self)
+        # A shallow copy would share the lock and the read-ahead thread of this epoch's plan.
+        restarted._read_ahead_lock = threading.Lock()
+        restarted._reading_ahead = None
+        restarted._epoch = 0
+        restarted._plan_epoch()
+        return restarted
 
     def on_epoch_end(self):
         with self._read_ahead_lock:

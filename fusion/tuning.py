@@ -4,7 +4,6 @@ KerasTuner is imported only when `tune_head` runs, so that `import fusion` (and 
 `--help`) stays free of it: install it with `pip install keras-tuner`.
 """
 
-import copy
 import csv
 import dataclasses
 import json
@@ -262,12 +261,7 @@ def _trial_values(values):
 def _restarted(data):
     # `FeatureBatches` counts epochs to reshuffle: each trial starts from epoch 0 on a copy, so every
     # trial sees the same batch order and the caller's batches are left as they were.
-    if not isinstance(data, FeatureBatches):
-        return data
-    restarted = copy.copy(data)
-    restarted._epoch = 0
-    restarted._plan_epoch()
-    return restarted
+    return data.restarted() if isinstance(data, FeatureBatches) else data
 
 
 def _shown(value):

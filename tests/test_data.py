@@ -277,3 +277,22 @@ def test_bad_read_ahead():
         FeatureBatches(None, ["a"], [0], [0], read_ahead=-1)
     with pytest.raises(ValueError, match=r"Received: read_ahead=2.5"):
         FeatureBatches(None, ["a"], [0], [0], read_ahead=2.5)
+
+
+def test_restarted_batches_repeat_the_first_epoch_with_a_read_ahead_of_their_own(store):
+    # What a tuning trial trains on: the same batch order every time, the original left where it was.
+    info = read_store_info(store)
+    source = open_feature_source(store, info.backbones, stream=True, with_views=True)
+    options = dict(batch_size=16, shuffle=True, block_rows=4, view_augment=True, seed=5)
+    expected = _all_batches(_batches(source, info, read_ahead=0, **options))
+    batches = _batches(source, info, read_ahead=2, **options)
+    batches.on_epoch_end()
+    batches[0]  # the original reads ahead in its second epoch
+    restarted = batches.restarted()
+    _assert_same_batches([restarted[index] for index in range(len(restarted))], expected[0])
+    assert restarted._read_ahead_lock is not batches._read_ahead_lock
+    # The original's read-ahead was not stopped or taken over by the copy: it goes on with epoch 2.
+    _assert_same_batches([batches[1], batches[2]], expected[1][1:3])
+    batches.on_epoch_end()
+    source.close()
+    assert not _read_ahead_threads()
