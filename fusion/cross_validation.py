@@ -7,7 +7,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from fusion.evaluation import corrected_resampled_ttest, mcnemar_test
+from fusion.evaluation import clipped_log_loss, corrected_resampled_ttest, mcnemar_test
 
 # The scores kept per fold, as report.json's `cv: {MODEL: {METRIC: ...}}`.
 CV_METRICS = ("accuracy", "log_loss", "macro_f1")
@@ -122,13 +122,11 @@ def out_of_fold(folds, fold_probabilities, pool_rows):
 def fold_scores(labels, probabilities):
     """Accuracy, log loss and macro F1 (over the classes present) of one fold's held-out rows."""
     labels = np.asarray(labels, dtype=np.int64)
-    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1.0)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    predictions = probabilities.argmax(axis=1)
+    predictions = np.asarray(probabilities).argmax(axis=1)
     present = np.unique(labels)
     return {
         "accuracy": float(np.mean(predictions == labels)),
-        "log_loss": float(sk_metrics.log_loss(labels, probabilities, labels=np.arange(probabilities.shape[1]))),
+        "log_loss": clipped_log_loss(labels, probabilities),
         "macro_f1": float(sk_metrics.f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
     }
 

@@ -52,6 +52,21 @@ def bootstrap_accuracy_interval(correct, confidence=0.95, n_resamples=2000, seed
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
+def clipped_log_loss(labels, probabilities):
+    """Log loss over all C columns, with probabilities clipped away from 0 and renormalized so it stays finite.
+
+    float32 softmax outputs can hold exact zeros; scikit-learn would score such a miss as infinite.
+
+    Example:
+        >>> clipped_log_loss([0, 1], [[1.0, 0.0], [0.0, 1.0]])
+        9.99...e-08
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    clipped = np.clip(probabilities, 1e-7, 1.0)
+    return float(sk_metrics.log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True),
+                                     labels=np.arange(probabilities.shape[1])))
+
+
 def evaluate_probabilities(labels, probabilities, class_names, seed=0):
     """Accuracy and top-5 accuracy with 95% intervals, log loss, macro F1, per-class scores, confusion matrix.
 
@@ -90,8 +105,6 @@ def evaluate_probabilities(labels, probabilities, class_names, seed=0):
     classes = list(range(num_classes))
     present = np.unique(labels).tolist()
     predictions = probabilities.argmax(axis=1)
-    # float32 softmax outputs are clipped away from 0 and renormalized so log loss stays finite.
-    clipped = np.clip(probabilities, 1e-7, 1.0)
     # Scores only for classes with test images: a class without any has no recall, and counting
     # its F1 as 0 would pull the macro average down for a gap in the data, not in the model.
     precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
@@ -101,7 +114,7 @@ def evaluate_probabilities(labels, probabilities, class_names, seed=0):
     result = {
         "accuracy": float(correct.mean()),
         "accuracy_ci95": bootstrap_accuracy_interval(correct, seed=seed),
-        "log_loss": float(sk_metrics.log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)),
+        "log_loss": clipped_log_loss(labels, probabilities),
         "macro_f1": float(f1.mean()),
     }
     # Top-5 only says more than accuracy when more than 5 classes compete for the test images.

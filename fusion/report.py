@@ -32,7 +32,7 @@ _FUSION_HEAD_NAMES = tuple(HEAD_MODEL_NAMES.values())
 
 
 def _model_kind(name, backbones):
-    if "_without_" in name and name.split("_without_")[0] in _FUSION_HEAD_NAMES:
+    if _is_ablation(name):
         return "ablation"
     if name.split("+")[0] in _FUSION_HEAD_NAMES:
         return "fusion"
