@@ -1,4 +1,4 @@
-"""Test-split metrics against hand-computed values, bootstrap intervals, and McNemar's exact test."""
+"""Test-split metrics against hand-computed values, bootstrap intervals, calibration error, and McNemar's exact test."""
 
 import math
 import warnings
@@ -9,7 +9,14 @@ from sklearn.metrics import top_k_accuracy_score
 
 import scipy.stats
 
-from fusion.evaluation import bootstrap_accuracy_interval, corrected_resampled_ttest, evaluate_probabilities, mcnemar_test
+from fusion.evaluation import (
+    bootstrap_accuracy_interval,
+    corrected_resampled_ttest,
+    evaluate_probabilities,
+    expected_calibration_error,
+    mcnemar_test,
+    reliability_bins,
+)
 
 
 def test_metrics_match_hand_computed_values():
@@ -160,3 +167,33 @@ def test_corrected_resampled_ttest_edge_cases_and_errors():
         corrected_resampled_ttest([0.1], n_train=10, n_test=10)
     with pytest.raises(ValueError, match="n_train and n_test must be positive.*Received: n_train=0"):
         corrected_resampled_ttest([0.1, 0.2], n_train=0, n_test=10)
+
+
+def test_expected_calibration_error_matches_a_worked_example():
+    # Four images, 15 bins of width 1/15. Confidences 0.9 and 0.9 fall in bin 14, (13/15, 14/15] = (0.867, 0.933]:
+    # one right, one wrong, so accuracy 0.5 against confidence 0.9, a gap of 0.4 over 2 of 4 images: 0.2.
+    # Confidences 0.6 (exactly 9/15, the top of bin 9, (8/15, 9/15]) and 0.55 fall in bin 9: both right, so
+    # accuracy 1 against confidence 0.575, a gap of 0.425 over 2 of 4 images: 0.2125. ECE = 0.2 + 0.2125.
+    labels = [0, 1, 0, 0]
+    probabilities = [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.55, 0.45]]
+    assert expected_calibration_error(labels, probabilities) == pytest.approx(0.4125)
+    bins = reliability_bins(labels, probabilities)
+    assert bins["counts"] == [0] * 8 + [2] + [0] * 4 + [2, 0]
+    assert bins["accuracy"][8] == 1.0 and bins["confidence"][8] == pytest.approx(0.575)
+    assert bins["accuracy"][13] == 0.5 and bins["confidence"][13] == pytest.approx(0.9)
+    assert bins["accuracy"][0] is None and bins["bin_edges"][9] == 0.6 and len(bins["bin_edges"]) == 16
+    # A model exactly as often right as it is confident: 0. Always sure and always right: 0.
+    assert expected_calibration_error([0, 0, 0, 1], [[0.75, 0.25]] * 4) == pytest.approx(0.0)
+    assert expected_calibration_error([0, 1], [[1.0, 0.0], [0.0, 1.0]]) == 0.0
+    # Always sure and always wrong: 1. Fewer bins, the same definition.
+    assert expected_calibration_error([1, 0], [[1.0, 0.0], [0.0, 1.0]], num_bins=5) == 1.0
+    result = evaluate_probabilities(labels, probabilities, ["cat", "dog"])
+    assert result["ece"] == pytest.approx(0.4125) and result["reliability"] == bins
+
+
+def test_calibration_refuses_what_it_cannot_bin():
+    with pytest.raises(ValueError, match=r"probabilities must have shape \(N, C\) with one row per label.*"
+                                         r"Received: probabilities.shape=\(2, 2\), 3 labels"):
+        expected_calibration_error([0, 1, 1], [[0.9, 0.1], [0.2, 0.8]])
+    with pytest.raises(ValueError, match=r"num_bins must be a whole number of bins, 1 or more.*Received: num_bins=0"):
+        reliability_bins([0], [[0.9, 0.1]], num_bins=0)
