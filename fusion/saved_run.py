@@ -40,6 +40,40 @@ class FusionRun:
         """The fusion head the run chose on held-out rows (`fusion` unless several heads were trained)."""
         return self.report.get("summary", {}).get("fusion_head", "fusion")
 
+    def leaderboard(self):
+        """Every model of the run as a pandas DataFrame, one row each, best first, as AutoGluon's `leaderboard()`.
+
+        Columns: model, kind, test accuracy and its 95% interval, log loss, macro F1, ECE, training
+        seconds, precompute seconds per image of its backbones, cross-validation means and standard
+        deviations with `--folds`, rank (see `fusion.leaderboard.leaderboard`).
+
+        Example:
+            >>> load_run("runs/exp1").leaderboard()[["model", "accuracy", "ece", "rank"]].head(3)
+        """
+        from fusion.leaderboard import leaderboard
+
+        return leaderboard(self.report)
+
+    def histories(self):
+        """Per trained model, its history: dict metric -> per-epoch values (with folds, the first fold's).
+
+        Example:
+            >>> plot_training_curves(load_run("runs/exp1").histories())
+        """
+        from fusion.histories import read_histories
+
+        return read_histories(self.run_dir, models=list(self.report.get("training", {})) or None)
+
+    def figures(self):
+        """The report's figures as matplotlib Figures, dict title -> Figure; each shows inline in a notebook.
+
+        Example:
+            >>> load_run("runs/exp1").figures()["model comparison"]
+        """
+        from fusion.plots import report_figures  # matplotlib only when figures are asked for
+
+        return {title: figure for title, figure in report_figures(self.report, self.histories()).values()}
+
     @property
     def fusion_model(self):
         """The chosen fusion head's model (its fold ensemble after cross-validation): what export_model exports."""

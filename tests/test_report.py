@@ -3,6 +3,7 @@ cost, per-class scores, the plots, at 2 and at 60 classes; report.json and the l
 
 import base64
 import json
+import math
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import pytest
 from _report_fixtures import CLASS_NAMES, CONFIDENCE, WRONG, built_report
 from _report_fixtures import HISTORIES as RUN_HISTORIES
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from features.recipe import FeatureRecipe
 from fusion.costs import model_costs
@@ -23,6 +25,7 @@ from fusion.report import _summarize, build_report, store_warnings, write_report
 from fusion.report_content import most_confused_pairs as _most_confused_pairs
 from fusion.report_content import report_blocks
 from fusion.report_markdown import render_markdown
+from fusion.saved_run import FusionRun
 
 
 def _render_markdown(report):
@@ -413,3 +416,44 @@ def test_report_html_is_self_contained_with_every_model_every_plot_and_escaped_t
     # A class named `<b>&` is text, not markup.
     assert CLASS_NAMES[2] == "<b>&" and "<td>&lt;b&gt;&amp;</td>" in page and "<b>&" not in page
     assert "report.html" in json.loads((tmp_path / "written_files.json").read_text())["files"]
+
+
+def test_leaderboard_is_a_dataframe_with_one_row_per_model_best_first(tmp_path):
+    report = built_report()
+    run = FusionRun(run_dir=tmp_path, models={}, class_names=CLASS_NAMES, backbones=("a", "b"), report=report, config={})
+    board = run.leaderboard()
+    assert list(board.columns) == ["model", "kind", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "log_loss",
+                                   "macro_f1", "ece", "training_seconds", "precompute_seconds_per_image", "rank"]
+    assert list(board["model"]) == sorted(WRONG, key=WRONG.get) and list(board["rank"]) == list(range(1, 9))
+    fusion = board.iloc[0]
+    assert (fusion["kind"], fusion["accuracy"], fusion["training_seconds"]) == ("fusion", 0.95, 30.0)
+    assert fusion["ece"] == pytest.approx(0.05) and fusion["precompute_seconds_per_image"] == pytest.approx(0.07)
+    assert (board["accuracy_ci95_low"] < board["accuracy"]).all() and (board["accuracy"] < board["accuracy_ci95_high"]).all()
+    assert board.set_index("model").loc["stacking", "training_seconds"] == 0.0
+    # Cross-validated: the mean and standard deviation over folds beside the test scores; NaN where a model has none.
+    scores = {metric: {"mean": 0.9, "std": 0.02, "folds": [0.88, 0.92]} for metric in ("accuracy", "log_loss", "macro_f1")}
+    folded = FusionRun(tmp_path, {}, CLASS_NAMES, ("a", "b"), {**report, "cv": {"fusion": scores}}, {}).leaderboard()
+    assert list(folded.columns)[-7:] == ["cv_accuracy_mean", "cv_accuracy_std", "cv_log_loss_mean", "cv_log_loss_std",
+                                         "cv_macro_f1_mean", "cv_macro_f1_std", "rank"]
+    assert folded.iloc[0]["cv_accuracy_std"] == 0.02 and math.isnan(folded.iloc[1]["cv_accuracy_mean"])
+    # A report written before calibration and costs were recorded still makes a leaderboard.
+    old = FusionRun(tmp_path, {}, ("cat", "dog"), ("a", "b"), _report(0.9, 0.01), {}).leaderboard()
+    assert old["ece"].isna().all() and old["precompute_seconds_per_image"].isna().all() and len(old) == 8
+
+
+def test_a_saved_run_reads_its_histories_and_gives_the_reports_figures(tmp_path):
+    (tmp_path / "history" / "a").mkdir(parents=True)
+    (tmp_path / "history" / "fusion.csv").write_text(
+        "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss\n0,0.6,0.001,1.0,0.5,1.1\n1,0.8,NA,0.6,0.75,0.7\n")
+    for fold, loss in (("repeat1_fold2", 9.0), ("repeat1_fold1", 2.0)):
+        (tmp_path / "history" / "a" / f"{fold}.csv").write_text(f"epoch,loss,val_loss\n0,{loss},{loss}\n")
+    report = built_report()
+    run = FusionRun(tmp_path, {}, CLASS_NAMES, ("a", "b"), report, {})
+    histories = run.histories()
+    assert list(histories) == ["fusion", "a"]  # the report's order; models without a history left out
+    assert histories["fusion"]["val_loss"] == [1.1, 0.7] and math.isnan(histories["fusion"]["learning_rate"][1])
+    assert histories["a"] == {"loss": [2.0], "val_loss": [2.0]}  # with folds, the first fold's
+    figures = run.figures()
+    assert list(figures) == ["model comparison", "confusion matrix of fusion", "training curves", "reliability diagram",
+                             "accuracy versus cost"]
+    assert all(isinstance(figure, Figure) for figure in figures.values())
