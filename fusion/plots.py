@@ -78,11 +78,10 @@ def _shorten(name, max_chars=TICK_LABEL_MAX_CHARS):
     return name if len(name) <= max_chars else name[: max_chars - 1] + "…"
 
 
-def _kind_handles(kinds, marker=None):
-    present = [kind for kind in MODEL_KINDS if kind in kinds]
-    if marker:
-        return [Line2D([], [], color=KIND_COLORS[kind], marker=marker, linestyle="", label=kind) for kind in present]
-    return [Patch(color=KIND_COLORS[kind], label=kind) for kind in present]
+def _kind_handles(kinds):
+    """Legend entries, a coloured dot per kind of model present, in the order of MODEL_KINDS."""
+    return [Line2D([], [], color=KIND_COLORS[kind], marker="o", linestyle="", label=kind)
+            for kind in MODEL_KINDS if kind in kinds]
 
 
 def plot_model_comparison(report):
@@ -122,7 +121,7 @@ def plot_model_comparison(report):
     values.set_yticks(range(len(names)), [f"{test[name]['accuracy']:.3f} ({low:.3f}–{high:.3f})"
                                           for name, (low, high) in zip(names, intervals)], fontsize=8)
     values.tick_params(axis="y", length=0)
-    handles = _kind_handles(kinds, marker="o") + [Patch(color=_INTERVAL_SHADE, label=f"{winner}'s 95% interval")]
+    handles = _kind_handles(kinds) + [Patch(color=_INTERVAL_SHADE, label=f"{winner}'s 95% interval")]
     figure.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     return figure
 
@@ -340,7 +339,8 @@ def plot_cost(report):
     cost per image (right) and accuracy (up).
     A backbone whose arrow points right and not up does not pay for itself. Extraction seconds
     come from the store (precompute records them); where it does not, that panel says so. Models
-    with test-time augmentation, which extract every view, are left out.
+    with test-time augmentation, which extract every view, are left out, and the training panel
+    leaves out the ablations, which are diagnostics of what each backbone adds.
 
     Args:
         report: a run's report.
@@ -363,7 +363,8 @@ def plot_cost(report):
         placed = {}
         for name in names:
             cost = costs[name].get(key)
-            if cost is None:
+            # An ablation's training time is no choice a team makes: its place is the extraction panel's arrows.
+            if cost is None or (key == "training_seconds_in_all" and is_ablation(name)):
                 continue
             accuracy, (low, high) = test[name]["accuracy"], _interval(test[name])
             axis.errorbar(cost, accuracy, yerr=[[accuracy - low], [high - accuracy]], fmt="o", capsize=3,
@@ -392,7 +393,7 @@ def plot_cost(report):
         axis.set_title(title)
         axis.grid(alpha=0.3)
     extraction_axis.set_ylabel("test accuracy (95% interval)")
-    handles = _kind_handles([model_kind(name, backbones) for name in names], marker="o")
+    handles = _kind_handles([model_kind(name, backbones) for name in names])
     if arrows:
         handles.append(Line2D([], [], color=KIND_COLORS["ablation"], marker=">", label="adding a backbone (+name)"))
     figure.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)

@@ -169,6 +169,7 @@ def test_accuracy_versus_cost_places_each_model_at_its_backbones_cost_and_draws_
     # Training: a baseline costs the backbone models it combines (10 s + 20 s).
     training_points = {tuple(np.round(container.lines[0].get_xydata()[0], 6)) for container in training.containers}
     assert (30.0, 0.94) in training_points and (10.0, 0.9) in training_points
+    assert len(training.containers) == len(WRONG) - 2  # no ablations: their place is the arrows
     assert extraction.get_xlabel().startswith("feature extraction, seconds per image")
     assert extraction.get_ylabel() == "test accuracy (95% interval)"
     assert _texts(figure.legends[0]) == ["fusion", "baseline", "single backbone", "ablation",
