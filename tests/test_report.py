@@ -291,10 +291,12 @@ def test_a_tie_in_test_images_goes_to_the_lower_log_loss_and_a_real_lead_says_ho
             "and log loss 0.300 against 0.390.") in _render_markdown({**by_hand, "plots": {}})
 
 
-def test_when_another_model_wins_the_report_shows_per_class_scores_and_confusion_of_both(tmp_path):
+def test_when_another_model_wins_the_report_shows_per_class_scores_and_confusion_of_both():
+    from fusion.plots import report_figures
+
     report = built_report(wrong={"stacking": 10})
     assert (report["summary"]["winner"], report["summary"]["fusion_head"]) == ("stacking", "fusion")
-    lines = write_report(tmp_path, report, RUN_HISTORIES).read_text().splitlines()
+    lines = _render_markdown({**report, "plots": {}}).splitlines()
     # The same 10 images wrong: 4 cats taken for dogs, 3 dogs for <b>&, 3 <b>& for cats.
     rows = ["| cat | 0.955 | 0.940 | 0.947 | 67 |", "| <b>& | 0.955 | 0.955 | 0.955 | 66 |",
             "| dog | 0.941 | 0.955 | 0.948 | 67 |"]
@@ -303,9 +305,10 @@ def test_when_another_model_wins_the_report_shows_per_class_scores_and_confusion
         assert lines[heading + 2] == "| class | precision | recall | F1 | test images |"
         assert lines[heading + 4:heading + 7] == rows
     assert lines.index("## Per class, stacking (worst recall first)") < lines.index("## Per class, fusion (worst recall first)")
-    assert report["plots"]["confusion matrix of stacking"] == "plots/confusion_matrix.png"
-    assert report["plots"]["confusion matrix of fusion"] == "plots/confusion_matrix_fusion.png"
-    assert (tmp_path / "plots" / "confusion_matrix_fusion.png").read_bytes()[:4] == b"\x89PNG"
+    figures = report_figures(report, RUN_HISTORIES)
+    assert figures["plots/confusion_matrix.png"][0] == "confusion matrix of stacking"
+    title, figure = figures["plots/confusion_matrix_fusion.png"]
+    assert title == "confusion matrix of fusion" and figure.axes[0].get_title() == "Confusion matrix of fusion"
 
 
 def test_calibration_error_of_every_model_is_in_report_json_and_the_tables():
