@@ -150,6 +150,7 @@ def train_run(
         info, backbones, rows, labels, test_probabilities, weighted_average_weights=weighted.weights_,
         training={name: model.training for name, model in trained.items()}, warnings=warnings, seed=seed,
         heads=[HEAD_MODEL_NAMES[head] for head in heads], cross_validation=cross_validation,
+        precompute_seconds_per_image=info.precompute_seconds_per_image,
         validation_scores={name: model.fold_scores[0] for name, model in trained.items()},
         gate_weights={name: trained[name].gate_weights for name in HEAD_MODEL_NAMES.values()
                       if name in trained and trained[name].gate_weights},

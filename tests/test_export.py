@@ -362,3 +362,14 @@ def test_a_cross_validated_run_exports_the_fold_ensemble_of_its_chosen_head(floa
     assert sorted(model.backbones) == sorted(BACKBONES)
     paths, expected = store_path_probabilities(store, run_dir)
     np.testing.assert_allclose(exported_probabilities(model, data, paths), expected, atol=1e-4)
+
+
+def test_the_report_takes_each_backbones_extraction_cost_from_the_store(float32_run):
+    # The store records the seconds each backbone's predict calls took; the run's report carries them per model.
+    _, store, run_dir = float32_run
+    report = json.loads((run_dir / "report.json").read_text())
+    per_image = features.load_store(store).precompute_seconds_per_image
+    assert set(per_image) == set(BACKBONES) and all(0 < seconds < 60 for seconds in per_image.values())
+    assert report["cost"]["precompute_seconds_per_image"] == pytest.approx(per_image)
+    assert report["cost"]["models"]["fusion"]["precompute_seconds_per_image"] == pytest.approx(sum(per_image.values()))
+    assert report["cost"]["models"]["average"]["training_seconds_in_all"] > 0
