@@ -78,7 +78,12 @@ def import_keras_quietly():
     # Read by TensorFlow once, when it loads: setting it later has no effect.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     sys.stderr.flush()
-    saved_stderr = os.dup(2)
+    try:
+        saved_stderr = os.dup(2)
+    except OSError:  # no stderr to hold back (a daemon's closed fd 2): import as it is
+        import keras  # noqa: F401
+
+        return
     failed = True
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
