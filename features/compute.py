@@ -49,11 +49,13 @@ def compute_missing_rows(out, root, paths, todo_rows, done, models, active, inpu
         max_pixels: larger images are unreadable (default: DEFAULT_MAX_PIXELS).
 
     Returns:
-        (computed, skipped_now, timings): rows computed per backbone, images found unreadable,
-        and seconds spent in "compute", "decode_wait", "write_wait" and "prepare".
+        (computed, skipped_now, timings, compute_seconds): rows computed per backbone, images
+        found unreadable, seconds spent in "compute", "decode_wait", "write_wait" and "prepare",
+        and the seconds each backbone's predict calls took. The store's `/cost` adds up the same
+        measurements (see `RowFiller.add_compute_cost`).
 
     Example:
-        >>> computed, skipped_now, timings = compute_missing_rows(
+        >>> computed, skipped_now, timings, compute_seconds = compute_missing_rows(
         ...     "cache.h5", "flowers/", paths, np.arange(len(paths)), done, models, ["resnet50"],
         ...     {"resnet50": 224}, (), 32, None, True)
     """
@@ -65,6 +67,7 @@ def compute_missing_rows(out, root, paths, todo_rows, done, models, active, inpu
     computed = {name: 0 for name in done}
     skipped_now = 0
     timings = {"compute": 0.0, "decode_wait": 0.0, "write_wait": 0.0, "prepare": 0.0}
+    compute_seconds = {name: 0.0 for name in done}
     writer = RowWriter(out)
     writer.start()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
@@ -92,12 +95,14 @@ def compute_missing_rows(out, root, paths, todo_rows, done, models, active, inpu
                 submit(batches[next_batch])
                 next_batch += 1
             waiting = time.perf_counter()
-            results = []
+            results, prepare_seconds = [], 0.0
             for future in futures:
                 result, seconds = future.result()
                 results.append(result)
-                timings["prepare"] += seconds
+                prepare_seconds += seconds
             timings["decode_wait"] += time.perf_counter() - waiting
+            timings["prepare"] += prepare_seconds
+            put(("decode_cost", prepare_seconds, len(batch)))
             bad = [(row, result) for row, result in zip(batch, results) if isinstance(result, str)]
             if bad:
                 put(("unreadable", np.asarray([row for row, _ in bad]), [reason for _, reason in bad]))
@@ -111,11 +116,13 @@ def compute_missing_rows(out, root, paths, todo_rows, done, models, active, inpu
                 size = input_sizes[name]
                 stacked = np.concatenate([result[size] for _, result in needed])  # (rows * (V+1), s, s, 3)
                 computing = time.perf_counter()
-                features = predict_in_batches(models[name], stacked, batch_size)
-                timings["compute"] += time.perf_counter() - computing
+                features = predict_in_batches(models[name], stacked, batch_size)  # numpy: the work is done
+                seconds = time.perf_counter() - computing
+                timings["compute"] += seconds
+                compute_seconds[name] += seconds
                 features = features.reshape((len(rows), 1 + len(extra_views)) + features.shape[1:])
                 _check_finite(features, name, rows, paths)
-                put(("features", rows, name, features[:, 0], features[:, 1:] if extra_views else None))
+                put(("features", rows, name, features[:, 0], features[:, 1:] if extra_views else None, seconds))
                 computed[name] += len(rows)
             bar.update(len(batch))
     finally:
@@ -124,7 +131,7 @@ def compute_missing_rows(out, root, paths, todo_rows, done, models, active, inpu
         # Everything computed so far is written before returning, also on Ctrl-C.
         writer.close()
     writer.raise_if_failed()
-    return computed, skipped_now, timings
+    return computed, skipped_now, timings, compute_seconds
 
 
 def _check_finite(features, name, rows, paths):

@@ -249,11 +249,11 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             _add_backbones(store_path, extractors.build(to_add), dtype, wanted, extra_views)
         paths, done, reused, todo_rows, active = _read_progress(store_path, backbones)
         models = extractors.build(active)
-        computed, skipped_now, timings = {name: 0 for name in backbones}, 0, {}
+        computed, skipped_now, timings, compute_seconds = {name: 0 for name in backbones}, 0, {}, {}
         if len(todo_rows):
             # Images are read from DATA as given now, not from the stored data_root: a data
             # folder moved since the store was made (same files, same fingerprints) still reads.
-            computed, skipped_now, timings = compute_missing_rows(
+            computed, skipped_now, timings, compute_seconds = compute_missing_rows(
                 store_path, table.root, paths, todo_rows, done, models, active, input_sizes, extra_views,
                 batch_size, decode_workers, progress, max_pixels)
         timings = {"build": extractors.build_seconds, **timings}
@@ -262,4 +262,5 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         write_skipped_csv(skipped_csv, skipped + table.left_out)
     return PrecomputeSummary(str(out), image_count, computed, reused, skipped, skipped_now, added, missing,
                              time.perf_counter() - started, timings, table.left_out, str(skipped_csv),
-                             dropped_classes, class_names, retried, in_effect, differing)
+                             dropped_classes, class_names, retried, in_effect, differing,
+                             compute_seconds=compute_seconds, decoded_images=len(todo_rows))

@@ -41,6 +41,10 @@ class PrecomputeSummary:
             store's rows and splits, which come from the store (default: empty).
         options_differing: option -> (given, in effect) where the store's value was kept
             (default: empty).
+        compute_seconds: backbone name -> seconds its predict calls took in this run; the store
+            adds them up over runs in `/cost/features/<backbone>` (default: empty).
+        decoded_images: images decoded and resized in this run, unreadable ones included; their
+            seconds are `timings["prepare"]` (default: 0).
     """
 
     store_path: str
@@ -60,12 +64,30 @@ class PrecomputeSummary:
     retried: int = 0
     options: dict = dataclasses.field(default_factory=dict)
     options_differing: dict = dataclasses.field(default_factory=dict)
+    compute_seconds: dict = dataclasses.field(default_factory=dict)
+    decoded_images: int = 0
+
+    @property
+    def seconds_per_image(self):
+        """Backbone name -> seconds of predict calls per image computed in this run; None where none was.
+
+        Example:
+            >>> summary.seconds_per_image
+            {'resnet50': 0.0412, 'vgg16': None}
+        """
+        return {name: self.compute_seconds[name] / count if count and name in self.compute_seconds else None
+                for name, count in self.computed.items()}
 
     def lines(self):
         """The summary as lines of text for the terminal: counts by reason, never one line per file."""
         lines = [f"Store: {self.store_path} ({self.images} images, {len(self.class_names)} classes)"]
+        per_image = self.seconds_per_image
         for name in self.computed:
-            lines.append(f"  {name}: computed {self.computed[name]}, reused {self.reused[name]}")
+            cost = f", {per_image[name]:.3g} s/image" if per_image[name] is not None else ""
+            lines.append(f"  {name}: computed {self.computed[name]}, reused {self.reused[name]}{cost}")
+        if self.decoded_images and "prepare" in self.timings:
+            lines.append(f"  decode and resize: {self.timings['prepare'] / self.decoded_images:.3g} s/image "
+                         f"(one decode serves every backbone)")
         if self.added_images:
             lines.append(f"  added {self.added_images} new image(s) to the store")
         if self.retried:

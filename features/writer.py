@@ -9,9 +9,10 @@ from features import store as feature_store
 class RowWriter(threading.Thread):
     """Writes computed rows to the store in the background; durable before marked done.
 
-    Jobs are ("features", rows, backbone, features, view_features or None) and
-    ("unreadable", rows, reasons). The queue holds `max_batches` jobs, so compute waits for a
-    slow disk instead of filling memory.
+    Jobs are ("features", rows, backbone, features, view_features or None, seconds),
+    ("unreadable", rows, reasons) and ("decode_cost", seconds, images). The seconds a batch's
+    predict calls took are added to the store's cost once its rows are marked done. The queue
+    holds `max_batches` jobs, so compute waits for a slow disk instead of filling memory.
 
     Args:
         store_path: the store, already holding its datasets at full size.
@@ -53,13 +54,21 @@ class RowWriter(threading.Thread):
                     job = self.jobs.get()
                     if job is None:
                         break
+                    if job[0] == "decode_cost":
+                        # A measurement, not data: flushed with the next batch's rows, without a sync of its own.
+                        _, seconds, images = job
+                        filler.add_decode_cost(seconds, images)
+                        continue
                     if job[0] == "features":
-                        _, rows, name, features, view_features = job
+                        _, rows, name, features, view_features, seconds = job
                         filler.write_rows("features", name, rows, features)
                         if view_features is not None:
                             filler.write_rows("views", name, rows, view_features)
                         filler.sync()
                         filler.mark_done(name, rows)
+                        # Counted with the mark, so the cost covers rows marked done (a kill may lose both, or one
+                        # batch's seconds and images together: the seconds per image stay right).
+                        filler.add_compute_cost(name, seconds, len(rows))
                     else:
                         _, rows, reasons = job
                         filler.write_reasons(rows, reasons)

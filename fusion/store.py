@@ -26,6 +26,11 @@ class StoreInfo:
         paths: (N,) image paths, relative to the data root.
         labels: (N,) int64 class indices, `-1` when unlabeled.
         splits: (N,) split names.
+        precompute_seconds_per_image: dict backbone -> seconds its predict calls took per image
+            in precompute (summed over the runs that computed its rows, `/cost/features/<backbone>`),
+            or None where the store records none (written before costs were, or by another tool).
+        decode_seconds_per_image: seconds precompute spent decoding and resizing one image, shared
+            by all backbones (`/cost/decode`), or None.
     """
 
     path: Path
@@ -38,6 +43,8 @@ class StoreInfo:
     paths: np.ndarray
     labels: np.ndarray
     splits: np.ndarray
+    precompute_seconds_per_image: dict = dataclasses.field(default_factory=dict)
+    decode_seconds_per_image: float | None = None
 
     @property
     def num_rows(self):
@@ -87,6 +94,9 @@ def read_store_info(path):
         paths=index.paths,
         labels=index.labels,
         splits=index.splits,
+        precompute_seconds_per_image={name: feature_store.seconds_per_image(index.compute_costs.get(name))
+                                      for name in index.backbones},
+        decode_seconds_per_image=feature_store.seconds_per_image(index.decode_cost),
     )
     counts = {split: len(info.split_rows(split)) for split in SPLITS}
     missing = [split for split, count in counts.items() if count == 0]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from features.store import load_store
+from features.store._layout import _create_cost
 from fusion.store import read_store_info, select_backbones
 from fusion.synthetic import write_synthetic_store
 
@@ -118,3 +119,15 @@ def test_a_store_a_precompute_run_left_unfinished_is_refused(tmp_path):
     with h5py.File(path, "a") as store_file:
         store_file["pending/unreadable"][3] = 0
     assert read_store_info(path).backbones == ("a", "b")
+
+
+def test_precompute_seconds_per_image_is_none_unless_the_store_records_it(tmp_path):
+    path = write_synthetic_store(tmp_path / "store.h5", kind="random", num_rows=40, backbones=("a", "b"))
+    info = read_store_info(path)
+    assert info.precompute_seconds_per_image == {"a": None, "b": None} and info.decode_seconds_per_image is None
+    with h5py.File(path, "a") as store_file:
+        _create_cost(store_file, "features/a")[...] = [2.0, 8.0]
+        _create_cost(store_file, "features/b")  # created, nothing measured yet
+        _create_cost(store_file, "decode")[...] = [1.0, 40.0]
+    info = read_store_info(path)
+    assert info.precompute_seconds_per_image == {"a": 0.25, "b": None} and info.decode_seconds_per_image == 0.025

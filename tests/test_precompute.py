@@ -515,3 +515,63 @@ def test_the_options_in_effect_are_the_stores_own(data, tmp_path):
     assert ("  val_fraction=0.3 given, but the store was made with val_fraction=0.2: its rows keep the splits they "
             "were made with, and val_fraction=0.2 is recorded as the option in effect") in again.lines()
     np.testing.assert_array_equal(load_store(out).splits, load_store(first.store_path).splits)
+
+
+def _costs(out):
+    index = features.read_index(out)
+    return index.compute_costs, index.decode_cost
+
+
+def test_each_backbones_cost_is_recorded_and_every_run_that_computes_adds_to_it(data, tmp_path):
+    out = tmp_path / "cache.h5"
+    first = precompute(data, out, ["vgg16"], **FAST)
+    costs, decode = _costs(out)
+    seconds, images = costs["vgg16"]
+    assert images == 12 and 0 < seconds < np.inf
+    assert seconds == pytest.approx(first.compute_seconds["vgg16"])
+    assert decode[1] == 13 and 0 < decode[0] < np.inf  # the unreadable file was decoded (tried) too
+    assert first.seconds_per_image["vgg16"] == pytest.approx(seconds / 12)
+    assert f"  vgg16: computed 12, reused 0, {seconds / 12:.3g} s/image" in first.lines()
+    assert any(line.startswith("  decode and resize: ") and line.endswith(" s/image (one decode serves every backbone)")
+               for line in first.lines())
+    with h5py.File(out, "r") as store:
+        recipe = dict(store["features/vgg16"].attrs)
+    # Reused rows add nothing.
+    reused = precompute(data, out, ["vgg16"], **FAST)
+    assert _costs(out) == (costs, decode) and reused.seconds_per_image == {"vgg16": None}
+    assert "  vgg16: computed 0, reused 12" in reused.lines()
+    # A resumed run adds the rows it computes; a run that adds images and a backbone adds those.
+    with h5py.File(out, "r+") as store:
+        store["progress/vgg16"][:3] = 0
+    resumed = precompute(data, out, ["vgg16"], **FAST)
+    assert resumed.computed == {"vgg16": 3} and _costs(out)[0]["vgg16"] == pytest.approx(
+        (seconds + resumed.compute_seconds["vgg16"], 15))
+    make_class_folders(data, classes=("eel",), per_class=2, seed=5)
+    extended = precompute(data, out, ["vgg16", "resnet50"], on_change="add", **FAST)
+    assert extended.computed == {"vgg16": 2, "resnet50": 14}
+    costs, decode = _costs(out)
+    assert costs["vgg16"][1] == 17 and costs["resnet50"][1] == 14 and decode[1] == 13 + 3 + 14
+    # Measurements are not recipe facts: the recipe of the rows stays as it was.
+    with h5py.File(out, "r") as store:
+        assert dict(store["features/vgg16"].attrs) == recipe
+    table = load_store(out).summary()
+    assert table["backbone"].tolist() == ["resnet50", "vgg16"] and table["images"].tolist() == [14, 14]
+    assert table["precompute_seconds_per_image"].tolist() == pytest.approx(
+        [costs["resnet50"][0] / 14, costs["vgg16"][0] / 17])
+
+
+def test_a_store_written_before_costs_reads_none_and_still_resumes(data, tmp_path):
+    from fusion.store import read_store_info
+
+    out = tmp_path / "cache.h5"
+    precompute(data, out, ["vgg16"], val_fraction=0.25, test_fraction=0.25, **FAST)
+    with h5py.File(out, "r+") as store:
+        del store["cost"]
+        store["progress/vgg16"][0] = 0
+    summary = precompute(data, out, ["vgg16"], val_fraction=0.25, test_fraction=0.25, **FAST)
+    assert summary.computed == {"vgg16": 1} and summary.seconds_per_image["vgg16"] > 0  # the run measured it
+    info = read_store_info(out)  # but a store without /cost records nothing: None, never 0
+    assert info.precompute_seconds_per_image == {"vgg16": None} and info.decode_seconds_per_image is None
+    loaded = load_store(out)
+    assert loaded.precompute_seconds_per_image == {"vgg16": None} and loaded.decode_seconds_per_image is None
+    assert np.isnan(loaded.summary()["precompute_seconds_per_image"][0])

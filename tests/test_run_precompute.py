@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def test_cli_writes_store_options_and_summary(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "vgg16: computed 6, reused 0" in printed
+    assert re.search(r"vgg16: computed 6, reused 0, [0-9.e-]+ s/image\n  decode and resize: [0-9.e-]+ s/image", printed)
     assert "skipped 1 unreadable image(s)" in printed and "dog/bad.png" in printed
     options = json.loads((tmp_path / "cache.h5.options.json").read_text())
     assert options["input_size"] == 32 and options["backbones"] == ["vgg16"]

@@ -5,7 +5,8 @@ every structural change (new store, new backbone, new or dropped rows) is made o
 that is fsynced and `os.replace`d over the store; feature datasets are created at full size
 with their chunks allocated at once and no compression, so filling rows writes raw data
 only; and rows are marked done in `/progress/<backbone>` only after their features, and the
-CRC32 of each row in `/checksums/<features|views>/<backbone>`, are on disk.
+CRC32 of each row in `/checksums/<features|views>/<backbone>`, are on disk. What a run measured
+(`/cost`) is added in the same way, as raw data.
 
 Every refusal of a damaged or unfinished store is a `StoreError`, one line that says what is
 wrong and how to finish or rebuild the store.
@@ -24,13 +25,16 @@ from features.store._files import (
 )
 from features.store._layout import (
     CHECKSUMS_SINCE,
+    COST_COLUMNS,
     FORMAT_VERSION,
     SPLITS,
     STRING_DTYPE,
     add_backbone,
     feature_attrs,
     options_json,
+    read_cost,
     read_options,
+    seconds_per_image,
     stored_backbones,
 )
 from features.store._checks import (
@@ -61,6 +65,7 @@ __all__ = [
     "check_finished",
     "check_store",
     "CHECKSUMS_SINCE",
+    "COST_COLUMNS",
     "create_store",
     "feature_attrs",
     "FeatureRows",
@@ -72,6 +77,7 @@ __all__ = [
     "open_store",
     "open_to_resume",
     "options_json",
+    "read_cost",
     "read_index",
     "read_options",
     "read_run_rows",
@@ -81,6 +87,7 @@ __all__ = [
     "rewrite_store",
     "RowFiller",
     "RunRows",
+    "seconds_per_image",
     "SPLITS",
     "store_errors",
     "store_lock",

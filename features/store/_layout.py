@@ -17,6 +17,13 @@ _REASON_DTYPE = np.dtype("S200")
 
 _CHUNK_BYTES = 1 << 20
 
+# What precompute measured, summed over every run that added rows: `/cost/features/<backbone>`
+# (its predict calls) and `/cost/decode` (decode and resize, shared by the backbones), each
+# float64 (2,) = [seconds, images]. Preallocated like the rows, so a run adds to it by writing raw
+# data only; seconds and images share one chunk and one write, so a kill never leaves one counted
+# without the other. Measurements, not recipe facts: they live outside the `/features` attributes.
+COST_COLUMNS = ("seconds", "images")
+
 
 def _chunk_rows(row_shape, dtype):
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -39,6 +46,46 @@ def _create_preallocated(group, name, shape, dtype):
     rows = max(1, min(shape[0], _chunk_rows(shape[1:], dtype)))
     return group.create_dataset(name, shape=shape, dtype=dtype, chunks=(rows,) + tuple(shape[1:]),
                                 dcpl=dcpl)
+
+
+def _create_cost(store, key):
+    """Create `/cost/<key>` ("decode" or "features/<backbone>") at [0 seconds, 0 images]."""
+    group_name, _, name = f"cost/{key}".rpartition("/")
+    group = store.require_group(group_name)
+    if name in group:  # left by a backbone deleted by hand: its measurements went with it
+        del group[name]
+    dataset = _create_preallocated(group, name, (len(COST_COLUMNS),), np.float64)
+    _set_strings_attr(dataset, "columns", COST_COLUMNS)
+    return dataset
+
+
+def read_cost(store_file, key):
+    """(seconds, images) that `/cost/<key>` records ("decode" or "features/<backbone>"), or None.
+
+    None when the store records none (written before costs were, or by another tool), when no
+    image was measured yet, or when the values are not a measurement (negative, not finite).
+
+    Example:
+        >>> read_cost(store_file, "features/resnet50")
+        (41.2, 1000.0)
+    """
+    path = f"cost/{key}"
+    if path not in store_file or store_file[path].shape != (len(COST_COLUMNS),):
+        return None
+    seconds, images = (float(value) for value in store_file[path][()])
+    if not (np.isfinite(seconds) and np.isfinite(images)) or seconds < 0 or images <= 0:
+        return None
+    return seconds, images
+
+
+def seconds_per_image(cost):
+    """Seconds per image of a `read_cost` result; None when nothing was measured.
+
+    Example:
+        >>> seconds_per_image((41.2, 1000.0))
+        0.0412
+    """
+    return None if cost is None else cost[0] / cost[1]
 
 
 def _write_images(store, paths, labels, splits, file_fingerprints):
@@ -98,6 +145,7 @@ def add_backbone(store, name, row_shape, dtype, attrs, view_names=()):
             views.attrs[key] = value
         _create_preallocated(store.require_group("checksums/views"), name, (count,), np.uint32)
     _create_preallocated(store.require_group("progress"), name, (count,), np.uint8)
+    _create_cost(store, f"features/{name}")
 
 
 def feature_attrs(store_file, backbone):

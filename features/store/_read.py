@@ -6,7 +6,16 @@ from pathlib import Path
 import numpy as np
 
 from features.store._files import open_store, store_errors
-from features.store._layout import _decode_attr, feature_attrs, _read_skipped, _read_strings, _read_strings_attr
+from features.store._layout import (
+    SPLITS,
+    _decode_attr,
+    _read_skipped,
+    _read_strings,
+    _read_strings_attr,
+    feature_attrs,
+    read_cost,
+    seconds_per_image,
+)
 from features.store._checks import check_finished, check_store, _read_checksums, _verify_rows, _warn_missing_checksums
 
 
@@ -25,6 +34,10 @@ class FeatureStore:
         skipped: tuple of (path, reason) of the images that could not be read.
         backbone_info: backbone name -> dict of what made its features (input size, weights...).
         data_root: the folder the images were read from.
+        compute_costs: backbone name -> (seconds, images) that precompute measured for its
+            predict calls, summed over runs, or None where the store records none (default: empty).
+        decode_cost: (seconds, images) of decoding and resizing, shared by the backbones, or None
+            (default: None).
     """
 
     features: dict
@@ -37,9 +50,83 @@ class FeatureStore:
     skipped: tuple
     backbone_info: dict
     data_root: str
+    compute_costs: dict = dataclasses.field(default_factory=dict)
+    decode_cost: tuple | None = None
 
     def __len__(self):
         return len(self.paths)
+
+    @property
+    def precompute_seconds_per_image(self):
+        """Backbone name -> seconds its predict calls took per image in precompute; None where not recorded.
+
+        Example:
+            >>> load_store("cache.h5").precompute_seconds_per_image
+            {'resnet50': 0.0412, 'vgg16': 0.0731}
+        """
+        return {name: seconds_per_image(self.compute_costs.get(name)) for name in self.features}
+
+    @property
+    def decode_seconds_per_image(self):
+        """Seconds precompute spent decoding and resizing one image (for all backbones at once); None if not recorded."""
+        return seconds_per_image(self.decode_cost)
+
+    def summary(self):
+        """One row per backbone: what its features are, how they were made and what they cost, as a DataFrame.
+
+        Columns: `backbone`, `feature_shape` (per image), `dtype`, `images` (rows), `input_size`,
+        `pooling`, `weights`, `views` (extra views, "none" for none), `precompute_seconds_per_image`
+        (its predict calls, NaN where the store records no cost: written before costs were, or by
+        another tool). None where a store of another tool records no recipe.
+
+        Example:
+            >>> load_store("cache.h5").summary()
+                backbone feature_shape    dtype  images  input_size pooling   weights views  precompute_seconds_per_image
+            0   resnet50       (2048,)  float16    1000         224     avg  imagenet  none                       0.0412
+        """
+        import pandas  # only here: reading a store needs no pandas
+
+        per_image = self.precompute_seconds_per_image
+        rows = []
+        for name, array in self.features.items():
+            info = self.backbone_info.get(name, {})
+            views = info.get("views", ",".join(self.view_names.get(name, ())) or None)
+            rows.append({
+                "backbone": name,
+                "feature_shape": tuple(int(size) for size in array.shape[1:]),
+                "dtype": array.dtype.name,
+                "images": len(array),
+                "input_size": info.get("input_size"),
+                "pooling": info.get("pooling"),
+                "weights": info.get("weights"),
+                "views": views,
+                "precompute_seconds_per_image": float("nan") if per_image[name] is None else per_image[name],
+            })
+        columns = ["backbone", "feature_shape", "dtype", "images", "input_size", "pooling", "weights", "views",
+                   "precompute_seconds_per_image"]
+        return pandas.DataFrame(rows, columns=columns)
+
+    def class_counts(self):
+        """Images per class and split as a DataFrame: one row per class, columns train, val, test and total.
+
+        Unlabeled images (label -1) form a last row "(unlabeled)" when there are any.
+
+        Example:
+            >>> load_store("cache.h5").class_counts()
+                   train  val  test  total
+            class
+            cat       40    5     5     50
+        """
+        import pandas
+
+        names = list(self.class_names) + (["(unlabeled)"] if np.any(self.labels < 0) else [])
+        counts = pandas.DataFrame(0, index=pandas.Index(names, name="class"), columns=list(SPLITS) + ["total"])
+        for split in SPLITS:
+            in_split = self.labels[self.splits == split]
+            counts[split] = np.bincount(in_split[in_split >= 0], minlength=len(self.class_names)).tolist() + (
+                [int(np.sum(in_split < 0))] if len(names) > len(self.class_names) else [])
+        counts["total"] = counts[list(SPLITS)].sum(axis=1)
+        return counts
 
     def select(self, split):
         """The rows of one split ("train", "val" or "test") as a new `FeatureStore`.
@@ -76,6 +163,10 @@ class StoreIndex:
             made) as plain JSON values; empty for stores that record none.
         skipped: tuple of (path, reason) of the images that could not be read.
         data_root: the folder the images were read from ("" when not recorded).
+        compute_costs: dict backbone -> (seconds, images) precompute measured for its predict
+            calls (`/cost/features/<backbone>`), None where not recorded (default: empty).
+        decode_cost: (seconds, images) of decoding and resizing (`/cost/decode`), or None
+            (default: None).
     """
 
     path: Path
@@ -90,6 +181,8 @@ class StoreIndex:
     recipes: dict
     skipped: tuple
     data_root: str
+    compute_costs: dict = dataclasses.field(default_factory=dict)
+    decode_cost: tuple | None = None
 
 
 def read_index(path, *, finished=True):
@@ -143,6 +236,8 @@ def read_index(path, *, finished=True):
             recipes=recipes,
             skipped=tuple(zip(skipped_paths, skipped_reasons)),
             data_root=str(_decode_attr(store_file.attrs.get("data_root", ""))),
+            compute_costs={backbone: read_cost(store_file, f"features/{backbone}") for backbone in backbones},
+            decode_cost=read_cost(store_file, "decode"),
         )
 
 
@@ -322,6 +417,8 @@ def load_store(path, backbones=None, views=False):
             skipped=tuple(zip(skipped_paths, skipped_reasons)),
             backbone_info=info,
             data_root=_decode_attr(store.attrs.get("data_root", "")),
+            compute_costs={name: read_cost(store, f"features/{name}") for name in backbones},
+            decode_cost=read_cost(store, "decode"),
         )
 
 

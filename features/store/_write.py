@@ -10,6 +10,7 @@ from features.store._layout import (
     FORMAT_VERSION,
     _REASON_DTYPE,
     STRING_DTYPE,
+    _create_cost,
     _create_preallocated,
     _read_skipped,
     _read_strings,
@@ -24,6 +25,14 @@ def _copy_rows(source, target, keep_rows, block=256):
     for start in range(0, len(keep_rows), block):
         rows = keep_rows[start:start + block]
         target[start:start + len(rows)] = source[rows] if len(rows) else source[:0]
+
+
+def _copy_costs(old, new):
+    # Not per row: a run's measurements stay whole when rows are added or dropped.
+    keys = (["decode"] if "cost/decode" in old else []) + [
+        f"features/{name}" for name in (old["cost/features"] if "cost/features" in old else ())]
+    for key in keys:
+        _create_cost(new, key)[...] = old[f"cost/{key}"][()]
 
 
 def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped=None, relabel=None):
@@ -72,6 +81,7 @@ def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped
                 for key, value in dataset.attrs.items():
                     target.attrs[key] = value
                 _copy_rows(dataset, target, keep_rows)
+        _copy_costs(old, new)
         if skipped is None:
             skipped = _read_skipped(old)
         _write_skipped(new, *skipped)
@@ -134,7 +144,8 @@ def write_plain_store(path, class_names, paths, labels, splits, features, views=
 class RowFiller:
     """The store open read-write to fill the rows of its datasets in place, and for nothing else.
 
-    Only raw rows go through it (features, views, their checksums, progress and pending marks):
+    Only raw rows go through it (features, views, their checksums, progress and pending marks, and
+    the measured cost in `/cost`):
     their datasets were made at full size with their chunks allocated, so writing them changes no
     structure. Every structural change goes through `rewrite_store` instead. A row is marked done
     (`mark_done`, `mark_unreadable`) only after `sync` has put what it marks on disk.
@@ -174,6 +185,23 @@ class RowFiller:
     def mark_unreadable(self, rows):
         """Mark rows `rows` unreadable (`/pending/unreadable`); they move to `/skipped` when the run ends."""
         _fill_rows(self._file["pending/unreadable"], rows, np.ones(len(rows), np.uint8))
+
+    def add_compute_cost(self, backbone, seconds, images):
+        """Add the seconds `backbone`'s predict calls took for `images` images to `/cost/features/<backbone>`.
+
+        A backbone of a store written before costs were recorded has none, and records none.
+        """
+        self._add_cost(f"cost/features/{backbone}", seconds, images)
+
+    def add_decode_cost(self, seconds, images):
+        """Add the seconds decoding and resizing `images` images took to `/cost/decode`, where the store has it."""
+        self._add_cost("cost/decode", seconds, images)
+
+    def _add_cost(self, path, seconds, images):
+        if path in self._file:
+            dataset = self._file[path]
+            # One write of both values: one chunk, raw data only.
+            dataset[...] = dataset[()] + np.array([seconds, images], np.float64)
 
     def sync(self):
         """Put everything written so far on disk (flush, then fsync)."""
@@ -217,3 +245,4 @@ def create_store(store_path, *, class_names, paths, labels, splits, fingerprints
         _set_strings_attr(store, "class_names", class_names)
         _write_images(store, paths, labels, splits, fingerprints)
         _write_skipped(store, [], [], np.zeros((0, 2), np.int64))
+        _create_cost(store, "decode")
