@@ -106,7 +106,10 @@ def main(argv=None):
     parser = build_parser()
     if argv is None:
         argv = sys.argv[1:]
+    from features.tensorflow_noise import import_keras_quietly
+
     if "--list-backbones" in argv:
+        import_keras_quietly()
         from features.backbones import describe_backbones
 
         print(f"{'name':34s} {'family':17s} {'input':>5s} {'pooling':>8s} {'features':>8s} {'params':>7s}  source")
@@ -117,20 +120,24 @@ def main(argv=None):
         return 0
     with exit_on_user_error(parser.prog):
         args = parse_args_with_config(parser, argv)
+        import_keras_quietly()
         from features.backbones import parse_pooling
         from features.layout import parse_split_map
         from features.pipeline import precompute
+        from features.progress_log import progress_shown
 
-        summary = precompute(
-            args.data, args.out, args.backbones, weights=args.weights, seed=args.seed,
-            input_size=args.input_size, pooling=parse_pooling(args.pooling, args.backbones), dtype=args.dtype, batch_size=args.batch_size,
-            views=args.views, precision=args.precision, val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction, csv=args.csv, csv_path_column=args.csv_path_column,
-            csv_label_column=args.csv_label_column, csv_split_column=args.csv_split_column,
-            on_change=args.on_change, retry_skipped=args.retry_skipped, decode_workers=args.decode_workers, progress=not args.no_progress,
-            split_map=parse_split_map(args.split_map), recursive=args.recursive,
-            min_images_per_class=args.min_images_per_class, require_all=args.require_all,
-            allow_outside_data=args.allow_outside_data, max_pixels=args.max_pixels)
+        # The data summary is this script's output: on stdout, also when logging is configured.
+        with progress_shown("features", always=True):
+            summary = precompute(
+                args.data, args.out, args.backbones, weights=args.weights, seed=args.seed,
+                input_size=args.input_size, pooling=parse_pooling(args.pooling, args.backbones), dtype=args.dtype, batch_size=args.batch_size,
+                views=args.views, precision=args.precision, val_fraction=args.val_fraction,
+                test_fraction=args.test_fraction, csv=args.csv, csv_path_column=args.csv_path_column,
+                csv_label_column=args.csv_label_column, csv_split_column=args.csv_split_column,
+                on_change=args.on_change, retry_skipped=args.retry_skipped, decode_workers=args.decode_workers, progress=not args.no_progress,
+                split_map=parse_split_map(args.split_map), recursive=args.recursive,
+                min_images_per_class=args.min_images_per_class, require_all=args.require_all,
+                allow_outside_data=args.allow_outside_data, max_pixels=args.max_pixels)
         # The options in effect: an existing store's splits were made with its own options, not today's.
         for key, (_, in_effect) in summary.options_differing.items():
             if key == "split_map":

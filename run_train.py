@@ -82,6 +82,14 @@ def build_parser():
     output.add_argument("--out", help="run folder to write, e.g. runs/exp1 (required; default: none)")
     output.add_argument("--overwrite", action="store_true",
                         help="replace an existing run folder instead of refusing (default: off)")
+    output.add_argument("--verbose", action="store_true",
+                        help="also show Keras's own output for each epoch of each model: its progress bar in a "
+                        "terminal, one line per epoch in a file or pipe (default: off, one line when each model "
+                        "starts and one when it ends)")
+    output.add_argument("--tensorboard", metavar="DIR", default=None,
+                        help="write TensorBoard logs under DIR, one folder per model (and per fold under it); view "
+                        "them with `tensorboard --logdir DIR`. DIR must be new or empty, or inside --out, e.g. "
+                        "runs/exp1/tensorboard (default: none)")
     return parser
 
 
@@ -93,37 +101,45 @@ def main(argv=None):
             # Checked here rather than with required=True so that a --config file may give it.
             parser.error("the following arguments are required: --out (the run folder, e.g. runs/exp1)")
         # Imported after parsing: argument errors answer before the training package loads.
+        from features.progress_log import progress_shown
+        from features.tensorflow_noise import import_keras_quietly
+
+        import_keras_quietly()
         from fusion import train_run
         from fusion.run_folder import record_written
 
         options = {key: value for key, value in vars(args).items() if key != "config"}
-        run = train_run(
-            args.store,
-            args.out,
-            backbones=args.backbones,
-            fusion=args.fusion,
-            units=args.units,
-            dropout=args.dropout,
-            l2=args.l2,
-            pooling=args.pooling,
-            head_units=args.head_units,
-            learning_rate=args.learning_rate,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            patience=args.patience,
-            class_weight=args.class_weight,
-            seed=args.seed,
-            folds=args.folds,
-            repeats=args.repeats,
-            tune=args.tune,
-            stream=True if args.stream else None,
-            block_rows=args.block_rows,
-            view_augment=args.view_augment,
-            tta=args.tta,
-            ablation=not args.no_ablation,
-            overwrite=args.overwrite,
-            options=options,
-        )
+        # The progress lines are this script's output: on stdout, also when logging is configured.
+        with progress_shown("fusion", always=True):
+            run = train_run(
+                args.store,
+                args.out,
+                backbones=args.backbones,
+                fusion=args.fusion,
+                units=args.units,
+                dropout=args.dropout,
+                l2=args.l2,
+                pooling=args.pooling,
+                head_units=args.head_units,
+                learning_rate=args.learning_rate,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                patience=args.patience,
+                class_weight=args.class_weight,
+                seed=args.seed,
+                folds=args.folds,
+                repeats=args.repeats,
+                tune=args.tune,
+                stream=True if args.stream else None,
+                block_rows=args.block_rows,
+                view_augment=args.view_augment,
+                tta=args.tta,
+                ablation=not args.no_ablation,
+                overwrite=args.overwrite,
+                options=options,
+                verbose=2 if args.verbose else 1,
+                tensorboard_dir=args.tensorboard,
+            )
         record_written(run.run_dir, "options.json")
         save_options(args, run.run_dir / "options.json")
     return 0

@@ -340,10 +340,11 @@ def main(argv=None):
     poolings = {name: resolve_pooling(name, "auto") for name in backbones}  # as precompute's default
     naive_names = [name for name in backbones if _source(name) == "keras.applications"]
 
-    # The data summary of each precompute would come between the benchmark's own lines.
+    # The data summary of each precompute would come between the benchmark's own lines: its logger is
+    # set above INFO, the standard way to silence a library's progress lines.
+    logging.getLogger("features.pipeline").setLevel(logging.WARNING)
     common = dict(weights="none", input_size=args.input_size, batch_size=args.batch_size,
-                  decode_workers=args.decode_workers, progress=False, val_fraction=0, test_fraction=0,
-                  log=lambda *_: None)
+                  decode_workers=args.decode_workers, progress=False, val_fraction=0, test_fraction=0)
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
         if data is None:

@@ -49,7 +49,7 @@ def _cross_validation_cost(args, folder):
         started = time.perf_counter()
         # patience = epochs: every model runs every epoch, so the ratio is the cost of the folds, not of early stopping.
         train_run(path, Path(folder) / f"run_{folds}", folds=folds, epochs=args.cv_epochs, patience=args.cv_epochs,
-                  batch_size=args.batch_size, ablation=False, stream=False, log=lambda *_: None)
+                  batch_size=args.batch_size, ablation=False, stream=False, verbose=0)
         seconds[folds] = time.perf_counter() - started
     print(f"cross-validation cost ({args.cv_rows} rows, fusion + {len(backbones)} backbones + baselines, "
           f"{args.cv_epochs} epochs each, in memory):")

@@ -75,6 +75,10 @@ def choose_weights(requested, backbones, input_size=None):
 def main(argv=None):
     args = parse_args_with_config(build_parser(), argv)
     with exit_on_user_error(PROGRAM):
+        from features.progress_log import progress_shown
+        from features.tensorflow_noise import import_keras_quietly
+
+        import_keras_quietly()
         import features
         import fusion
         from features.demo_data import write_digits_dataset
@@ -96,13 +100,16 @@ def main(argv=None):
         count = write_digits_dataset(digits, limit=args.limit)
         print(f"[1/3] data: {count} digit images in {digits}", flush=True)
         store = out / f"{digits.name}_{args.input_size}px_{weights}.h5"
-        summary = features.precompute(digits, store, args.backbones, weights=weights,
-                                      input_size=args.input_size, progress=True)
+        with progress_shown("features", always=True):
+            summary = features.precompute(digits, store, args.backbones, weights=weights,
+                                          input_size=args.input_size, progress=True)
         computed = sum(summary.computed.values())
         print(f"[2/3] features: {store} ({computed} backbone-image pairs computed, "
               f"{sum(summary.reused.values())} reused)", flush=True)
         run_dir = out / "run"
-        fusion.train_run(store, run_dir, epochs=args.epochs, overwrite=True, log=lambda *_: None)
+        # One line when each model starts and when it ends, indented under the demo's own steps.
+        with progress_shown("fusion", always=True, prefix="  "):
+            fusion.train_run(store, run_dir, epochs=args.epochs, overwrite=True)
         report = run_dir / "report.md"
         print(f"[3/3] trained the fusion model, {len(args.backbones)} single-backbone models, the baselines "
               f"and the ablation in {run_dir}")

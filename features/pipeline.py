@@ -5,6 +5,7 @@ disk), `extractors` (built backbones), `compute` (the decode and predict loop), 
 written in the background) and `summary` (what a run did).
 """
 
+import logging
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from features.compute import compute_missing_rows
 from features.dataset import discover_images
 from features.extractors import ExtractorSet
 from features.images import DEFAULT_MAX_PIXELS, check_max_pixels
+from features.progress_log import progress_shown
 from features.recipe import FeatureRecipe
 from features.reconcile import create_store, drop_unreadable_rows, reconcile
 from features.summary import PrecomputeSummary, write_skipped_csv
@@ -25,6 +27,7 @@ from features.views import view_names as get_view_names
 DTYPES = ("float16", "float32")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 ON_CHANGE = ("refuse", "add")
+logger = logging.getLogger(__name__)
 
 
 def _check_choice(name, value, choices):
@@ -145,11 +148,14 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                test_fraction=0.1, csv=None, csv_path_column="path", csv_label_column="label",
                csv_split_column="split", on_change="refuse", retry_skipped=False, decode_workers=None, progress=True,
                split_map=None, recursive=False, min_images_per_class=1, require_all=False,
-               allow_outside_data=False, max_pixels=DEFAULT_MAX_PIXELS, log=print):
+               allow_outside_data=False, max_pixels=DEFAULT_MAX_PIXELS):
     """Compute the features of every readable image of `data` with each backbone into store `out`.
 
     Resumable: run it again with the same arguments after an interruption and it continues;
-    backbones already in the store are reused, new ones computed.
+    backbones already in the store are reused, new ones computed. Before any compute, the data
+    summary (layout, images per class and split, what was left out) is logged at INFO on the
+    `features.pipeline` logger, and shown on stdout when logging is not configured; silence it
+    with `logging.getLogger("features").setLevel(logging.WARNING)`.
 
     Args:
         data: the data root (class folders, split folders, or the root of `csv` paths).
@@ -187,7 +193,6 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             path, a symlink pointing out); otherwise they are left out as "outside DATA" (default: False).
         max_pixels: images of more pixels (width x height) are skipped from their header, before
             decoding; None leaves only Pillow's own limit (default: 40,000,000).
-        log: function that prints the data summary before any compute (default: print).
 
     Returns:
         A `PrecomputeSummary`.
@@ -214,8 +219,11 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
     # so the link stays a link and two runs through two names still exclude each other.
     store_path = out.resolve()
     skipped_csv = out.with_name(out.name + ".skipped.csv")
-    for line in table.describe(left_out_file=skipped_csv):
-        log(line)
+    # The data summary, before any compute: logged at INFO on `features.pipeline`, and shown on
+    # stdout when logging is not configured (see `features.progress_log`).
+    with progress_shown("features"):
+        for line in table.describe(left_out_file=skipped_csv):
+            logger.info(line)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     options = dict(data=str(Path(data).resolve()), backbones=backbones, weights=weights_label, seed=seed,
                    input_size=input_size, pooling=poolings, dtype=dtype, batch_size=batch_size, views=views,

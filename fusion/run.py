@@ -1,7 +1,9 @@
 """One training run: fusion heads, single backbones, baselines and ablations on one split or k folds, written to a run folder."""
 
 import dataclasses
+import logging
 import platform
+import sys
 import time
 
 import keras
@@ -11,6 +13,8 @@ import sklearn
 import features
 from features import store as feature_store
 from features.atomic_files import save_model_atomic
+from features.progress_log import progress_shown
+from features.tensorflow_noise import retracing_warnings_silenced
 from fusion.baselines import LogisticStacking, WeightedAverage, average_probabilities
 from fusion.cross_validation import (
     CrossValidation, check_fold_options, cross_fitted, fold_scores, make_folds, out_of_fold, small_class_warning,
@@ -25,8 +29,11 @@ from fusion.run_folder import prepare_run_folder, record_written, write_run_json
 from fusion.saved_run import FusionRun
 from fusion.statistics import feature_statistics
 from fusion.store import SPLITS, read_store_info, select_backbones
+from fusion.tensorboard_logs import check_tensorboard_dir, tensorboard_callbacks
 from fusion.training import class_weights, train_model
 from fusion.tuning import tune_head
+
+logger = logging.getLogger(__name__)
 
 # Rows per contiguous read when streaming: large enough for cheap HDF5 reads, small enough
 # that a batch mixes several places of a store written class by class.
@@ -60,7 +67,9 @@ def train_run(
     ablation=True,
     overwrite=False,
     options=None,
-    log=print,
+    verbose=1,
+    callbacks=None,
+    tensorboard_dir=None,
 ):
     """Train the fusion heads, one classifier per backbone and the ablations, evaluate all, write the report.
 
@@ -96,7 +105,18 @@ def train_run(
         ablation: train `<head>_without_<backbone>` for each head and backbone (default: True).
         overwrite: replace an existing run folder (default: False).
         options: extra dict saved in config.json, e.g. the command-line options (default: None).
-        log: function that prints progress lines (default: print).
+        verbose: 0 silent; 1 a line when each model starts and when it ends; 2 also Keras's own
+            output per epoch (its progress bar in a terminal or notebook, one line per epoch in a file
+            or pipe). The lines are logged at INFO on the `fusion.run` logger; with logging not
+            configured they are shown on stdout (see `features.progress_log`) (default: 1).
+        callbacks: `keras.callbacks.Callback`s passed to every model's `fit`, fold by fold: the
+            same objects each time, so a callback that keeps state sees every epoch of every model
+            (`self.model.name` tells which: "fusion", or "fusion_repeat1_fold2" with folds).
+            Keras calls `set_model` and `on_train_begin` at each fit, where its built-in callbacks
+            reset. Tuning trials do not get them (default: None).
+        tensorboard_dir: write TensorBoard logs (Keras's `TensorBoard` callback) to one folder per
+            model under it, per fold below that with cross-validation; a new or empty folder, or
+            one inside the run folder, e.g. "runs/exp1/tensorboard" (default: None, no logs).
 
     Example:
         >>> run = train_run("cache.h5", "runs/cv", folds=5, fusion=["concat", "gated"])
@@ -110,6 +130,8 @@ def train_run(
     _check_options(info, backbones, heads, model_options, head_units, batch_size=batch_size, epochs=epochs,
                    patience=patience, block_rows=block_rows, class_weight=class_weight, view_augment=view_augment,
                    tta=tta, folds=folds, repeats=repeats, tune=tune)
+    _check_observers(verbose, callbacks)
+    tensorboard_dir = check_tensorboard_dir(tensorboard_dir, out_dir)
     rows = {split: info.split_rows(split) for split in SPLITS}
     labels = {split: info.labels[rows[split]] for split in SPLITS}
     _check_split_classes(info, labels, cross_validated=folds > 0)
@@ -132,7 +154,8 @@ def train_run(
     )
     config = _run_config(info, arguments, options)
     write_run_json(run_dir, "config.json", config)
-    trainer = _ModelTrainer(run_dir, info, source, run_folds, rows["test"], arguments, log)
+    trainer = _ModelTrainer(run_dir, info, source, run_folds, rows["test"], arguments, verbose=verbose,
+                            callbacks=callbacks, tensorboard_dir=tensorboard_dir)
     trained = trainer.train_all()
     singles = [trained[name] for name in backbones]
     weighted, stacker = _fit_baselines(singles, run_folds, pool_rows, info.labels, seed)
@@ -160,7 +183,7 @@ def train_run(
     markdown_path = write_report(run_dir, report, histories)
     if source.streamed:
         source.close()
-    log(f"report: {markdown_path}")
+    trainer.say(f"report: {markdown_path}")
     return FusionRun(
         run_dir=run_dir, models={name: model.model for name, model in trained.items()}, class_names=info.class_names,
         backbones=tuple(backbones), report=report, config=config,
@@ -249,6 +272,16 @@ def _check_options(info, backbones, heads, model_options, head_units, *, batch_s
     for head in heads:
         build_fusion_model({name: info.feature_shapes[name] for name in backbones}, len(info.class_names),
                            fusion=head, head_units=head_units, **model_options)
+
+
+def _check_observers(verbose, callbacks):
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0 (silent), 1 (a line per model) or 2 (also Keras's output per epoch). "
+                         f"Received: verbose={verbose!r}")
+    if callbacks is not None and (not isinstance(callbacks, (list, tuple))
+                                  or not all(isinstance(item, keras.callbacks.Callback) for item in callbacks)):
+        raise ValueError(f"callbacks must be a list of keras.callbacks.Callback objects, as Model.fit takes them, "
+                         f"e.g. callbacks=[keras.callbacks.CSVLogger('log.csv')]. Received: callbacks={callbacks!r}")
 
 
 def _check_view_options(info, backbones, view_augment, tta):
@@ -353,15 +386,20 @@ class _TrainedModel:
 class _ModelTrainer:
     """Builds and trains the models of a run alike: the same folds, batches, seeds, epochs and patience for all."""
 
-    def __init__(self, run_dir, info, source, folds, test_rows, arguments, log):
+    def __init__(self, run_dir, info, source, folds, test_rows, arguments, *, verbose=1, callbacks=None,
+                 tensorboard_dir=None):
         self.run_dir = run_dir
         self.info = info
         self.source = source
         self.folds = folds
         self.test_rows = test_rows
         self.arguments = arguments
-        self.log = log
+        self.verbose = verbose
+        self.callbacks = list(callbacks or ())
+        self.tensorboard_dir = tensorboard_dir
         self.cross_validated = arguments.folds > 0
+        # "[3/9] densenet121": each model's number in the order of `train_all`, given when it starts.
+        self.model_numbers = {}
         # Measured per fold on its training rows only, so held-out and test rows stay unseen; from
         # the source, so features in memory are not read from the store again (streamed ones in chunks).
         self.statistics = [feature_statistics(source.features, fold.train_rows) for fold in folds]
@@ -370,8 +408,35 @@ class _ModelTrainer:
         self.head_options = {}
         self.tunings = {}
 
+    def say(self, line):
+        """Log one progress line at INFO, shown on stdout when logging is not configured; nothing with verbose 0."""
+        if self.verbose:
+            with progress_shown("fusion"):
+                logger.info(line)
+
+    def _started(self, name, doing):
+        number = self.model_numbers.setdefault(name, len(self.model_numbers) + 1)
+        self.say(f"[{number}/{self._model_count()}] {name}: {doing}")
+
+    def _model_count(self):
+        heads, backbones = len(self.arguments.fusion), len(self.arguments.backbones)
+        ablations = heads * backbones if self.arguments.ablation and backbones > 1 else 0
+        return heads + backbones + ablations
+
+    def _keras_verbose(self):
+        # Keras's progress bar redraws itself in a terminal or notebook; in a file or pipe it would
+        # leave control characters, so there one plain line per epoch.
+        if self.verbose < 2:
+            return 0
+        return 1 if (sys.stdout.isatty() or "ipykernel" in sys.modules) else 2
+
     def train_all(self):
         """The fusion heads, one model per backbone, then the ablations: dict name -> `_TrainedModel`, in that order."""
+        # Every model here is new and traces its own step functions: see `features.tensorflow_noise`.
+        with retracing_warnings_silenced():
+            return self._train_all()
+
+    def _train_all(self):
         backbones, head_units = self.arguments.backbones, self.arguments.head_units
         trained = {}
         for head in self.arguments.fusion:
@@ -414,6 +479,7 @@ class _ModelTrainer:
         # On the first fold only (its held-out rows, or the val split): tuning on every fold would
         # multiply the cost by K, and the chosen values then train every fold of this head and its ablations.
         arguments, fold = self.arguments, self.folds[0]
+        self._started(name, f"tuning ({arguments.tune} trials)")
         build_arguments = self._build_arguments(name, names, head_units, head, 0)
         build_arguments["name"] = name
         tuning = tune_head(
@@ -422,19 +488,23 @@ class _ModelTrainer:
                           view_augment=arguments.view_augment),
             self._batches(fold.val_rows, names, 0, class_weight=self.class_weights[0]),
             trials=arguments.tune, directory=self.run_dir / "tuning", epochs=arguments.epochs,
-            patience=arguments.patience, class_weight=self.class_weights[0], seed=fold.seed, log=self.log,
+            patience=arguments.patience, class_weight=self.class_weights[0], seed=fold.seed, verbose=min(self.verbose, 1),
         )
         # KerasTuner names its own files as it goes; they are recorded once it is done.
         record_written(self.run_dir, *tuning.files)
         self.head_options[head] = dict(tuning.best_hyperparameters)
         self.tunings[name] = tuning.to_dict()
-        self.log(f"{name}: tuned over {len(tuning.trials)} trials: "
+        self.say(f"{name}: tuned over {len(tuning.trials)} trials: "
                  + ", ".join(f"{key}={value:.3g}" for key, value in tuning.best_hyperparameters.items()))
 
     def _fit(self, name, names, head_units, head):
         started = time.perf_counter()
+        epochs = f"up to {self.arguments.epochs} epochs"
+        self._started(name, f"training ({f'{self._setup()}, {epochs} each' if self.cross_validated else epochs})")
         results, models, history = [], [], None
         for number, fold in enumerate(self.folds):
+            if self.cross_validated and self.verbose >= 2:
+                self.say(f"{name}: fold {fold.name} ({number + 1}/{len(self.folds)})")
             model, fold_history, result = self._fit_fold(name, names, head_units, head, number)
             results.append(result)
             models.append(model)
@@ -453,8 +523,11 @@ class _ModelTrainer:
         model_path.parent.mkdir(parents=True, exist_ok=True)
         save_model_atomic(model, model_path)
         trained = _TrainedModel(model, history, tuple(results), training, self._mean_gate_weights(names, results))
-        self.log(self._summary_line(name, trained))
+        self.say(self._summary_line(name, trained))
         return trained
+
+    def _setup(self):
+        return f"{self.arguments.folds} folds" + (f" x {self.arguments.repeats} repeats" if self.arguments.repeats > 1 else "")
 
     def _summary_line(self, name, trained):
         test_accuracy = np.mean(trained.test_probabilities.argmax(1) == self.info.labels[self.test_rows])
@@ -463,9 +536,7 @@ class _ModelTrainer:
             return (f"{name}: {training['epochs_run']} epochs, best val_loss {training['best_val_loss']:.4f} "
                     f"at epoch {training['best_epoch']}, test accuracy {test_accuracy:.3f}")
         accuracies = [scores["accuracy"] for scores in trained.fold_scores]
-        folds = self.arguments.folds
-        setup = f"{folds} folds" + (f" x {self.arguments.repeats} repeats" if self.arguments.repeats > 1 else "")
-        return (f"{name}: {setup}, out-of-fold accuracy {np.mean(accuracies):.3f} "
+        return (f"{name}: {self._setup()}, out-of-fold accuracy {np.mean(accuracies):.3f} "
                 f"± {np.std(accuracies, ddof=1):.3f}, test accuracy of the fold ensemble {test_accuracy:.3f}")
 
     def _fit_fold(self, name, names, head_units, head, number):
@@ -488,7 +559,8 @@ class _ModelTrainer:
                           view_augment=arguments.view_augment),
             self._batches(fold.val_rows, names, number, class_weight=class_weight),
             epochs=arguments.epochs, patience=arguments.patience, class_weight=class_weight,
-            checkpoint_path=checkpoint, history_path=self.run_dir / history_name,
+            checkpoint_path=checkpoint, history_path=self.run_dir / history_name, verbose=self._keras_verbose(),
+            callbacks=self._fit_callbacks(name, fold),
         )
         val_probabilities = model.predict(self._batches(fold.val_rows, names, number), verbose=0)
         test_probabilities = model.predict(self._batches(self.test_rows, names, number), verbose=0)
@@ -514,6 +586,13 @@ class _ModelTrainer:
         return model, history, _FoldResult(val_probabilities, test_probabilities, tta_probabilities, scores,
                                            training, gates)
 
+    def _fit_callbacks(self, name, fold):
+        # The caller's callbacks are the same objects for every fit: see `train_run`'s `callbacks`.
+        if self.tensorboard_dir is None:
+            return self.callbacks
+        fold_name = fold.name if self.cross_validated else None
+        return tensorboard_callbacks(self.tensorboard_dir, self.run_dir, name, fold_name) + self.callbacks
+
     def _mean_gate_weights(self, names, results):
         # Which backbone the gate trusted, per true class, over every held-out row of every fold.
         if results[0].gate_weights is None:
@@ -525,7 +604,7 @@ class _ModelTrainer:
 
     def _reuse(self, name, same_as, trained):
         # The same inputs, layers and seed would train the same model again: reuse it, and say so.
-        self.log(f"{name}: the same model as {same_as} (two backbones, no head units), not trained again")
+        self._started(name, f"the same model as {same_as} (two backbones, no head units), not trained again")
         return dataclasses.replace(trained, history=None,
                                    training={**trained.training, "same_as": same_as, "seconds": 0.0})
 

@@ -81,6 +81,7 @@ def train_model(
     checkpoint_path=None,
     history_path=None,
     verbose=0,
+    callbacks=None,
 ):
     """Fit a compiled model with early stopping on validation loss, keeping the best weights.
 
@@ -100,23 +101,26 @@ def train_model(
             judges the weighted loss (default: None).
         checkpoint_path: `.keras` file for the best model (default: None, no checkpoint).
         history_path: CSV file of the per-epoch history (default: None).
-        verbose: Keras verbosity (default: 0).
+        verbose: `Model.fit`'s verbosity: 0 silent, 1 a progress bar, 2 one line per epoch (default: 0).
+        callbacks: more `keras.callbacks.Callback`s, called after the ones above, so that they
+            see each epoch's logs once the checkpoint and history are written (default: None).
 
     Example:
         >>> history = train_model(model, train_batches, val_batches, epochs=30, checkpoint_path="best.keras")
     """
     if epochs < 1 or patience < 1:
         raise ValueError(f"epochs and patience must be at least 1. Received: epochs={epochs}, patience={patience}")
-    callbacks = [
+    fit_callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 3), min_lr=1e-6),
     ]
     if checkpoint_path is not None:
         Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
-        callbacks.append(_AtomicCheckpoint(checkpoint_path))
+        fit_callbacks.append(_AtomicCheckpoint(checkpoint_path))
     if history_path is not None:
         Path(history_path).parent.mkdir(parents=True, exist_ok=True)
-        callbacks.append(_AtomicHistory(history_path))
+        fit_callbacks.append(_AtomicHistory(history_path))
+    fit_callbacks += list(callbacks or ())
     if class_weight is not None and isinstance(val_data, tuple) and len(val_data) == 2:
         # Early stopping must judge the objective being trained: weigh the validation loss alike.
         val_inputs, val_labels = val_data
@@ -130,7 +134,7 @@ def train_model(
         **fit_arguments,
         validation_data=val_data,
         epochs=epochs,
-        callbacks=callbacks,
+        callbacks=fit_callbacks,
         class_weight=class_weight,
         verbose=verbose,
     )

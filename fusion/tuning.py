@@ -7,6 +7,7 @@ KerasTuner is imported only when `tune_head` runs, so that `import fusion` (and 
 import csv
 import dataclasses
 import json
+import logging
 import math
 import numbers
 from pathlib import Path
@@ -15,6 +16,8 @@ import keras
 import numpy as np
 
 from features.atomic_files import open_atomic
+from features.progress_log import progress_shown
+from features.tensorflow_noise import retracing_warnings_silenced
 from fusion.data import FeatureBatches
 from fusion.model import build_fusion_model
 from fusion.training import train_model
@@ -28,6 +31,7 @@ DEFAULT_SEARCH_SPACE = {
     "learning_rate": (1e-4, 1e-2),
 }
 _LOG_SCALED = ("units", "l2", "learning_rate")
+logger = logging.getLogger(__name__)
 TRIALS_COLUMNS = ("trial", *DEFAULT_SEARCH_SPACE, "best_val_loss", "best_epoch", "epochs_run")
 
 
@@ -70,7 +74,7 @@ def tune_head(
     class_weight=None,
     seed=0,
     search_space=None,
-    log=print,
+    verbose=1,
 ):
     """Search a fusion head's `units`, `dropout`, `l2` and `learning_rate` for the lowest validation loss.
 
@@ -100,7 +104,8 @@ def tune_head(
             `(low, high)` is a range (log-scaled for units, l2 and learning_rate), a list is a set
             of choices, a single number is fixed (default: None, `DEFAULT_SEARCH_SPACE`: units
             64..512, dropout 0..0.6, l2 1e-6..1e-2, learning_rate 1e-4..1e-2).
-        log: function that prints progress lines (default: print).
+        verbose: 0 silent, 1 a line per trial and one for the best, logged at INFO on the
+            `fusion.tuning` logger and shown on stdout when logging is not configured (default: 1).
 
     Returns:
         A `HeadTuning`: `best_hyperparameters` {units, dropout, l2, learning_rate}, `best_val_loss`,
@@ -113,6 +118,14 @@ def tune_head(
     """
     if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
         raise ValueError(f"trials must be a whole number of at least 1, e.g. 20. Received: trials={trials!r}")
+    if isinstance(verbose, bool) or verbose not in (0, 1):
+        raise ValueError(f"verbose must be 0 (silent) or 1 (a line per trial). Received: verbose={verbose!r}")
+
+    def log(line):
+        if verbose:
+            with progress_shown("fusion"):
+                logger.info(line)
+
     space = _search_space(search_space)
     keras_tuner = _import_keras_tuner()
     name = build_kwargs.get("name", "fusion")
@@ -168,7 +181,9 @@ def tune_head(
         overwrite=True,
     )
     try:
-        tuner.search(train_data, val_data, verbose=0)
+        # Every trial is a new model: see `features.tensorflow_noise`.
+        with retracing_warnings_silenced():
+            tuner.search(train_data, val_data, verbose=0)
     except keras_tuner.errors.FatalError as error:
         if error.__cause__ is not None:
             raise error.__cause__ from None

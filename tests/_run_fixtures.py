@@ -1,4 +1,7 @@
-"""A finished run on tiny images, shared by the export and predict tests."""
+"""A finished run on tiny images, shared by the export and predict tests; the lines a package logs."""
+
+import contextlib
+import logging
 
 # Two small backbones with different preprocessing ("tf" and "torch" modes) keep it fast.
 BACKBONES = ["mobilenet_v2", "densenet121"]
@@ -37,7 +40,7 @@ def trained_run(tmp_path_factory, dtype):
     features.precompute(data, store, BACKBONES, weights="none", input_size=INPUT_SIZE, dtype=dtype,
                         views="hflip", val_fraction=0.25, test_fraction=0.25, progress=False)
     run_dir = base / "run"
-    train_run(store, run_dir, units=8, epochs=2, patience=2, batch_size=8, ablation=False, log=lambda *_: None)
+    train_run(store, run_dir, units=8, epochs=2, patience=2, batch_size=8, ablation=False, verbose=0)
     export_model(run_dir)
     return data, store, run_dir
 
@@ -54,3 +57,47 @@ def old_style_export(model):
                  for name, size in model.input_sizes.items()}
     probabilities = _LegacyClassNames(model.class_names, name="class_names")(model.head(extracted))
     return keras.Model(image, probabilities, name="fusionpipe_classifier")
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, lines, record):
+        super().__init__(logging.INFO)
+        self.lines, self.record = lines, record
+
+    def emit(self, record):
+        self.lines.append(self.record(record.getMessage()))
+
+
+@contextlib.contextmanager
+def logged_lines(logger_name, record=lambda line: line):
+    """The lines `logger_name` logs at INFO or above during the block, in a list filled as they come.
+
+    `record` turns each line into what is kept, e.g. `lambda line: (line, out.exists())`.
+    """
+    lines = []
+    handler = _ListHandler(lines, record)
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def unconfigured_logging():
+    """Logging as a notebook or a plain script has it: no handler anywhere (pytest's own taken off the root)."""
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for handler in saved:
+        root.removeHandler(handler)
+    try:
+        yield root
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)

@@ -23,7 +23,7 @@ summary = features.precompute(data, base / "cache.h5", ["mobilenet_v2", "resnet5
                               input_size=42, views="hflip", val_fraction=0.25, test_fraction=0.25, progress=False)
 store = features.load_store(base / "cache.h5")
 run = fusion.train_run(base / "cache.h5", base / "run", units=8, epochs=2, batch_size=4, ablation=False,
-                       log=lambda *_: None)
+                       verbose=0)
 reloaded = fusion.load_run(base / "run")
 features_now = {{name: store.features[name].astype("float32") for name in run.backbones}}
 from fusion.export import export_model

@@ -18,7 +18,6 @@ from fusion.cross_validation import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-QUIET = lambda *_: None  # noqa: E731
 
 
 def test_folds_are_stratified_disjoint_and_cover_the_rows_once_per_repeat():
@@ -130,7 +129,7 @@ def _build_cv_run(base):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("fusion.run.WeightedAverage", SpyAverage)
         run = train_run(store, base / "run", folds=5, units=16, epochs=8, patience=3, learning_rate=3e-3,
-                        ablation=False, log=QUIET)
+                        ablation=False, verbose=0)
     return store, run, fits
 
 
@@ -240,7 +239,7 @@ def _check_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_r
 
 def test_a_single_split_run_has_no_cv_section_but_tests_on_test(tmp_path):
     store = write_synthetic_store(tmp_path / "s.h5", kind="noisy_views", num_rows=120, feature_dims=4)
-    run = train_run(store, tmp_path / "run", units=8, epochs=2, patience=1, ablation=False, log=QUIET)
+    run = train_run(store, tmp_path / "run", units=8, epochs=2, patience=1, ablation=False, verbose=0)
     assert "cv" not in run.report and "cross_validation" not in run.report
     entry = run.report["tests_between_models"]["fusion_vs_average"]
     assert set(entry) == {"model_a", "model_b", "metric", "test_difference", "test_mcnemar"}
@@ -260,7 +259,7 @@ def test_a_single_split_run_has_no_cv_section_but_tests_on_test(tmp_path):
 def test_bad_run_options_stop_before_the_run_folder(tmp_path, kwargs, message):
     store = write_synthetic_store(tmp_path / "s.h5", kind="noisy_views", num_rows=60, feature_dims=4)
     with pytest.raises(ValueError, match=message):
-        train_run(store, tmp_path / "run", log=QUIET, **kwargs)
+        train_run(store, tmp_path / "run", verbose=0, **kwargs)
     assert not (tmp_path / "run").exists()
 
 
@@ -275,5 +274,5 @@ def test_a_class_with_no_train_or_val_image_is_refused_before_cross_validation(t
                              splits, {"a": rng.normal(size=(44, 4)).astype("float32")}, {})
     with pytest.raises(ValueError, match=r"1 class\(es\) of .* have no labeled image in the train and val splits, so no "
                                          r"model can learn them: fox\."):
-        train_run(path, tmp_path / "run", folds=2, log=QUIET)
+        train_run(path, tmp_path / "run", folds=2, verbose=0)
     assert not (tmp_path / "run").exists()

@@ -29,6 +29,8 @@ def test_offline_demo_says_weights_are_random_and_writes_the_report(tmp_path, ca
     assert "ImageNet weights are not on this machine (mobilenet_v2_weights_tf" in printed
     assert "RANDOMLY INITIALISED" in printed.split("[1/3]")[0]  # said at the start
     assert "[1/3] data: 100 digit images" in printed
+    # Never silent while it trains: a line when each model starts and when it ends, under the demo's own steps.
+    assert "\n  [1/5] fusion: training (up to 2 epochs)\n  fusion: " in printed and "\n  [5/5] fusion_without_resnet50: " in printed
     assert "Test accuracy:" in printed and "fusion_without_resnet50" in printed
     assert f"Report: {(out / 'run' / 'report.md').resolve()}" in printed
     report = (out / "run" / "report.md").read_text()

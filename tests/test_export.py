@@ -353,7 +353,7 @@ def test_a_cross_validated_run_exports_the_fold_ensemble_of_its_chosen_head(floa
     fusion = "gated"
     run_dir = tmp_path / "cv_run"
     run = __import__("fusion").train_run(store, run_dir, fusion=[fusion], folds=2, units=8, epochs=2, patience=2,
-                                         batch_size=8, ablation=False, log=lambda *_: None)
+                                         batch_size=8, ablation=False, verbose=0)
     assert run.report["summary"]["fusion_head"] == f"{fusion}_fusion"
     model = keras.saving.load_model(export_model(run_dir), safe_mode=True)
     # One graph: each backbone once, the head averaging the two fold models of the chosen head.

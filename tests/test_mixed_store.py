@@ -28,7 +28,7 @@ def mixed_run(tmp_path_factory):
     summary = features.precompute(data, store, BACKBONES, weights="none", input_size=INPUT_SIZE, views="hflip",
                                   val_fraction=0.25, test_fraction=0.25, progress=False)
     fusion.train_run(store, base / "run", units=8, epochs=2, patience=2, batch_size=8, ablation=False,
-                     log=lambda *_: None)
+                     verbose=0)
     export_model(base / "run")
     return data, store, base / "run", summary
 
@@ -109,7 +109,7 @@ def test_a_transformer_under_mixed_bfloat16_gives_the_float32_features_within_bf
     stored = {}
     for precision in ("float32", "mixed_bfloat16"):
         features.precompute(data, tmp_path / f"{precision}.h5", ["dinov2_small"], weights="none", input_size=28,
-                            precision=precision, dtype="float32", progress=False, log=lambda *_: None)
+                            precision=precision, dtype="float32", progress=False)
         stored[precision] = features.load_store(tmp_path / f"{precision}.h5").features["dinov2_small"]
     assert stored["mixed_bfloat16"].dtype == np.float32
     assert np.corrcoef(stored["float32"].ravel(), stored["mixed_bfloat16"].ravel())[0, 1] > 0.999

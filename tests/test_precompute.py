@@ -9,6 +9,7 @@ import features
 import features.images  # precompute decodes and resizes through features.images.prepare_views
 from features import compute, create_backbone, extractors, load_image, load_store, precompute, resize_image
 from features.views import apply_view
+from _run_fixtures import logged_lines
 from tests._features_fixtures import make_class_folders
 
 FAST = dict(weights="none", input_size=32, batch_size=4, progress=False)
@@ -288,9 +289,8 @@ def test_a_labels_file_for_the_full_set_beside_a_sample(tmp_path):
     rows += [f"images/missing_{index:03d}.jpg,class_{index % 40:02d}" for index in range(266)]
     (data / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
     out = tmp_path / "cache.h5"
-    logged = []
-    summary = precompute(data, out, ["vgg16"], csv=data / "labels.csv", log=lambda line: logged.append((line, out.exists())),
-                         **FAST)
+    with logged_lines("features.pipeline", lambda line: (line, out.exists())) as logged:
+        summary = precompute(data, out, ["vgg16"], csv=data / "labels.csv", **FAST)
     # The data summary came before any compute: the store did not exist yet.
     assert logged and not any(existed for _, existed in logged)
     printed = [line for line, _ in logged]
@@ -368,9 +368,9 @@ def test_hostile_labels_and_images_stay_in_their_box(tmp_path):
     rows += ["../secret.jpg,cat", "cat/link_out.jpg,cat", "dog/gone.jpg,dog", "dog/bomb.png,dog", "dog/large.jpg,dog"]
     (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
     out = tmp_path / "cache.h5"
-    printed = []
-    summary = precompute(root, out, ["vgg16"], csv=tmp_path / "labels.csv", val_fraction=0, test_fraction=0,
-                         log=printed.append, **FAST)
+    with logged_lines("features.pipeline") as printed:
+        summary = precompute(root, out, ["vgg16"], csv=tmp_path / "labels.csv", val_fraction=0, test_fraction=0,
+                             **FAST)
     assert summary.skipped == (("dog/bomb.png", "too large: 7000 x 7000 pixels > 40000000"),)
     assert [path for path, _ in summary.left_out] == ["../secret.jpg", "cat/link_out.jpg", "dog/gone.jpg"]
     assert "  left out 3 image(s): 2 outside DATA, 1 broken symlink; all listed in " \
@@ -394,7 +394,7 @@ def test_hostile_labels_and_images_stay_in_their_box(tmp_path):
     assert created_with["max_pixels"] == 40_000_000 and created_with["allow_outside_data"] is False
     # Asked for: rows outside DATA are read, and a higher limit decodes the large header's image (here: corrupt).
     allowed = precompute(root, tmp_path / "allowed.h5", ["vgg16"], csv=tmp_path / "labels.csv", val_fraction=0,
-                         test_fraction=0, allow_outside_data=True, max_pixels=50_000_000, log=printed.append, **FAST)
+                         test_fraction=0, allow_outside_data=True, max_pixels=50_000_000, **FAST)
     assert {"../secret.jpg", "cat/link_out.jpg"} <= set(load_store(tmp_path / "allowed.h5").paths.tolist())
     assert [path for path, _ in allowed.left_out] == ["dog/gone.jpg"]
     assert allowed.skipped[0][0] == "dog/bomb.png" and allowed.skipped[0][1].startswith("corrupt or truncated")

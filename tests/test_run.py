@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import h5py
+import keras
 import numpy as np
 import pytest
 
@@ -17,8 +18,9 @@ from fusion.run_folder import _read_written
 from fusion.saved_run import load_run
 from fusion.store import read_store_info
 from fusion.synthetic import write_synthetic_store
+from _run_fixtures import logged_lines, unconfigured_logging
 
-QUIET = {"log": lambda *args: None}
+QUIET = {"verbose": 0}
 SMALL = {"units": 32, "epochs": 20, "patience": 5, **QUIET}
 
 
@@ -110,11 +112,13 @@ def test_the_same_seed_repeats_a_run_exactly(tmp_path):
     assert not np.array_equal(probabilities[0]["fusion"], probabilities[2]["fusion"])
 
 
-def test_report_warns_about_a_backbone_whose_features_never_change(tmp_path):
+def test_report_warns_about_a_backbone_whose_features_never_change(tmp_path, capsys):
     store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=120, backbones=("a", "b"), seed=2)
     with h5py.File(store, "r+") as store_file:
         store_file["features/b"][...] = 0.0  # a collapsed backbone, as random MobileNetV2 weights give
-    run = train_run(store, tmp_path / "run", units=8, epochs=2, ablation=False, **QUIET)
+    with unconfigured_logging(), logged_lines("fusion") as logged:
+        run = train_run(store, tmp_path / "run", units=8, epochs=2, ablation=False, **QUIET)
+    assert logged == [] and capsys.readouterr().out == ""  # verbose=0 is silent, even where lines would show
     assert run.report["warnings"] == [
         "The features of b are the same for every training image, so this backbone carries no information here: "
         "a randomly initialised network can collapse like this; with ImageNet weights, check the weight file."
@@ -258,11 +262,11 @@ def test_a_split_with_one_class_is_refused_before_training(tmp_path):
 
 def test_with_two_backbones_the_ablation_reuses_the_single_backbone_models(tmp_path):
     store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=160, backbones=("a", "b"), seed=3)
-    logged = []
-    run = train_run(store, tmp_path / "run", units=8, epochs=3, log=logged.append)
+    with logged_lines("fusion.run") as logged:
+        run = train_run(store, tmp_path / "run", units=8, epochs=3)
     trained = [line.split(":")[0] for line in logged if " epochs, best val_loss " in line]
     assert trained == ["fusion", "a", "b"]  # three models trained, not five
-    assert "fusion_without_a: the same model as b (two backbones, no head units), not trained again" in logged
+    assert "[4/5] fusion_without_a: the same model as b (two backbones, no head units), not trained again" in logged
     test = run.report["test"]
     assert test["fusion_without_a"]["accuracy"] == test["b"]["accuracy"]
     assert test["fusion_without_b"]["log_loss"] == test["a"]["log_loss"]
@@ -341,3 +345,79 @@ def test_a_truncated_model_of_a_run_is_damaged_not_missing(xor_run, tmp_path):
                                          f"complete zip archive; cut short\\?\\); train the run again") as raised:
         load_run(run_dir)
     assert "not found" not in str(raised.value) and "\n" not in str(raised.value)
+
+
+class _FitRecorder(keras.callbacks.Callback):
+    """The name of the model of each fit, and the epochs each fit ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.fits = []
+
+    def on_train_begin(self, logs=None):
+        self.fits.append([self.model.name, 0])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.fits[-1][1] += 1
+
+
+def _epoch_losses(folder):
+    import tensorflow as tf
+
+    (events,) = folder.glob("events.out.tfevents.*")
+    records = [tf.compat.v1.Event.FromString(record.numpy()) for record in tf.data.TFRecordDataset(str(events))]
+    return [value.tag for event in records for value in event.summary.value if value.tag == "epoch_loss"]
+
+
+@pytest.mark.slow
+def test_progress_lines_keras_output_callbacks_and_tensorboard_reach_every_fold_of_every_model(tmp_path, capsys):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=80, backbones=("a",), seed=5)
+    recorder, run_dir = _FitRecorder(), tmp_path / "run"
+    with unconfigured_logging():  # as in a notebook: the lines come on stdout without configuring logging
+        run = train_run(store, run_dir, units=8, epochs=2, patience=2, folds=2, ablation=False, verbose=2,
+                        callbacks=[recorder], tensorboard_dir=run_dir / "tensorboard")
+    printed = capsys.readouterr().out.splitlines()
+    epochs_run = {(name, fold): training["epochs_run"] for name in ("fusion", "a")
+                  for fold, training in run.report["training"][name]["folds"].items()}
+    # One callback object saw every epoch of every fold of every model, in training order.
+    assert recorder.fits == [[f"{name}_{fold}", epochs] for (name, fold), epochs in epochs_run.items()]
+    for number, name in enumerate(("fusion", "a"), start=1):
+        assert f"[{number}/2] {name}: training (2 folds, up to 2 epochs each)" in printed
+        assert f"{name}: fold repeat1_fold2 (2/2)" in printed
+        assert any(line.startswith(f"{name}: 2 folds, out-of-fold accuracy ") for line in printed)
+    assert printed[-1] == f"report: {run_dir / 'report.md'}"
+    # Keras's own lines, one per epoch (stdout is no terminal here): as many as all folds ran.
+    assert sum(line.startswith("Epoch ") for line in printed) == sum(epochs_run.values())
+    # One TensorBoard folder per model and fold, each epoch in it, every file recorded for --overwrite.
+    written = set(_read_written(run_dir))
+    for (name, fold), epochs in epochs_run.items():
+        for part in ("train", "validation"):
+            folder = run_dir / "tensorboard" / name / fold / part
+            assert len(_epoch_losses(folder)) == epochs, (name, fold, part)
+            assert {path.relative_to(run_dir).as_posix() for path in folder.iterdir()} <= written
+    assert sorted(path.name for path in (run_dir / "tensorboard").iterdir()) == ["a", "fusion"]
+
+
+def test_bad_verbose_callbacks_or_tensorboard_folder_are_refused_before_any_work(tmp_path):
+    store = write_synthetic_store(tmp_path / "store.h5", kind="noisy_views", num_rows=60, backbones=("a", "b"))
+    out = tmp_path / "run"
+    cases = [
+        ({"verbose": 3}, ValueError, r"verbose must be 0 \(silent\), 1 \(a line per model\) or 2 .*Received: verbose=3"),
+        ({"verbose": True}, ValueError, "Received: verbose=True"),
+        ({"callbacks": keras.callbacks.History()}, ValueError,
+         r"callbacks must be a list of keras.callbacks.Callback objects.*Received: callbacks=<keras"),
+        ({"callbacks": ["log.csv"]}, ValueError, r"Received: callbacks=\['log.csv'\]"),
+        ({"tensorboard_dir": out}, ValueError, "The TensorBoard folder is the run folder itself"),
+    ]
+    (tmp_path / "file").write_text("")
+    (tmp_path / "logs" / "fusion").mkdir(parents=True)
+    cases += [
+        ({"tensorboard_dir": tmp_path / "file"}, FileExistsError, r"TensorBoard folder .*file is a file"),
+        ({"tensorboard_dir": tmp_path / "logs"}, FileExistsError,
+         r"TensorBoard folder .*logs is not empty: TensorBoard would show this run's curves mixed .*Received: "
+         r"tensorboard_dir=.*logs"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            train_run(store, out, **kwargs)
+        assert not out.exists()

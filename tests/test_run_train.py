@@ -36,9 +36,15 @@ def test_every_option_reaches_the_run_and_options_reload_with_config(spatial_sto
     argv = [str(spatial_store), "--out", str(out), "--backbones", "c", "a", "--units", "8", "--dropout", "0.2",
             "--l2", "0", "--head-units", "6", "5", "--pooling", "max", "--learning-rate", "0.02", "--batch-size", "16",
             "--epochs", "2", "--patience", "1", "--class-weight", "balanced", "--seed", "3", "--stream",
-            "--block-rows", "4", "--view-augment", "--tta", "--no-ablation"]
+            "--block-rows", "4", "--view-augment", "--tta", "--no-ablation", "--verbose", "--tensorboard",
+            str(out / "tensorboard")]
     assert run_train.main(argv) == 0
-    assert "report: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report: " in printed
+    # --verbose: Keras's line per epoch (no terminal here) after each model's line; --tensorboard: a folder per model.
+    assert printed.count("[1/3] fusion: training (up to 2 epochs)\nEpoch 1/2\n") == 1 and printed.count("Epoch 1/2") == 3
+    assert all(any((out / "tensorboard" / name / part).glob("events.out.tfevents.*")) for name in ("fusion", "c", "a")
+               for part in ("train", "validation"))
     run = load_run(out)
     arguments = run.config["arguments"]
     assert arguments["streamed"] is True and arguments["block_rows"] == 4 and arguments["class_weight"] == "balanced"
@@ -81,6 +87,10 @@ def test_user_errors_exit_2_with_one_line(spatial_store, tmp_path, capsys):
     plain = write_synthetic_store(tmp_path / "plain.h5", kind="xor", num_rows=40)
     assert "--view-augment needs extra views" in _fail(capsys, [str(plain), "--out", str(tmp_path / "r"), "--view-augment"])
     assert not (tmp_path / "r").exists()
+    (tmp_path / "logs" / "old_run").mkdir(parents=True)
+    error = _fail(capsys, [str(spatial_store), "--out", str(tmp_path / "r"), "--tensorboard", str(tmp_path / "logs")])
+    assert error.startswith("run_train.py: error: TensorBoard folder ") and "is not empty" in error
+    assert not (tmp_path / "r").exists()
 
 
 def test_script_exit_code_and_single_stderr_line(tmp_path):
@@ -93,6 +103,27 @@ def test_script_exit_code_and_single_stderr_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("run_train.py")]
     assert lines == [f"run_train.py: error: Feature store not found: {tmp_path / 'none.h5'}"]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_normal_output_is_a_line_per_model_on_stdout_and_no_tensorflow_warning(spatial_store, tmp_path):
+    # As a user runs it, TF_CPP_MIN_LOG_LEVEL unset. Three new models are enough for TensorFlow's retracing
+    # warning ("5 out of the last 5 calls to <function ...> triggered tf.function retracing") to show.
+    environment = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_train.py"), str(spatial_store), "--out", str(tmp_path / "run"),
+         "--backbones", "a", "b", "--units", "8", "--epochs", "2", "--no-ablation"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environment,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [line for line in result.stderr.splitlines()
+             if "retracing" in line or "WARNING" in line or "tensorflow" in line.lower() or re.match(r"[IWE]\d{4} ", line)]
+    assert noise == []
+    printed = result.stdout.splitlines()
+    for number, name in enumerate(("fusion", "a", "b"), start=1):
+        assert f"[{number}/3] {name}: training (up to 2 epochs)" in printed
+        assert any(line.startswith(f"{name}: 2 epochs, best val_loss ") for line in printed)
+    assert printed[-1] == f"report: {tmp_path / 'run' / 'report.md'}"
 
 
 def test_config_values_of_the_wrong_type_stop_before_the_run_folder(spatial_store, tmp_path, capsys):

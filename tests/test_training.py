@@ -60,3 +60,44 @@ def test_bad_epochs_or_patience():
     model = build_fusion_model({"a": (4,)}, 2)
     with pytest.raises(ValueError, match="epochs and patience must be at least 1. Received: epochs=0, patience=3"):
         train_model(model, _noise(0), _noise(1), epochs=0, patience=3)
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Each fit's model name and, per epoch, its logs and whether the history file already held that epoch."""
+
+    def __init__(self, history_path=None):
+        super().__init__()
+        self.history_path = history_path
+        self.fits, self.epochs = [], []
+
+    def on_train_begin(self, logs=None):
+        self.fits.append(self.model.name)
+
+    def on_epoch_end(self, epoch, logs=None):
+        written = self.history_path is not None and len(self.history_path.read_text().splitlines()) == epoch + 2
+        self.epochs.append((self.model.name, epoch, dict(logs), written))
+
+
+def test_given_callbacks_see_every_epoch_after_the_history_is_written(tmp_path):
+    keras.utils.set_random_seed(0)
+    recorder = _EpochRecorder(tmp_path / "history.csv")
+    model = build_fusion_model({"a": (4,)}, 2, units=8, name="first")
+    history = train_model(model, _noise(0), _noise(1), epochs=3, patience=3, history_path=tmp_path / "history.csv",
+                          callbacks=[recorder])
+    assert [epoch for _, epoch, _, _ in recorder.epochs] == [0, 1, 2]
+    assert all(written for *_, written in recorder.epochs)  # called after the run's own callbacks
+    assert [logs["val_loss"] for _, _, logs, _ in recorder.epochs] == pytest.approx(history["val_loss"])
+    # The same object through a second fit: it sees that model's epochs too.
+    other = build_fusion_model({"a": (4,)}, 2, units=8, name="second")
+    train_model(other, _noise(0), _noise(1), epochs=2, patience=2, callbacks=[recorder])
+    assert recorder.fits == ["first", "second"]
+    assert [(name, epoch) for name, epoch, _, _ in recorder.epochs[3:]] == [("second", 0), ("second", 1)]
+
+
+def test_verbose_shows_keras_lines_per_epoch(capsys):
+    model = build_fusion_model({"a": (4,)}, 2, units=8)
+    train_model(model, _noise(0), _noise(1), epochs=2, patience=2, verbose=2)
+    printed = capsys.readouterr().out
+    assert printed.count("Epoch 1/2") == 1 and printed.count("Epoch 2/2") == 1 and printed.count("val_loss: ") == 2
+    train_model(model, _noise(0), _noise(1), epochs=2, patience=2)
+    assert capsys.readouterr().out == ""

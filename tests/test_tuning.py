@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from _run_fixtures import logged_lines
 from fusion.data import FeatureBatches, open_feature_source
 from fusion.statistics import feature_statistics
 from fusion.store import read_store_info
@@ -39,9 +40,9 @@ def data(tmp_path_factory):
 
 def _tune(data, directory, **kwargs):
     build_kwargs, train, val = data
-    lines = []
-    options = {"trials": 3, "epochs": EPOCHS, "patience": PATIENCE, "seed": 0, "log": lines.append, **kwargs}
-    return tune_head(build_kwargs, train, val, directory=directory, **options), lines
+    options = {"trials": 3, "epochs": EPOCHS, "patience": PATIENCE, "seed": 0, **kwargs}
+    with logged_lines("fusion.tuning") as lines:
+        return tune_head(build_kwargs, train, val, directory=directory, **options), lines
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,13 @@ def test_fewer_than_one_trial_is_refused(data, tmp_path, trials):
     assert not (tmp_path / "tuning").exists()
 
 
+@pytest.mark.parametrize("verbose", [2, True])
+def test_a_verbose_other_than_0_or_1_is_refused(data, tmp_path, verbose):
+    with pytest.raises(ValueError, match=rf"verbose must be 0 \(silent\) or 1 \(a line per trial\). Received: verbose={verbose}"):
+        _tune(data, tmp_path / "tuning", verbose=verbose)
+    assert not (tmp_path / "tuning").exists()
+
+
 def test_missing_keras_tuner_names_the_install_command(data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "keras_tuner", None)  # `import keras_tuner` now raises ImportError
     with pytest.raises(ImportError, match="Tuning needs KerasTuner, which is not installed. Install it with: "
@@ -177,7 +185,7 @@ def test_a_failing_trial_stops_the_search_with_its_own_error(data, tmp_path):
     # A class weight without class 1: train_model cannot weigh the validation rows of class 1.
     with pytest.raises(KeyError, match="1"):
         tune_head(build_kwargs, arrays["train"], arrays["val"], trials=3, directory=tmp_path / "tuning",
-                  epochs=EPOCHS, patience=PATIENCE, class_weight={0: 1.0}, log=lambda line: None)
+                  epochs=EPOCHS, patience=PATIENCE, class_weight={0: 1.0}, verbose=0)
     project_dir = tmp_path / "tuning" / "fusion"
     assert [path.name for path in project_dir.glob("trial_*")] == ["trial_0"]
     assert not (project_dir / "trials.csv").exists() and not (project_dir / "best.json").exists()
