@@ -620,7 +620,7 @@ def _fit_baselines(singles, folds, pool_rows, labels, seed):
         probabilities = [np.concatenate(oof) for oof in per_single]
         fit_labels = np.tile(labels[pool_rows], len(per_single[0]))
     return (WeightedAverage().fit(probabilities, fit_labels),
-            LogisticStacking(seed=seed).fit(probabilities, fit_labels))
+            LogisticStacking(random_state=seed).fit(probabilities, fit_labels))
 
 
 def _cross_validation(trained, singles, folds, pool_rows, labels, seed):
@@ -632,7 +632,7 @@ def _cross_validation(trained, singles, folds, pool_rows, labels, seed):
     fold_probabilities["weighted_average"] = cross_fitted(folds, singles_per_fold, pool_rows, pool_labels,
                                                           WeightedAverage)
     fold_probabilities["stacking"] = cross_fitted(folds, singles_per_fold, pool_rows, pool_labels,
-                                                  lambda: LogisticStacking(seed=seed))
+                                                  lambda: LogisticStacking(random_state=seed))
     return CrossValidation(
         folds=folds, pool_rows=pool_rows, pool_labels=pool_labels,
         scores={name: [fold_scores(labels[fold.val_rows], probabilities)
