@@ -11,6 +11,8 @@ _EXPORTS = {
     "LogisticStacking": "fusion.baselines",
     "WeightedAverage": "fusion.baselines",
     "average_probabilities": "fusion.baselines",
+    "LogisticStackingCombiner": "fusion.combiners",
+    "WeightedAverageCombiner": "fusion.combiners",
     "make_folds": "fusion.cross_validation",
     "fold_ensemble": "fusion.ensemble",
     "FeatureBatches": "fusion.data",
@@ -59,9 +61,11 @@ __all__ = [
     "FusionClassifier",
     "FusionRun",
     "LogisticStacking",
+    "LogisticStackingCombiner",
     "Predictions",
     "StoreInfo",
     "WeightedAverage",
+    "WeightedAverageCombiner",
     "average_probabilities",
     "bootstrap_accuracy_interval",
     "build_fusion_model",
@@ -105,9 +109,11 @@ __getattr__, __dir__ = _lazy_exports(globals(), _EXPORTS)
 
 # Importing fusion registers fusionpipe's Keras classes, so that exported models load with safe mode
 # after `import fusion`, as README.md promises: `PreprocessInput` (features.backbones), `FusionClassifier`
-# (fusion.classifier), the layers of the gated and attention heads (fusion.heads) and the layer that
-# exports before it used (fusion.export). These imports are eager; they load Keras.
+# (fusion.classifier), the baselines' combiner layers (fusion.combiners), the layers of the gated and
+# attention heads (fusion.heads) and the layer that exports before it used (fusion.export). These
+# imports are eager; they load Keras.
 from features import backbones as _backbones  # noqa: E402, F401
 from fusion import classifier as _classifier  # noqa: E402, F401
+from fusion import combiners as _combiners  # noqa: E402, F401
 from fusion import export as _export  # noqa: E402, F401
 from fusion import heads as _heads  # noqa: E402, F401

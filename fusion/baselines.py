@@ -186,16 +186,6 @@ class LogisticStacking(_ProbabilityCombiner):
         output[:, self.model_.classes_] = self.model_.predict_proba(self._features(arrays))
         return output
 
-    def to_dict(self):
-        """The fitted coefficients as plain lists, to save the stacker as JSON."""
-        check_is_fitted(self, msg=_NOT_FITTED)
-        return {
-            "classes": self.model_.classes_.tolist(),
-            "coef": self.coef_.tolist(),
-            "intercept": self.intercept_.tolist(),
-            "num_classes": self.n_classes_,
-        }
-
     def to_layer(self, name="stacking"):
         """The fitted regression as a `fusion.combiners.LogisticStackingCombiner` Keras layer.
 

@@ -16,6 +16,7 @@ from features.atomic_files import save_model_atomic
 from features.progress_log import progress_shown
 from features.tensorflow_noise import retracing_warnings_silenced
 from fusion.baselines import LogisticStacking, WeightedAverage, average_probabilities
+from fusion.combiners import WeightedAverageCombiner, combined_model
 from fusion.cross_validation import (
     CrossValidation, check_fold_options, cross_fitted, fold_scores, make_folds, out_of_fold, small_class_warning,
     store_split,
@@ -159,9 +160,7 @@ def train_run(
     trained = trainer.train_all()
     singles = [trained[name] for name in backbones]
     weighted, stacker = _fit_baselines(singles, run_folds, pool_rows, info.labels, seed)
-    write_run_json(run_dir, "models/weighted_average.json",
-                   {"backbones": list(backbones), "weights": weighted.weights_.tolist()})
-    write_run_json(run_dir, "models/stacking.json", {"backbones": list(backbones), **stacker.to_dict()})
+    _save_baselines(run_dir, [model.model for model in singles], weighted, stacker)
     test_probabilities = _test_probabilities(trained, singles, weighted, stacker, with_tta=tta)
     warnings = store_warnings(info, backbones, trainer.statistics[0])
     cross_validation = None
@@ -621,6 +620,16 @@ def _fit_baselines(singles, folds, pool_rows, labels, seed):
         fit_labels = np.tile(labels[pool_rows], len(per_single[0]))
     return (WeightedAverage().fit(probabilities, fit_labels),
             LogisticStacking(random_state=seed).fit(probabilities, fit_labels))
+
+
+def _save_baselines(run_dir, single_models, weighted, stacker):
+    # Each baseline as one Keras model over the backbones' own models (their fold ensembles), so
+    # that it loads, exports and predicts as any model of the run does.
+    for name, combiner in (("average", WeightedAverageCombiner(name="average")),
+                           ("weighted_average", weighted.to_layer("weighted_average")),
+                           ("stacking", stacker.to_layer("stacking"))):
+        record_written(run_dir, f"models/{name}.keras")
+        save_model_atomic(combined_model(single_models, combiner, name), run_dir / "models" / f"{name}.keras")
 
 
 def _cross_validation(trained, singles, folds, pool_rows, labels, seed):

@@ -160,6 +160,61 @@ def test_tta_averages_the_identity_and_every_view(xor_run):
     assert xor_run.report["test"]["fusion+tta"]["accuracy"] >= xor_run.report["test"]["fusion"]["accuracy"]
 
 
+def _test_features(run):
+    """The test rows' features and their two extra views, per backbone, as the store holds them."""
+    info = read_store_info(run.report["store"])
+    rows = info.split_rows("test")
+    with h5py.File(info.path) as store_file:
+        identity = {name: store_file["features"][name][()][rows] for name in info.backbones}
+        views = [{name: store_file["views"][name][()][rows][:, index] for name in info.backbones} for index in range(2)]
+    return identity, views
+
+
+def test_load_run_predicts_every_model_the_report_lists_as_the_report_does(xor_run):
+    run = load_run(xor_run.run_dir)
+    assert run.model_names == list(xor_run.report["test"])
+    identity, views = _test_features(run)
+    saved = np.load(run.run_dir / "predictions" / "test_probabilities.npz")
+    for name in run.model_names:  # trained models, baselines, ablations and +tta
+        probabilities = run.predict_proba(identity, model=name, view_features=views if name.endswith("+tta") else None)
+        np.testing.assert_allclose(probabilities, saved[name.replace("+", "_plus_")], atol=1e-5, err_msg=name)
+    # The baselines' model files, loaded in safe mode, give the report's test probabilities.
+    for name in ("average", "weighted_average", "stacking"):
+        model = keras.saving.load_model(run.run_dir / "models" / f"{name}.keras", safe_mode=True)
+        assert [tensor.name for tensor in model.inputs] == ["alpha", "beta"]
+        np.testing.assert_allclose(model.predict(identity, verbose=0), saved[name], atol=1e-5, err_msg=name)
+    # Loading stays cheap: the baselines load on first use, not with the run.
+    assert sorted(load_run(run.run_dir).models) == sorted(xor_run.models)
+
+
+def test_predict_proba_refuses_unknown_names_and_misplaced_views_in_one_line(xor_run):
+    run = load_run(xor_run.run_dir)
+    identity, views = _test_features(run)
+    cases = [
+        ({"model": "stacked"}, rf"Unknown model 'stacked' of run {run.run_dir}. Valid names: fusion, alpha, beta, "
+                               r"fusion_without_alpha, .*, stacking, fusion\+tta, .*, average\+tta. "
+                               r"Received: model='stacked'"),
+        ({"model": "fusion+tta"}, r"Model 'fusion\+tta' averages over the test-time views: pass view_features="
+                                  r"\[\{backbone: features of view 1\}, ...\], one dict per extra view .* "
+                                  r"Received: view_features=None"),
+        ({"model": "fusion", "view_features": views}, r"Model 'fusion' sees the identity view only; view_features are "
+                                                      r"for the test-time augmentation models \('fusion\+tta' where "
+                                                      r"the run has it\).* Received: view_features with 2 views"),
+        ({"model": "stacking+tta", "view_features": views}, r"Unknown model 'stacking\+tta'"),
+        ({"model": "alpha+tta", "view_features": [{"gamma": identity["alpha"]}]},
+         r"view_features name backbones the run does not have: \['gamma'\]. Expected some of \['alpha', 'beta'\]"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message) as raised:
+            run.predict_proba(identity, **kwargs)
+        assert "\n" not in str(raised.value)
+    # A view that leaves a backbone out uses its identity features, as training does for a backbone with fewer views.
+    only_alpha = [{"alpha": view["alpha"]} for view in views]
+    mixed = [{"alpha": view["alpha"], "beta": identity["beta"]} for view in views]
+    np.testing.assert_allclose(run.predict_proba(identity, model="fusion+tta", view_features=only_alpha),
+                               run.predict_proba(identity, model="fusion+tta", view_features=mixed), atol=1e-7)
+
+
 def test_run_folder_holds_models_histories_plots_and_config(xor_run):
     run_dir = xor_run.run_dir
     # Every file of the run is in its record, so that --overwrite can remove it and nothing else.
@@ -167,8 +222,8 @@ def test_run_folder_holds_models_histories_plots_and_config(xor_run):
     present = {path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*") if path.is_file()}
     assert present - written == {"written_files.json"} and "report.md" in written
     models = sorted(path.name for path in (run_dir / "models").iterdir())
-    assert models == ["alpha.keras", "beta.keras", "fusion.keras", "fusion_without_alpha.keras",
-                      "fusion_without_beta.keras", "stacking.json", "weighted_average.json"]
+    assert models == ["alpha.keras", "average.keras", "beta.keras", "fusion.keras", "fusion_without_alpha.keras",
+                      "fusion_without_beta.keras", "stacking.keras", "weighted_average.keras"]
     for name, training in xor_run.report["training"].items():
         with open(run_dir / "history" / f"{name}.csv") as handle:
             assert len(list(csv.DictReader(handle))) == training["epochs_run"] <= 20
@@ -278,6 +333,12 @@ def test_with_two_backbones_the_ablation_reuses_the_single_backbone_models(tmp_p
             "is a, reused rather than trained again.") in markdown
     reloaded = load_run(tmp_path / "run")
     assert reloaded.models["fusion_without_b"] is reloaded.models["a"]
+    # The reused ablation predicts under its own name, as the model it is.
+    info = read_store_info(store)
+    with h5py.File(store) as store_file:
+        features = {name: store_file["features"][name][()][info.split_rows("test")] for name in ("a", "b")}
+    np.testing.assert_array_equal(reloaded.predict_proba(features, model="fusion_without_b"),
+                                  reloaded.predict_proba(features, model="a"))
 
 
 def test_a_class_absent_from_train_is_refused_before_training(tmp_path):
