@@ -22,7 +22,12 @@ def build_parser():
     add_config_option(parser)
     source = parser.add_argument_group("model")
     source.add_argument("model", metavar="MODEL_OR_RUN",
-                        help="an exported .keras model, or a run folder (exported to RUN/exported.keras on first use)")
+                        help="an exported .keras model, or a run folder (its model exported to RUN/exported.keras, or "
+                             "RUN/exported_NAME.keras for --model NAME, on first use)")
+    source.add_argument("--model", dest="model_name", metavar="NAME", default=None,
+                        help="for a run folder, which of its models to deploy: any name its report lists (a fusion "
+                             "head, a backbone, an ablation, average, weighted_average, stacking, NAME+tta); an "
+                             "unknown name is refused with the list (default: the report's winner, summary.winner)")
     source.add_argument("--store", default=None,
                         help="a feature store for a run folder: checked against the recipe the run recorded (backbones, "
                              "input size, pooling, weights, views, ...) and refused on any difference; a matching store keeps "
@@ -31,15 +36,17 @@ def build_parser():
     source.add_argument("--export-only", action="store_true",
                         help="write the exported model and stop, classifying nothing (default: off)")
     source.add_argument("--export-to", default=None, metavar="FILE",
-                        help="where --export-only writes the exported model; needs --export-only (default: RUN/exported.keras)")
+                        help="where --export-only writes the exported model; needs --export-only (default: "
+                             "RUN/exported.keras, RUN/exported_NAME.keras with --model NAME)")
     inputs = parser.add_argument_group("images")
     inputs.add_argument("images", nargs="*", metavar="IMAGES",
                         help="image files, folders (searched recursively) or CSV files listing images")
     inputs.add_argument("--path-column", default="path",
                         help="column of image paths in CSV inputs, relative to the CSV's folder (default: path)")
-    inputs.add_argument("--views", choices=("none", "hflip", "dihedral"), default="none",
+    inputs.add_argument("--views", choices=("none", "hflip", "dihedral"), default=None,
                         help="average the probabilities over extra views of each image: hflip, or all flips and "
-                             "90-degree rotations; costs one model pass per view (default: none)")
+                             "90-degree rotations; costs one model pass per view (default: the model's own: the "
+                             "run's test-time views for a NAME+tta model, else none)")
     inputs.add_argument("--batch-size", type=int, default=16, help="images per model call (default: 16)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", default="predictions.csv", help="the CSV file to write (default: predictions.csv)")
@@ -57,7 +64,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def _check_arguments(args):
     """Every check that needs no model, before any work and before any file or folder is made."""
     from features.atomic_files import check_writable_file
-    from fusion.export import EXPORT_FILE_NAME, check_export_path
+    from fusion.export import cached_export_path, check_export_path
 
     for name, value in (("top_k", args.top_k), ("batch_size", args.batch_size)):
         if value < 1:
@@ -65,7 +72,7 @@ def _check_arguments(args):
     if args.export_only:
         if not Path(args.model).is_dir():
             raise ValueError(f"--export-only needs a run folder. Received: model={args.model!r}")
-        target = check_export_path(args.export_to or Path(args.model) / EXPORT_FILE_NAME)
+        target = check_export_path(args.export_to or cached_export_path(args.model, args.model_name))
         check_writable_file(target, "--export-to")
     else:
         if args.export_to:
@@ -86,14 +93,14 @@ def main(argv=None):
 
         _check_arguments(args)
         image_paths = None if args.export_only else gather_image_paths(args.images, path_column=args.path_column)
-        check_model_source(args.model, store=args.store)
+        check_model_source(args.model, store=args.store, model=args.model_name)
         if args.export_only:
-            exported = export_model(args.model, args.export_to, store=args.store)
+            exported = export_model(args.model, args.export_to, store=args.store, model=args.model_name)
             record_written(args.model, Path(str(exported) + ".options.json").resolve())
             save_options(args, Path(str(exported) + ".options.json"))
             print(f"exported model: {exported}")
             return 0
-        model = load_classifier(args.model, store=args.store)
+        model = load_classifier(args.model, store=args.store, model=args.model_name)
         predictions = predict_images(model, image_paths, batch_size=args.batch_size, views=args.views,
                                      progress=not args.no_progress)
         if Path(args.model).is_dir():  # files written into the run folder are the run's to replace

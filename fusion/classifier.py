@@ -1,7 +1,7 @@
 """The exported model: per backbone a resize and a frozen feature extractor, then the fusion head.
 
 `FusionClassifier` holds its parts as attributes (`backbones`, `input_sizes`, `head`,
-`class_names`, `fusionpipe_version`) and saves them through `get_config`, as KerasHub's
+`class_names`, `fusionpipe_version`, `model_name`, `test_time_views`) and saves them through `get_config`, as KerasHub's
 `ImageClassifier` keeps its backbone and preprocessor: code that needs a part reads the attribute
 instead of looking for layers by name.
 """
@@ -9,6 +9,7 @@ instead of looking for layers by name.
 import keras
 
 from features import __version__ as FUSIONPIPE_VERSION
+from features.views import DIHEDRAL_VIEWS
 
 
 def _input_sizes(backbone_names, backbones):
@@ -31,6 +32,15 @@ def _input_sizes(backbone_names, backbones):
     return sizes
 
 
+def _check_views(views):
+    views = tuple(str(view) for view in (views or ()))
+    unknown = [view for view in views if view not in DIHEDRAL_VIEWS]
+    if unknown:
+        raise ValueError(f"Unknown test-time view {unknown[0]!r}. Valid names: {', '.join(DIHEDRAL_VIEWS)}. "
+                         f"Received: test_time_views={list(views)}")
+    return views
+
+
 @keras.saving.register_keras_serializable(package="fusionpipe")
 class FusionClassifier(keras.Model):
     """One model from raw RGB pixels (0..255, any size) to class probabilities.
@@ -45,9 +55,16 @@ class FusionClassifier(keras.Model):
     Args:
         backbones: dict backbone name -> feature extractor taking square images of one size (see
             `features.create_backbone`); `input_sizes` is read from them.
-        head: the trained fusion model, whose inputs are named by backbone.
+        head: the run's model on features (a fusion head, a backbone's own model, a baseline),
+            whose inputs are named by backbone.
         class_names: the names of the classes, in the order of the probabilities.
         fusionpipe_version: the fusionpipe version that built the model (default: None, this one).
+        model_name: the name of the run's model the head is, as the report lists it (`fusion`,
+            `stacking`, `resnet50+tta`, ...) (default: None: the run's fusion head, as in files
+            exported before models were named).
+        test_time_views: the extra views (e.g. `("hflip",)`) that `fusion.predict_images`
+            averages over by default: those of training's test-time augmentation for a `+tta`
+            model (default: (), none).
 
     Example:
         >>> classifier = FusionClassifier({"resnet50": create_backbone("resnet50")}, head, ["cat", "dog"])
@@ -55,10 +72,15 @@ class FusionClassifier(keras.Model):
         (8, 2)
     """
 
-    def __init__(self, backbones, head, class_names, fusionpipe_version=None, **kwargs):
+    def __init__(self, backbones, head, class_names, fusionpipe_version=None, model_name=None, test_time_views=(),
+                 **kwargs):
         # The head's input order, so that a reloaded model wires its layers in the same order.
         backbone_names = [tensor.name for tensor in head.inputs]
         sizes = _input_sizes(backbone_names, backbones)
+        if head.name in backbone_names:
+            # A backbone's own model bears the backbone's name, which `resized_input_model` gives its
+            # input: the same layers, under another name.
+            head = keras.Model({tensor.name: tensor for tensor in head.inputs}, head.output, name=f"{head.name}_head")
         # Sub-models are set before the functional init, as KerasHub's tasks do.
         self.backbones = {name: backbones[name] for name in backbone_names}
         self.head = head
@@ -73,6 +95,8 @@ class FusionClassifier(keras.Model):
         self.input_sizes = sizes
         self.class_names = tuple(str(name) for name in class_names)
         self.fusionpipe_version = str(fusionpipe_version or FUSIONPIPE_VERSION)
+        self.model_name = None if model_name is None else str(model_name)
+        self.test_time_views = _check_views(test_time_views)
 
     def resized_input_model(self):
         """The same extractors and head as a model with one input per backbone, already resized to its size.
@@ -98,6 +122,8 @@ class FusionClassifier(keras.Model):
             "head": keras.saving.serialize_keras_object(self.head),
             "class_names": list(self.class_names),
             "fusionpipe_version": self.fusionpipe_version,
+            "model_name": self.model_name,
+            "test_time_views": list(self.test_time_views),
             "name": self.name,
         }
 

@@ -1,7 +1,10 @@
 """Export a finished run as one Keras model from raw pixels to class probabilities.
 
 The exported model holds, per backbone, the same resize, `preprocess_input`, frozen backbone and
-pooling that made the store, then the run's trained fusion head. It is one `.keras` file that
+pooling that made the store, then one model of the run: by default the report's winner, or any
+model the report lists (`model=`): a fusion head, a backbone's own model, an ablation, a baseline
+(whose combiner is a layer of `fusion.combiners`) or a `+tta` model (the model, with the
+test-time views recorded for `predict_images` to average over). It is one `.keras` file that
 reloads with `keras.saving.load_model(path, safe_mode=True)` once `fusion` is imported (importing
 it registers fusionpipe's `PreprocessInput` layer and the `FusionClassifier` model). The model is a
 `fusion.classifier.FusionClassifier`: its parts are attributes, not layers found again by name.
@@ -13,6 +16,7 @@ model file is written whole or not at all (temporary, fsync, rename), so concurr
 one run each leave a whole file.
 """
 
+import warnings
 from pathlib import Path
 
 import keras
@@ -23,9 +27,14 @@ from features.backbones import weights_sha256
 from features.recipe import FeatureRecipe
 from features.atomic_files import save_model_atomic
 from fusion.classifier import FusionClassifier
-from fusion.saved_run import load_run, read_run_config
+from fusion.model_names import TTA_SUFFIX, base_model, model_backbones
+from fusion.saved_run import (
+    check_model_name, default_model_name, load_run, read_run_config, read_run_report, run_model_names,
+)
 from fusion.run_folder import record_written
 
+# A run folder's cached export of its default model (the report's winner); another model's is
+# `exported_<MODEL>.keras` beside it.
 EXPORT_FILE_NAME = "exported.keras"
 
 
@@ -175,22 +184,66 @@ def _check_weights_file(recipe):
             f"trained on. Put the original file back (see --weights). Received: weights_sha256={found!r}")
 
 
-def build_pixel_model(fusion_model, recipes, class_names):
-    """A `FusionClassifier` of resize, backbone and pooling per backbone and `fusion_model`, from one image input.
+def build_pixel_model(head, recipes, class_names, model_name=None, test_time_views=()):
+    """A `FusionClassifier` of resize, backbone and pooling per backbone and `head`, from one image input.
 
     Args:
-        fusion_model: a trained fusion model whose input names are backbone names.
+        head: a model of the run on features (fusion head, backbone's model, baseline) whose
+            input names are backbone names; only those backbones are built.
         recipes: dict backbone -> its `FeatureRecipe` (see `feature_recipes`).
         class_names: the class names, kept in the model.
+        model_name: the report's name of `head`, kept in the model (default: None, the fusion head).
+        test_time_views: extra views `predict_images` averages over by default (default: (), none).
 
     Example:
         >>> model = build_pixel_model(run.fusion_model, feature_recipes("cache.h5", run.backbones), run.class_names)
     """
     extractors = {}
-    for backbone in (tensor.name for tensor in fusion_model.inputs):
+    for backbone in (tensor.name for tensor in head.inputs):
         _check_weights_file(recipes[backbone])
         extractors[backbone] = recipes[backbone].create_backbone()
-    return FusionClassifier(extractors, fusion_model, class_names)
+    return FusionClassifier(extractors, head, class_names, model_name=model_name, test_time_views=test_time_views)
+
+
+def export_model_name(run_dir, model=None):
+    """The name of the run's model to export: `model`, checked against the names the report lists, else the default.
+
+    The default is the report's winner (see `fusion.saved_run.default_model_name`). Reads
+    config.json and report.json only, so a bad name is refused before any model loads.
+
+    Args:
+        run_dir: a folder written by `run_train.py`.
+        model: a name the report lists (default: None, the report's winner).
+
+    Example:
+        >>> export_model_name("runs/exp1")
+        'stacking'
+    """
+    read_run_config(run_dir)  # an unfinished run is named by its first missing file, as load_run names it
+    report = read_run_report(run_dir)
+    if model is None:
+        return default_model_name(report, run_dir)
+    return check_model_name(model, run_model_names(report), run_dir)
+
+
+def cached_export_path(run_dir, model=None):
+    """Where a run folder keeps its export of a model: `exported.keras` for the default, `exported_<MODEL>.keras` else.
+
+    Example:
+        >>> cached_export_path("runs/exp1", "fusion")
+        PosixPath('runs/exp1/exported_fusion.keras')
+    """
+    name = export_model_name(run_dir, model)
+    default = default_model_name(read_run_report(run_dir), run_dir)
+    return Path(run_dir) / (EXPORT_FILE_NAME if name == default else f"exported_{name}.keras")
+
+
+def _test_time_views(model_name, recipes, head):
+    # Training's TTA averages view k of every backbone (the identity where a backbone has fewer),
+    # so the export takes the longest list of views among the head's backbones.
+    if not model_name.endswith(TTA_SUFFIX):
+        return ()
+    return max((tuple(recipes[tensor.name].views or ()) for tensor in head.inputs), key=len)
 
 
 def check_export_path(out):
@@ -209,37 +262,70 @@ def check_export_path(out):
     return out
 
 
-def export_model(run_dir, out=None, store=None):
-    """Export the fusion model of a finished run as one pixels-to-probabilities `.keras` file.
+def export_model(run_dir, out=None, store=None, model=None):
+    """Export a model of a finished run (by default the report's winner) as one pixels-to-probabilities `.keras` file.
 
-    The file is written whole or not at all: to a temporary in the same folder, then renamed,
-    so a kill leaves the old file (or none) and two exports at once both leave a whole file.
+    Any model the report lists exports: a fusion head, a backbone's own model (one backbone in
+    the file), an ablation, `average`, `weighted_average`, `stacking`, or a `<model>+tta` (that
+    model, recording the run's test-time views, which `predict_images` then averages over). The
+    file is written whole or not at all: to a temporary in the same folder, then renamed, so a
+    kill leaves the old file (or none) and two exports at once both leave a whole file.
 
     Args:
         run_dir: a folder written by `run_train.py`.
-        out: the `.keras` file to write (default: `RUN_DIR/exported.keras`).
+        out: the `.keras` file to write (default: `RUN_DIR/exported.keras` for the default model,
+            `RUN_DIR/exported_<MODEL>.keras` for another).
         store: a feature store to check against the recipes the run recorded, refused on any
             difference; runs that recorded none take their recipes from it (default: None, the
             run's own record, else the store its config.json names).
+        model: the name of the model, as the report lists it (default: None, the report's
+            winner, `summary.winner`).
 
     Example:
         >>> model_path = export_model("runs/exp1")
+        >>> stacking_path = export_model("runs/exp1", model="stacking")
     """
-    out = check_export_path(Path(out) if out else Path(run_dir) / EXPORT_FILE_NAME)
+    out = check_export_path(out) if out else None  # a bad name is refused before the run is read
+    name = export_model_name(run_dir, model)
+    out = out or check_export_path(cached_export_path(run_dir, name))
     run = load_run(run_dir)
+    winner = run.report.get("summary", {}).get("winner")
+    if model is None and winner and name != winner:
+        warnings.warn(f"The winner {winner!r} of run {run_dir} has no models/{base_model(winner)}.keras (runs "
+                      f"before the baselines were saved as models); exporting its fusion head {name!r} instead. Train "
+                      f"the run again to deploy the winner.", stacklevel=2)
     recipes = run_recipes(run_dir, store)
-    model = build_pixel_model(run.fusion_model, recipes, run.class_names)
+    head = run.keras_model(name)
+    model = build_pixel_model(head, recipes, run.class_names, name, _test_time_views(name, recipes, head))
     out.parent.mkdir(parents=True, exist_ok=True)
     record_written(run_dir, out.resolve())  # only when it lies in the run folder
     save_model_atomic(model, out)
     return out
 
 
-def matches_run(model, run_dir):
-    """Whether an exported model has the run's class names and, per backbone, the recorded input size.
+def exported_model_name(model, run_dir):
+    """The name of the run's model an exported `FusionClassifier` holds; exports that name none hold the fusion head.
 
-    A cheap check that a cached export was made from this run's recipe (one made from another
-    store, or by a version before `FusionClassifier`, is not).
+    Example:
+        >>> exported_model_name(keras.saving.load_model("runs/exp1/exported.keras"), "runs/exp1")
+        'stacking'
+    """
+    if model.model_name is not None:
+        return model.model_name
+    return read_run_report(run_dir).get("summary", {}).get("fusion_head", "fusion")
+
+
+def matches_run(model, run_dir, model_name=None):
+    """Whether an exported model holds the named model of the run, with its class names and recorded input sizes.
+
+    A cheap check that a cached export was made from this run's recipe and holds the model asked
+    for (one made from another store, of another model, or by a version before
+    `FusionClassifier`, is not).
+
+    Args:
+        model: a loaded exported model.
+        run_dir: a folder written by `run_train.py`.
+        model_name: the model it should hold (default: None, the run's default, the report's winner).
 
     Example:
         >>> matches_run(keras.saving.load_model("runs/exp1/exported.keras"), "runs/exp1")
@@ -248,10 +334,14 @@ def matches_run(model, run_dir):
     if not isinstance(model, FusionClassifier):
         return False
     config = read_run_config(run_dir)
+    held = exported_model_name(model, run_dir)
+    if held != export_model_name(run_dir, model_name):
+        return False
     expected = {name: recipe.input_size for name, recipe in recorded_recipes(config).items() if recipe is not None}
     sizes = model.input_sizes
-    return (tuple(model.class_names) == tuple(config["class_names"]) and set(sizes) == set(config["backbones"])
-            and all(sizes[name] == size for name, size in expected.items()))
+    backbones = model_backbones(held, config["backbones"])
+    return (tuple(model.class_names) == tuple(config["class_names"]) and set(sizes) == set(backbones)
+            and all(sizes[name] == size for name, size in expected.items() if name in sizes))
 
 
 def class_names_of(model):

@@ -13,7 +13,10 @@ from features.atomic_files import open_atomic
 from features.images import UnreadableImageError, prepare_views
 from features.views import view_names
 from fusion.classifier import FusionClassifier
-from fusion.export import EXPORT_FILE_NAME, class_names_of, export_model, matches_run, records_recipes, run_recipes
+from fusion.export import (
+    cached_export_path, class_names_of, export_model, export_model_name, exported_model_name, matches_run,
+    records_recipes, run_recipes,
+)
 from fusion.saved_run import ModelFileError, load_keras_file
 
 
@@ -38,11 +41,12 @@ class Predictions:
         return np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
 
 
-def check_model_source(model_or_run, store=None):
-    """Refuse a model argument that cannot work, before any work: a missing path, `store` with a model file.
+def check_model_source(model_or_run, store=None, model=None):
+    """Refuse model arguments that cannot work, before any work: a missing path, `store` or `model` with a model file.
 
     With a run folder, `store` is checked against the recipe the run recorded (see
-    `fusion.export.check_store_recipes`), so a store made otherwise is refused here.
+    `fusion.export.check_store_recipes`), so a store made otherwise is refused here, and `model`
+    against the names its report lists.
 
     Example:
         >>> check_model_source("runs/exp1", store="cache_64px.h5")
@@ -51,6 +55,8 @@ def check_model_source(model_or_run, store=None):
     """
     path = Path(model_or_run)
     if path.is_dir():
+        if model is not None:
+            export_model_name(path, model)
         if store is not None:
             run_recipes(path, store)
         return path
@@ -58,53 +64,66 @@ def check_model_source(model_or_run, store=None):
         raise FileNotFoundError(
             f"Model not found: {path.resolve()}. Expected an exported .keras file or a run folder written by run_train.py."
         )
-    if store is not None:
-        raise ValueError(
-            f"--store applies to a run folder, whose recipe it is checked against; the exported model {path} already "
-            f"holds its backbones and is used as it is. Drop --store, or pass the run folder. Received: store={str(store)!r}"
-        )
+    for flag, value in (("--store", store), ("--model", model)):
+        if value is not None:
+            what = "whose recipe it is checked against" if flag == "--store" else "whose report names its models"
+            raise ValueError(
+                f"{flag} applies to a run folder, {what}; the exported model {path} already holds its backbones and "
+                f"model and is used as it is. Drop {flag}, or pass the run folder. Received: {flag[2:]}={str(value)!r}"
+            )
     return path
 
 
-def load_classifier(model_or_run, store=None):
-    """Load an exported model from a `.keras` file, or from a run folder (exporting it there once).
+def load_classifier(model_or_run, store=None, model=None):
+    """Load an exported model from a `.keras` file, or from a run folder (exporting its model there once).
 
-    A run folder's `exported.keras` is reused when it loads and matches the run; one that does
-    not (cut short by a kill, damaged) is exported again, with a warning that says so. With
-    `store`, the store is first checked against the run's recorded recipe and refused on any
-    difference; when it matches, the export made from that recipe is reused. A run that recorded
-    no recipe is exported again from `store`.
+    From a run folder, the model is `model` or by default the report's winner; its export is
+    cached as `exported.keras` (the default) or `exported_<MODEL>.keras`, and reused when it loads
+    and holds that model of the run; one that does not (cut short by a kill, damaged, of another
+    model or recipe) is exported again, with a warning that says so. With `store`, the store is
+    first checked against the run's recorded recipe and refused on any difference; when it
+    matches, the export made from that recipe is reused. A run that recorded no recipe is
+    exported again from `store`.
 
     Args:
         model_or_run: an exported `.keras` file, or a folder written by `run_train.py`.
         store: the run's feature store, checked against the run's recorded recipe (default:
             None, the run's own record, else the store its config.json names).
+        model: for a run folder, the model to load, as the report names it (default: None, the
+            report's winner).
 
     Example:
         >>> model = load_classifier("runs/exp1")
+        >>> stacking = load_classifier("runs/exp1", model="stacking")
     """
-    path = check_model_source(model_or_run, store)
+    path = check_model_source(model_or_run, store, model)
     if not path.is_dir():
         return load_keras_file(path, "export it again with `python run_predict.py RUN_DIR --export-only`")
-    exported = path / EXPORT_FILE_NAME
+    name = export_model_name(path, model)
+    exported = cached_export_path(path, name)
     remedy = "delete it to export the run again"
     if exported.is_file() and (store is None or records_recipes(path)):
         try:
-            model = load_keras_file(exported, remedy)
+            loaded = load_keras_file(exported, remedy)
         except ModelFileError as error:
             warnings.warn(f"{exported} {error.reason}; exporting the run again.", stacklevel=2)
         else:
-            if matches_run(model, path):
-                return model
-            if isinstance(model, FusionClassifier):
-                reason = "was not made from this run's recipe (input sizes or class names differ)"
-            else:
+            if matches_run(loaded, path, name):
+                return loaded
+            if not isinstance(loaded, FusionClassifier):
                 reason = "is not a FusionClassifier (an export of an older fusionpipe?)"
+            elif exported_model_name(loaded, path) != name:
+                reason = f"holds model {exported_model_name(loaded, path)!r}, not {name!r}"
+            else:
+                reason = "was not made from this run's recipe (input sizes or class names differ)"
             warnings.warn(f"{exported} {reason}; exporting the run again.", stacklevel=2)
     elif exported.is_file():
         warnings.warn(f"Run {path} records no feature recipe to check {exported} against; exporting it again from "
                       f"--store {store}.", stacklevel=2)
-    export_model(path, exported, store=store)
+    if model is None:
+        export_model(path, exported, store=store)  # the default, resolved there (and a fallback from the winner said)
+    else:
+        export_model(path, exported, store=store, model=model)
     return load_keras_file(exported, remedy)
 
 
@@ -131,7 +150,7 @@ def _prepare(path, decode_size, views, input_sizes):
     return [{name: by_size[size][index] for name, size in input_sizes.items()} for index in range(len(views))], None
 
 
-def predict_images(model, image_paths, batch_size=16, views="none", progress=False):
+def predict_images(model, image_paths, batch_size=16, views=None, progress=False):
     """Class probabilities of an exported model for image files; unreadable files are skipped.
 
     Images are decoded and resized in background threads while the model runs in fixed-size
@@ -141,7 +160,8 @@ def predict_images(model, image_paths, batch_size=16, views="none", progress=Fal
         model: an exported model (see `load_classifier`).
         image_paths: paths of image files.
         batch_size: images per model call (default: 16).
-        views: extra views to average over: "none", "hflip" or "dihedral" (default: "none").
+        views: extra views to average over: "none", "hflip" or "dihedral" (default: None, the
+            model's `test_time_views`: those of training for a `+tta` export, else none).
         progress: show a progress bar on stderr (default: False).
 
     Example:
@@ -149,8 +169,8 @@ def predict_images(model, image_paths, batch_size=16, views="none", progress=Fal
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive number of images. Received: batch_size={batch_size}")
-    all_views = ("identity",) + tuple(view_names(views))
     class_names = class_names_of(model)
+    all_views = ("identity",) + (tuple(model.test_time_views) if views is None else tuple(view_names(views)))
     # One input per backbone at its fixed size: calling `model` on ever new image sizes would trace it for each.
     fixed_size_model, input_sizes = model.resized_input_model(), dict(model.input_sizes)
     decode_size = max(input_sizes.values())

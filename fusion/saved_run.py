@@ -162,7 +162,7 @@ class FusionRun:
 
     @property
     def fusion_model(self):
-        """The chosen fusion head's model (its fold ensemble after cross-validation): what export_model exports."""
+        """The chosen fusion head's model (its fold ensemble after cross-validation); export_model exports the winner."""
         return self.models[self.fusion_head]
 
     def predict_proba(self, features, model="fusion", batch_size=256, view_features=None):

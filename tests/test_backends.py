@@ -40,7 +40,8 @@ print(json.dumps({{
     "models": sorted(run.models),
     "reload_difference": float(np.abs(run.fusion_model.predict(features_now, verbose=0)
                                       - reloaded.fusion_model.predict(features_now, verbose=0)).max()),
-    "export_difference": float(np.abs(from_pixels - run.fusion_model.predict(features_now, verbose=0)).max()),
+    "export_difference": float(np.abs(from_pixels - reloaded.predict_proba(features_now,
+                                                                           model=exported.model_name)).max()),
 }}))
 """
 

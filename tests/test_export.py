@@ -20,13 +20,25 @@ from fusion.export import build_pixel_model, class_names_of, export_model, featu
 from fusion.synthetic import write_synthetic_store
 
 
-def store_path_probabilities(store, run_dir):
-    """Probabilities of the run's fusion model on the stored features, keyed by image path."""
-    run = __import__("fusion").load_run(run_dir)
+def stored_features(store, with_views=False):
+    """The image paths of a store, its features per backbone and (with_views) its one extra view per backbone."""
     with h5py.File(store, "r") as handle:
         paths = [path.decode() if isinstance(path, bytes) else path for path in handle["images/path"][:]]
         stored = {name: handle[f"features/{name}"][:].astype("float32") for name in BACKBONES}
-    return paths, run.fusion_model.predict(stored, verbose=0)
+        views = {name: handle[f"views/{name}"][:, 0].astype("float32") for name in BACKBONES} if with_views else None
+    return paths, stored, views
+
+
+def store_path_probabilities(store, run_dir, model_name):
+    """Probabilities of a model of the run (as the report names it) on the stored features, and the image paths."""
+    run = __import__("fusion").load_run(run_dir)
+    paths, stored, views = stored_features(store, with_views=model_name.endswith("+tta"))
+    return paths, run.predict_proba(stored, model=model_name, view_features=[views] if views else None)
+
+
+def _images(data, paths):
+    # The test images are all of one size, so one batch holds them.
+    return np.stack([features.load_image(data / path, min_size=INPUT_SIZE).astype("float32") for path in paths])
 
 
 def exported_probabilities(model, data, paths):
@@ -39,7 +51,7 @@ def exported_probabilities(model, data, paths):
 def test_exported_model_matches_store_plus_head(request, dtype, tolerance):
     data, store, run_dir = request.getfixturevalue(f"{dtype}_run")
     model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
-    paths, expected = store_path_probabilities(store, run_dir)
+    paths, expected = store_path_probabilities(store, run_dir, model.model_name)
     actual = exported_probabilities(model, data, paths)
     assert actual.shape == (len(paths), 2)
     np.testing.assert_allclose(actual, expected, atol=tolerance)
@@ -59,23 +71,25 @@ def test_exported_model_carries_class_names_and_no_lambda(float32_run):
 def test_exported_model_holds_its_parts_as_attributes(float32_run):
     _, store, run_dir = float32_run
     model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    run = __import__("fusion").load_run(run_dir)
     assert isinstance(model, FusionClassifier)
     assert model.class_names == ("class_0", "class_1")
-    assert model.input_sizes == {name: INPUT_SIZE for name in sorted(BACKBONES)}
-    assert sorted(model.backbones) == sorted(BACKBONES) and model.fusionpipe_version == features.__version__
-    assert all(model.backbones[name].input_shape == (None, INPUT_SIZE, INPUT_SIZE, 3) for name in BACKBONES)
-    # The head attribute is the trained fusion model: on the stored features it gives the run's probabilities.
-    run = __import__("fusion").load_run(run_dir)
-    with h5py.File(store, "r") as handle:
-        stored = {name: handle[f"features/{name}"][:].astype("float32") for name in BACKBONES}
-    np.testing.assert_allclose(model.head.predict(stored, verbose=0), run.fusion_model.predict(stored, verbose=0),
-                               atol=1e-6)
+    # By default the report's winner, with the backbones its model takes.
+    assert model.model_name == run.report["summary"]["winner"] and model.test_time_views == ()
+    backbones = sorted(tensor.name for tensor in run.keras_model(model.model_name).inputs)
+    assert model.input_sizes == {name: INPUT_SIZE for name in backbones}
+    assert sorted(model.backbones) == backbones and model.fusionpipe_version == features.__version__
+    assert all(model.backbones[name].input_shape == (None, INPUT_SIZE, INPUT_SIZE, 3) for name in backbones)
+    # The head attribute is that model of the run: on the stored features it gives the run's probabilities.
+    _, stored, _ = stored_features(store)
+    np.testing.assert_allclose(model.head.predict(stored, verbose=0),
+                               run.predict_proba(stored, model=model.model_name), atol=1e-6)
 
 
 def test_reloaded_model_matches_the_head_on_the_stored_features_within_1e_5(float32_run):
     data, store, run_dir = float32_run
     model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
-    paths, expected = store_path_probabilities(store, run_dir)
+    paths, expected = store_path_probabilities(store, run_dir, model.model_name)
     # The images resized as precompute resizes them: the extractors and head alone must give the stored path's numbers.
     resized = {name: np.stack([features.resize_image(features.load_image(data / path), size) for path in paths])
                for name, size in model.input_sizes.items()}
@@ -170,7 +184,7 @@ def test_class_names_of_a_plain_model_is_an_error():
         class_names_of(model)
 
 
-def tiny_classifier(sizes, class_names=("class_0", "class_1"), fusionpipe_version=None):
+def tiny_classifier(sizes, class_names=("class_0", "class_1"), fusionpipe_version=None, model_name=None):
     """A FusionClassifier of pooling-only extractors, one per backbone of `sizes`, and a one-layer head."""
     extractors = {}
     for name, size in sizes.items():
@@ -180,7 +194,7 @@ def tiny_classifier(sizes, class_names=("class_0", "class_1"), fusionpipe_versio
     joined = keras.layers.Concatenate()([inputs[name] for name in sorted(inputs)]) if len(inputs) > 1 else \
         next(iter(inputs.values()))
     head = keras.Model(inputs, keras.layers.Dense(len(class_names), activation="softmax")(joined), name="fusion")
-    return FusionClassifier(extractors, head, class_names, fusionpipe_version=fusionpipe_version)
+    return FusionClassifier(extractors, head, class_names, fusionpipe_version=fusionpipe_version, model_name=model_name)
 
 
 def test_fusion_classifier_round_trips_its_config():
@@ -314,10 +328,17 @@ def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run):
 
     _, _, run_dir = float32_run
     assert matches_run(keras.saving.load_model(run_dir / "exported.keras", safe_mode=True), run_dir)
-    assert matches_run(tiny_classifier({"mobilenet_v2": 32, "densenet121": 32}), run_dir)
-    assert not matches_run(tiny_classifier({"mobilenet_v2": 64, "densenet121": 32}), run_dir)  # made from a 64 px store
-    assert not matches_run(tiny_classifier({"mobilenet_v2": 32}), run_dir)
-    assert not matches_run(tiny_classifier({"mobilenet_v2": 32, "densenet121": 32}, ("cat", "dog")), run_dir)
+    both = {"mobilenet_v2": 32, "densenet121": 32}
+    assert matches_run(tiny_classifier(both, model_name="fusion"), run_dir, "fusion")
+    assert not matches_run(tiny_classifier({"mobilenet_v2": 64, "densenet121": 32}, model_name="fusion"), run_dir,
+                           "fusion")  # made from a 64 px store
+    assert not matches_run(tiny_classifier({"mobilenet_v2": 32}, model_name="fusion"), run_dir, "fusion")
+    assert not matches_run(tiny_classifier(both, ("cat", "dog"), model_name="fusion"), run_dir, "fusion")
+    # An export of another model of the run is not the one asked for; one that names none holds the fusion head.
+    assert not matches_run(tiny_classifier(both, model_name="stacking"), run_dir, "fusion")
+    assert matches_run(tiny_classifier(both), run_dir, "fusion")
+    assert matches_run(tiny_classifier({"mobilenet_v2": 32}, model_name="mobilenet_v2"), run_dir, "mobilenet_v2")
+    assert not matches_run(tiny_classifier(both, model_name="mobilenet_v2"), run_dir, "mobilenet_v2")
 
 
 def test_an_export_written_before_fusion_classifier_loads_but_does_not_match_the_run(float32_run, tmp_path):
@@ -355,12 +376,12 @@ def test_a_cross_validated_run_exports_the_fold_ensemble_of_its_chosen_head(floa
     run = __import__("fusion").train_run(store, run_dir, fusion=[fusion], folds=2, units=8, epochs=2, patience=2,
                                          batch_size=8, ablation=False, verbose=0)
     assert run.report["summary"]["fusion_head"] == f"{fusion}_fusion"
-    model = keras.saving.load_model(export_model(run_dir), safe_mode=True)
+    model = keras.saving.load_model(export_model(run_dir, model=f"{fusion}_fusion"), safe_mode=True)
     # One graph: each backbone once, the head averaging the two fold models of the chosen head.
     fold_models = [layer.name for layer in model.head.layers if isinstance(layer, keras.Model)]
     assert fold_models == [f"{fusion}_fusion_repeat1_fold1", f"{fusion}_fusion_repeat1_fold2"]
     assert sorted(model.backbones) == sorted(BACKBONES)
-    paths, expected = store_path_probabilities(store, run_dir)
+    paths, expected = store_path_probabilities(store, run_dir, f"{fusion}_fusion")
     np.testing.assert_allclose(exported_probabilities(model, data, paths), expected, atol=1e-4)
 
 
@@ -373,3 +394,118 @@ def test_the_report_takes_each_backbones_extraction_cost_from_the_store(float32_
     assert report["cost"]["precompute_seconds_per_image"] == pytest.approx(per_image)
     assert report["cost"]["models"]["fusion"]["precompute_seconds_per_image"] == pytest.approx(sum(per_image.values()))
     assert report["cost"]["models"]["average"]["training_seconds_in_all"] > 0
+
+
+def _with_tta_in_report(run_dir, tmp_path):
+    """A copy of the run whose report lists `fusion+tta`, as a run trained with --tta does (its store has hflip views)."""
+    copy = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("exported*.keras"))
+    report = json.loads((copy / "report.json").read_text())
+    report["test"]["fusion+tta"] = report["test"]["fusion"]
+    (copy / "report.json").write_text(json.dumps(report))
+    return copy
+
+
+KINDS = ["fusion", "mobilenet_v2", "average", "weighted_average", "stacking", "fusion+tta"]
+
+
+def test_export_model_puts_the_named_model_of_the_run_in_the_pixel_model(float32_run, tmp_path, monkeypatch):
+    import fusion.export
+    from fusion.saved_run import load_run
+
+    _, _, run_dir = float32_run
+    run_copy = _with_tta_in_report(run_dir, tmp_path)
+    run = load_run(run_copy)
+
+    class Built(Exception):
+        pass
+
+    def capture(head, recipes, class_names, model_name, test_time_views):
+        raise Built([tensor.name for tensor in head.inputs], head.name, model_name, tuple(test_time_views))
+
+    monkeypatch.setattr(fusion.export, "build_pixel_model", capture)
+    for name in KINDS:
+        with pytest.raises(Built) as built:
+            export_model(run_copy, tmp_path / "x.keras", model=name)
+        inputs, head_name, model_name, views = built.value.args
+        assert (head_name, model_name) == (run.keras_model(name).name, name)
+        assert sorted(inputs) == (["mobilenet_v2"] if name == "mobilenet_v2" else sorted(BACKBONES))
+        assert views == (("hflip",) if name == "fusion+tta" else ())
+    assert run.keras_model("fusion+tta") is run.keras_model("fusion") is run.models["fusion"]
+    assert run.keras_model("stacking").name == "stacking"
+
+
+def test_every_kind_of_model_in_the_pixel_model_matches_load_run(float32_run, tmp_path):
+    # The extractors are built once and shared (a real export per kind would cost a backbone
+    # build, save, load and trace each); test_predict exports a baseline through run_predict --model.
+    from fusion.export import run_recipes
+    from fusion.predict import predict_images
+    from fusion.saved_run import load_run
+
+    data, store, run_dir = float32_run
+    run_copy = _with_tta_in_report(run_dir, tmp_path)
+    run = load_run(run_copy)
+    recipes = run_recipes(run_copy)
+    extractors = {name: recipes[name].create_backbone() for name in BACKBONES}
+    paths, stored, views = stored_features(store, with_views=True)
+    images = _images(data, paths)
+    seen = {}
+    for name in KINDS:
+        head = run.keras_model(name)
+        model = FusionClassifier({tensor.name: extractors[tensor.name] for tensor in head.inputs}, head,
+                                 run.class_names, model_name=name,
+                                 test_time_views=("hflip",) if name.endswith("+tta") else ())
+        expected = run.predict_proba(stored, model=name, view_features=[views] if name.endswith("+tta") else None)
+        if name.endswith("+tta"):
+            # predict_images averages over the recorded views, as training's TTA averaged the store's.
+            actual = predict_images(model, [data / path for path in paths]).probabilities
+        else:
+            # Eagerly: predict_on_batch would trace each classifier's backbones again.
+            actual = keras.ops.convert_to_numpy(model(images, training=False))
+        np.testing.assert_allclose(actual, expected, atol=1e-4, err_msg=name)
+        seen[name] = expected
+    # Each kind is its own model, not the fusion head under another name (the weighted average
+    # may put all its weight on one backbone, so it is not compared with that one).
+    assert all(np.abs(seen[name] - seen["fusion"]).max() > 1e-4 for name in KINDS[1:])
+    assert np.abs(seen["average"] - seen["mobilenet_v2"]).max() > 1e-4
+    assert np.abs(seen["stacking"] - seen["average"]).max() > 1e-4
+
+
+def test_an_unknown_model_name_is_refused_before_the_run_loads(float32_run, tmp_path, monkeypatch):
+    import fusion.export
+
+    _, _, run_dir = float32_run
+    monkeypatch.setattr(fusion.export, "load_run", lambda *args: pytest.fail("loaded the run"))
+    with pytest.raises(ValueError, match=rf"Unknown model 'stacked' of run {run_dir}. Valid names: fusion, "
+                                         rf"densenet121, mobilenet_v2, average, weighted_average, stacking. "
+                                         rf"Received: model='stacked'") as raised:
+        export_model(run_dir, tmp_path / "x.keras", model="stacked")
+    assert "\n" not in str(raised.value) and not (tmp_path / "x.keras").exists()
+
+
+def test_the_default_is_the_winner_and_its_cached_file_is_exported_keras(float32_run, tmp_path, monkeypatch):
+    import fusion.export
+    from fusion.export import cached_export_path, export_model_name
+    from fusion.saved_run import load_run
+
+    _, _, run_dir = float32_run
+    winner = json.loads((run_dir / "report.json").read_text())["summary"]["winner"]
+    assert export_model_name(run_dir) == winner == load_run(run_dir).default_model
+    assert cached_export_path(run_dir) == cached_export_path(run_dir, winner) == run_dir / "exported.keras"
+    other = next(name for name in ("fusion", "stacking") if name != winner)
+    assert cached_export_path(run_dir, other) == run_dir / f"exported_{other}.keras"
+    # A run from before the baselines were saved as models, whose winner is one, deploys its fusion head, saying so.
+    old_run = shutil.copytree(run_dir, tmp_path / "old_run", ignore=shutil.ignore_patterns("exported*.keras"))
+    report = json.loads((old_run / "report.json").read_text())
+    report["summary"]["winner"] = "stacking+tta"
+    (old_run / "report.json").write_text(json.dumps(report))
+    (old_run / "models" / "stacking.keras").unlink()
+    assert export_model_name(old_run) == "fusion" and cached_export_path(old_run) == old_run / "exported.keras"
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(fusion.export, "run_recipes", lambda *args: (_ for _ in ()).throw(Stop()))
+    with pytest.warns(UserWarning, match=r"The winner 'stacking\+tta' of run .* has no models/stacking.keras \(runs "
+                                         r"before the baselines were saved as models\); exporting its fusion head "
+                                         r"'fusion' instead"), pytest.raises(Stop):
+        export_model(old_run)

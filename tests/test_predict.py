@@ -355,3 +355,63 @@ def test_a_damaged_run_is_one_line_naming_the_file(float32_run, tmp_path, capsys
     code, _, err = _run_cli([run_copy, image_paths(data)[0], "--out", tmp_path / "p.csv"], capsys)
     assert code == 2 and err == [err[0]] and err[0].startswith(f"run_predict.py: error: {message.format(run=run_copy)}")
     assert not (tmp_path / "p.csv").exists() and not (run_copy / "exported.keras").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--export-only"]])
+def test_an_unknown_model_name_is_one_line_listing_the_valid_ones_before_any_work(float32_run, tmp_path, capsys,
+                                                                                   monkeypatch, extra):
+    import fusion.export
+    import fusion.predict
+
+    data, _, run_dir = float32_run
+    for module, name in ((fusion.predict, "load_classifier"), (fusion.predict, "predict_images"),
+                         (fusion.export, "export_model"), (fusion.export, "load_run")):
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: pytest.fail("work began"))
+    images = [] if extra else [image_paths(data)[0]]
+    code, _, err = _run_cli([run_dir, *images, "--model", "stacked", "--out", tmp_path / "p.csv", *extra], capsys)
+    assert code == 2 and err == [
+        f"run_predict.py: error: Unknown model 'stacked' of run {run_dir}. Valid names: fusion, densenet121, "
+        f"mobilenet_v2, average, weighted_average, stacking. Received: model='stacked'"]
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_model_applies_to_a_run_folder_not_an_exported_file(float32_run, tmp_path, capsys):
+    data, _, run_dir = float32_run
+    code, _, err = _run_cli([run_dir / "exported.keras", image_paths(data)[0], "--model", "fusion",
+                             "--out", tmp_path / "p.csv"], capsys)
+    assert code == 2 and err == [
+        f"run_predict.py: error: --model applies to a run folder, whose report names its models; the exported model "
+        f"{run_dir / 'exported.keras'} already holds its backbones and model and is used as it is. Drop --model, or "
+        f"pass the run folder. Received: model='fusion'"]
+
+
+def test_cli_model_deploys_a_baseline_and_does_not_reuse_an_export_of_another_model(float32_run, tmp_path, capsys):
+    from fusion.run_folder import _read_written
+    from fusion.saved_run import load_run
+
+    data, store, run_dir = float32_run
+    run_copy = _copy_run(run_dir, tmp_path)
+    winner = load_run(run_copy).default_model
+    name = next(name for name in ("stacking", "weighted_average") if name != winner)
+    cached = run_copy / f"exported_{name}.keras"
+    cached.write_bytes((run_copy / "exported.keras").read_bytes())  # an export of the winner, under this name
+    out = tmp_path / "p.csv"
+    argv = [run_copy, data, "--model", name, "--out", out, "--all-probabilities", "--no-progress"]
+    code, _, err = _run_cli(argv, capsys)
+    assert code == 0
+    assert err == [f"run_predict.py: warning: {cached} holds model {winner!r}, not {name!r}; exporting the run again."]
+    model = keras.saving.load_model(cached, safe_mode=True)
+    assert model.model_name == name and f"exported_{name}.keras" in _read_written(run_copy)
+    # The CSV's probabilities are the baseline's on the stored features of the same images.
+    rows = {row["path"]: row for row in csv.DictReader(open(out, encoding="utf-8"))}
+    import h5py
+
+    with h5py.File(store, "r") as handle:
+        paths = [path.decode() for path in handle["images/path"][:]]
+        stored = {backbone: handle[f"features/{backbone}"][:].astype("float32") for backbone in handle["features"]}
+    expected = load_run(run_copy).predict_proba(stored, model=name)
+    actual = np.array([[float(rows[str(data / path)][f"p_class_{index}"]) for index in range(2)] for path in paths])
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
+    # The second prediction reuses the export, without a word; the default export is left as it was.
+    assert _run_cli(argv, capsys)[::2] == (0, [])
+    assert keras.saving.load_model(run_copy / "exported.keras", safe_mode=True).model_name == winner
