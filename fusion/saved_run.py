@@ -100,7 +100,7 @@ class FusionRun:
 
     @property
     def default_model(self):
-        """The report's winner on test (`summary.winner`): what `export_model` and `run_predict.py` deploy by default."""
+        """The report's winner on test (`summary.winner`): what `export_model` and `run_predict.py` deploy."""
         return default_model_name(self.report, self.run_dir)
 
     def keras_model(self, model):

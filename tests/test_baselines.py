@@ -80,7 +80,8 @@ def test_a_stacked_array_of_n_models_c_is_the_same_as_the_list(estimator):
     as_list = clone(estimator).fit([PROBABILITIES_A, PROBABILITIES_B], FIT_LABELS)
     stacked = np.stack([PROBABILITIES_A, PROBABILITIES_B], axis=1)  # (N, M, C)
     as_array = clone(estimator).fit(stacked, FIT_LABELS)
-    np.testing.assert_allclose(as_array.predict_proba(stacked), as_list.predict_proba([PROBABILITIES_A, PROBABILITIES_B]))
+    np.testing.assert_allclose(as_array.predict_proba(stacked),
+                               as_list.predict_proba([PROBABILITIES_A, PROBABILITIES_B]))
     with pytest.raises(ValueError, match=r"or an \(N, M, C\) array. Received: an array of shape \(60, 3\)"):
         clone(estimator).fit(PROBABILITIES_A, FIT_LABELS)
 

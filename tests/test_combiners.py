@@ -44,7 +44,8 @@ def test_stacking_layer_gives_the_estimators_probabilities(case):
 def test_weighted_average_layer_gives_the_estimators_probabilities(case):
     classes, present = CASES[case]
     fit = _probabilities(80, classes, 3, seed=4)
-    fit[1] = np.eye(classes, dtype="float32")[labels := np.random.default_rng(5).choice(present, 80)] * 0.9 + 0.1 / classes
+    labels = np.random.default_rng(5).choice(present, 80)
+    fit[1] = np.eye(classes, dtype="float32")[labels] * 0.9 + 0.1 / classes  # an informative model
     weighted = WeightedAverage().fit(fit, labels)
     new = _probabilities(50, classes, 3, seed=6)
     np.testing.assert_allclose(_layer_output(weighted.to_layer(), new), weighted.predict_proba(new), atol=1e-6)
