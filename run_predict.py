@@ -86,6 +86,9 @@ def main(argv=None):
     args = parse_args_with_config(parser, argv)
     with exit_on_user_error(parser.prog), warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
+        from features.tensorflow_noise import import_keras_quietly
+
+        import_keras_quietly()  # TensorFlow's start-up notices are not this script's output
         from fusion.export import export_model
         from fusion.image_inputs import gather_image_paths
         from fusion.predict import check_model_source, load_classifier, predict_images, write_predictions_csv
