@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench notebook clean
 
 $(VENV)/.runtime-installed: requirements.txt requirements-hub.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 demo: $(VENV)/.runtime-installed
 	$(PY) examples/demo.py
 
+# Runs examples/quickstart.ipynb and saves it with its outputs, as it is committed.
+notebook: $(VENV)/.dev-installed
+	$(PY) examples/execute_notebook.py
+
 # Two workers (pytest-xdist): the suite is mostly single-threaded graph tracing, so two cores halve it.
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -n 2
@@ -34,4 +38,4 @@ bench: $(VENV)/.runtime-installed
 	$(PY) benchmarks/bench_cli.py
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out quickstart_out .pytest_cache

@@ -111,7 +111,11 @@ __getattr__, __dir__ = _lazy_exports(globals(), _EXPORTS)
 # after `import fusion`, as README.md promises: `PreprocessInput` (features.backbones), `FusionClassifier`
 # (fusion.classifier), the baselines' combiner layers (fusion.combiners), the layers of the gated and
 # attention heads (fusion.heads) and the layer that exports before it used (fusion.export). These
-# imports are eager; they load Keras.
+# imports are eager; they load Keras, with TensorFlow's start-up notices held back (in a notebook
+# they would fill the import cell: features.tensorflow_noise).
+from features.tensorflow_noise import import_keras_quietly as _import_keras_quietly  # noqa: E402
+
+_import_keras_quietly()
 from features import backbones as _backbones  # noqa: E402, F401
 from fusion import classifier as _classifier  # noqa: E402, F401
 from fusion import combiners as _combiners  # noqa: E402, F401

@@ -112,7 +112,7 @@ def _tiebreak_reason(report, winner, other):
     if test[winner]["log_loss"] != test[other]["log_loss"]:
         return (f"the same {right} test images right as {other}, and log loss {test[winner]['log_loss']:.3f} against "
                 f"{test[other]['log_loss']:.3f}")
-    return f"equal to {other} in both, so in the report's order"
+    return f"the same {right} test images right and the same log loss as {other}, so the report's order decides"
 
 
 def _winner_paragraph(report):
