@@ -109,9 +109,11 @@ def _tiebreak_reason(report, winner, other):
     right, other_right = _images_right(report, winner), _images_right(report, other)
     if right != other_right:
         return f"{right} test images right against {other_right} for {other}"
-    if test[winner]["log_loss"] != test[other]["log_loss"]:
-        return (f"the same {right} test images right as {other}, and log loss {test[winner]['log_loss']:.3f} against "
-                f"{test[other]['log_loss']:.3f}")
+    ours, theirs = test[winner]["log_loss"], test[other]["log_loss"]
+    if ours != theirs:
+        # As many decimals as it takes to show the difference that decided it (0.0121 against 0.0124).
+        digits = next((d for d in range(3, 9) if f"{ours:.{d}f}" != f"{theirs:.{d}f}"), 9)
+        return f"the same {right} test images right as {other}, and log loss {ours:.{digits}f} against {theirs:.{digits}f}"
     return f"the same {right} test images right and the same log loss as {other}, so the report's order decides"
 
 

@@ -289,6 +289,9 @@ def test_a_tie_in_test_images_goes_to_the_lower_log_loss_and_a_real_lead_says_ho
     assert ("with stacking (0.820): it has the same 82 of the 100 test images right. Listed first by the tiebreak "
             "(more test images right, then lower log loss): fusion, with the same 82 test images right as stacking, "
             "and log loss 0.300 against 0.390.") in _render_markdown({**by_hand, "plots": {}})
+    # Log losses equal to three decimals get the decimals that show the difference which decided it.
+    by_hand["test"]["stacking"]["log_loss"] = 0.3004
+    assert "and log loss 0.3000 against 0.3004." in _render_markdown({**by_hand, "plots": {}})
 
 
 def test_when_another_model_wins_the_report_shows_per_class_scores_and_confusion_of_both():
