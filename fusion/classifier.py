@@ -89,9 +89,13 @@ class FusionClassifier(keras.Model):
             for name, size in sizes.items()
         }
         images = keras.Input(shape=(None, None, 3), name="image", dtype="float32")
-        features = {name: self.backbones[name](self.resizers[name](images)) for name in backbone_names}
+        # training=False is part of the graph, as the Keras transfer-learning guide wires a frozen base: a
+        # direct call `classifier(images)` leaves `training` unset, and the BatchNormalization layers of a
+        # reloaded backbone (trainable again) would then normalise by the batch, not by their statistics.
+        features = {name: self.backbones[name](self.resizers[name](images), training=False)
+                    for name in backbone_names}
         kwargs.setdefault("name", "fusionpipe_classifier")
-        super().__init__(inputs=images, outputs=head(features), **kwargs)
+        super().__init__(inputs=images, outputs=head(features, training=False), **kwargs)
         self.input_sizes = sizes
         self.class_names = tuple(str(name) for name in class_names)
         self.fusionpipe_version = str(fusionpipe_version or FUSIONPIPE_VERSION)
@@ -112,8 +116,8 @@ class FusionClassifier(keras.Model):
         """
         inputs = {name: keras.Input((size, size, 3), name=name, dtype="float32")
                   for name, size in self.input_sizes.items()}
-        features = {name: self.backbones[name](inputs[name]) for name in inputs}
-        return keras.Model(inputs, self.head(features), name=f"{self.name}_resized_input")
+        features = {name: self.backbones[name](inputs[name], training=False) for name in inputs}
+        return keras.Model(inputs, self.head(features, training=False), name=f"{self.name}_resized_input")
 
     def get_config(self):
         # Not chained to super: the functional config would rebuild a plain keras.Model (as in KerasHub's Task).

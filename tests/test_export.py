@@ -509,3 +509,16 @@ def test_the_default_is_the_winner_and_its_cached_file_is_exported_keras(float32
                                          r"before the baselines were saved as models\); exporting its fusion head "
                                          r"'fusion' instead"), pytest.raises(Stop):
         export_model(old_run)
+
+
+def test_calling_the_reloaded_export_directly_gives_what_predict_gives(float32_run):
+    # `model(images)` leaves `training` unset; the graph fixes it to False, so a reloaded backbone's
+    # BatchNormalization layers use their statistics, not the batch's (0.84 apart before it did).
+    _, _, run_dir = float32_run
+    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 44, 52, 3)).astype("float32")
+    expected = model.predict_on_batch(images)
+    np.testing.assert_allclose(np.asarray(model(images)), expected, atol=1e-5)
+    resized = model.resized_input_model()
+    inputs = {name: np.asarray(model.resizers[name](images)) for name in model.backbones}
+    np.testing.assert_allclose(np.asarray(resized(inputs)), expected, atol=1e-5)
