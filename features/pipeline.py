@@ -19,6 +19,7 @@ from features.dataset import discover_images
 from features.extractors import ExtractorSet
 from features.images import DEFAULT_MAX_PIXELS, check_max_pixels
 from features.progress_log import progress_shown
+from features.ray_precompute import DEFAULT_SHARD_ROWS, check_ray_options, run_sharded
 from features.recipe import FeatureRecipe
 from features.reconcile import create_store, drop_unreadable_rows, reconcile
 from features.summary import PrecomputeSummary, write_skipped_csv
@@ -117,12 +118,30 @@ def _options_in_effect(given, created_with, weights_label):
     return in_effect, differing
 
 
-def _add_backbones(store_path, models, dtype, wanted, extra_views):
+def _add_backbones(store_path, models, dtype, wanted, extra_views, virtual):
     # The feature shape (spatial maps with pooling none) comes from the built model.
     with feature_store.rewrite_store(store_path) as store:
         for name, model in models.items():
             feature_store.add_backbone(store, name, model.output_shape[1:], dtype, wanted[name].to_attrs(),
-                                       extra_views)
+                                       extra_views, virtual=virtual)
+
+
+def _virtual_backbones(store_path):
+    with feature_store.open_store(store_path) as store:
+        return feature_store.virtual_backbones(store)
+
+
+def _merge(store_path):
+    """Copy every row kept in shard files into the store, then delete those files."""
+    files = feature_store.merge_shards(store_path)
+    feature_store.remove_unused_shards(store_path, files)
+
+
+def _refuse_sharded_without_ray(store_path, sharded):
+    raise ValueError(
+        f"Store {store_path} keeps the features of {', '.join(sharded)} in shard files (it was made with --ray), "
+        f"and this run would add rows to them: run it with --ray (e.g. --ray local), or add --merge to copy them "
+        f"into the store first. Received: ray=None, merge=False")
 
 
 def _read_progress(store_path, backbones):
@@ -148,7 +167,8 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                test_fraction=0.1, csv=None, csv_path_column="path", csv_label_column="label",
                csv_split_column="split", on_change="refuse", retry_skipped=False, decode_workers=None, progress=True,
                split_map=None, recursive=False, min_images_per_class=1, require_all=False,
-               allow_outside_data=False, max_pixels=DEFAULT_MAX_PIXELS):
+               allow_outside_data=False, max_pixels=DEFAULT_MAX_PIXELS, ray=None, workers=None,
+               shard_rows=DEFAULT_SHARD_ROWS, merge=False):
     """Compute the features of every readable image of `data` with each backbone into store `out`.
 
     Resumable: run it again with the same arguments after an interruption and it continues;
@@ -193,6 +213,14 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
             path, a symlink pointing out); otherwise they are left out as "outside DATA" (default: False).
         max_pixels: images of more pixels (width x height) are skipped from their header, before
             decoding; None leaves only Pillow's own limit (default: 40,000,000).
+        ray: run the compute on Ray: "local" (a Ray started on this machine), "auto" (the cluster
+            `ray start` joined this machine to) or a cluster address; DATA and the store's folder
+            must be on storage every node sees. Rows go to shard files in `OUT.shards/` that the
+            store maps as HDF5 virtual datasets (default: None, one process, Ray not imported).
+        workers: Ray workers (default: None, one per GPU of the cluster, else half its CPUs).
+        shard_rows: rows per shard, the unit a worker computes and a retry repeats (default: 2048).
+        merge: make the store self-contained: rows kept in shard files are copied into it, and a
+            Ray run copies its shards in as they finish (default: False).
 
     Returns:
         A `PrecomputeSummary`.
@@ -203,6 +231,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         {'resnet50': 120}
     """
     started = time.perf_counter()
+    check_ray_options(ray, workers, shard_rows)
     backbones, poolings, extra_views = _check_arguments(backbones, pooling, dtype, precision, on_change, views, batch_size,
                                               decode_workers, max_pixels)
     input_sizes = {name: check_input_size(name, input_size) for name in backbones}
@@ -246,21 +275,43 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
         added, missing, retried = (0, 0, 0) if created else reconcile(store_path, table, on_change, retry_skipped)
         extractors = ExtractorSet(input_sizes, weight_files, poolings, seed, precision)
         if to_add:
-            _add_backbones(store_path, extractors.build(to_add), dtype, wanted, extra_views)
+            # A Ray run's new backbones map shard files (virtual datasets); with --merge they are copied in.
+            _add_backbones(store_path, extractors.build(to_add), dtype, wanted, extra_views,
+                           virtual=ray is not None and not merge)
         paths, done, reused, todo_rows, active = _read_progress(store_path, backbones)
-        models = extractors.build(active)
+        sharded = [name for name in _virtual_backbones(store_path) if name in active] if len(todo_rows) else []
+        if sharded and ray is None:
+            if not merge:
+                _refuse_sharded_without_ray(store_path, sharded)
+            _merge(store_path)
         computed, skipped_now, timings, compute_seconds = {name: 0 for name in backbones}, 0, {}, {}
-        if len(todo_rows):
+        sharding, decoded = None, len(todo_rows)
+        if len(todo_rows) and ray is not None:
+            settings = dict(input_sizes=input_sizes, weight_files=weight_files, poolings=poolings, seed=seed,
+                            precision=precision, dtype=dtype, extra_views=tuple(extra_views), batch_size=batch_size,
+                            decode_workers=decode_workers, max_pixels=max_pixels, data_root=str(table.root),
+                            store_folder=str(store_path.parent),
+                            shards_folder=str(feature_store.shards_folder(store_path)))
+            recipes = {name: wanted[name].to_attrs() for name in backbones}
+            computed, skipped_now, sharding = run_sharded(
+                store_path, table.root, paths, todo_rows, done, active, recipes,
+                set(_virtual_backbones(store_path)), settings, address=ray, workers=workers,
+                shard_rows=shard_rows, progress=progress)
+            compute_seconds, timings["prepare"] = sharding.compute_seconds, sharding.decode_seconds
+            decoded = sharding.decoded_images
+        elif len(todo_rows):
             # Images are read from DATA as given now, not from the stored data_root: a data
             # folder moved since the store was made (same files, same fingerprints) still reads.
             computed, skipped_now, timings, compute_seconds = compute_missing_rows(
-                store_path, table.root, paths, todo_rows, done, models, active, input_sizes, extra_views,
-                batch_size, decode_workers, progress, max_pixels)
+                store_path, table.root, paths, todo_rows, done, extractors.build(active), active, input_sizes,
+                extra_views, batch_size, decode_workers, progress, max_pixels)
         timings = {"build": extractors.build_seconds, **timings}
         dropped_classes = drop_unreadable_rows(store_path, backbones)
+        if merge:
+            _merge(store_path)
         skipped, image_count, class_names = _read_outcome(store_path)
         write_skipped_csv(skipped_csv, skipped + table.left_out)
     return PrecomputeSummary(str(out), image_count, computed, reused, skipped, skipped_now, added, missing,
                              time.perf_counter() - started, timings, table.left_out, str(skipped_csv),
                              dropped_classes, class_names, retried, in_effect, differing,
-                             compute_seconds=compute_seconds, decoded_images=len(todo_rows))
+                             compute_seconds=compute_seconds, decoded_images=decoded, sharding=sharding)

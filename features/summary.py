@@ -45,6 +45,8 @@ class PrecomputeSummary:
             adds them up over runs in `/cost/features/<backbone>` (default: empty).
         decoded_images: images decoded and resized in this run, unreadable ones included; their
             seconds are `timings["prepare"]` (default: 0).
+        sharding: how a `--ray` run's shards and workers went, a
+            `features.ray_precompute.ShardingReport` (default: None, a run in one process).
     """
 
     store_path: str
@@ -66,6 +68,7 @@ class PrecomputeSummary:
     options_differing: dict = dataclasses.field(default_factory=dict)
     compute_seconds: dict = dataclasses.field(default_factory=dict)
     decoded_images: int = 0
+    sharding: object = None
 
     @property
     def seconds_per_image(self):
@@ -88,6 +91,8 @@ class PrecomputeSummary:
         if self.decoded_images and "prepare" in self.timings:
             lines.append(f"  decode and resize: {self.timings['prepare'] / self.decoded_images:.3g} s/image "
                          f"(one decode serves every backbone)")
+        if self.sharding is not None:
+            lines.extend(self.sharding.lines())
         if self.added_images:
             lines.append(f"  added {self.added_images} new image(s) to the store")
         if self.retried:

@@ -6,7 +6,8 @@ that is fsynced and `os.replace`d over the store; feature datasets are created a
 with their chunks allocated at once and no compression, so filling rows writes raw data
 only; and rows are marked done in `/progress/<backbone>` only after their features, and the
 CRC32 of each row in `/checksums/<features|views>/<backbone>`, are on disk. What a run measured
-(`/cost`) is added in the same way, as raw data.
+(`/cost`) is added in the same way, as raw data. A sharded (`--ray`) run keeps rows in shard files
+instead, written whole and renamed, which the store maps with HDF5 virtual datasets (`_virtual`).
 
 Every refusal of a damaged or unfinished store is a `StoreError`, one line that says what is
 wrong and how to finish or rebuild the store.
@@ -53,6 +54,26 @@ from features.store._read import (
     read_index,
     read_run_rows,
 )
+from features.store._shards import (
+    ShardResult,
+    ShardTask,
+    ShardWriter,
+    commit_copied,
+    commit_mapped,
+    plan_shards,
+    read_finished,
+    shards_folder,
+)
+from features.store._virtual import (
+    RowSpan,
+    create_virtual,
+    merge_shards,
+    read_spans,
+    remove_unused_shards,
+    shard_files,
+    spans_of_rows,
+    virtual_backbones,
+)
 from features.store._write import (
     RowFiller,
     create_store,
@@ -61,12 +82,21 @@ from features.store._write import (
 )
 
 __all__ = [
+    "shards_folder",
+    "read_finished",
+    "plan_shards",
+    "commit_mapped",
+    "commit_copied",
+    "ShardWriter",
+    "ShardTask",
+    "ShardResult",
     "add_backbone",
     "check_finished",
     "check_store",
     "CHECKSUMS_SINCE",
     "COST_COLUMNS",
     "create_store",
+    "create_virtual",
     "feature_attrs",
     "FeatureRows",
     "FeatureStore",
@@ -74,6 +104,7 @@ __all__ = [
     "h5py_version",
     "load_store",
     "MAX_READ_SPAN",
+    "merge_shards",
     "open_store",
     "open_to_resume",
     "options_json",
@@ -81,13 +112,18 @@ __all__ = [
     "read_index",
     "read_options",
     "read_run_rows",
+    "read_spans",
     "REBUILD",
     "rebuild_rows",
     "remove_stale_temporary",
+    "remove_unused_shards",
     "rewrite_store",
     "RowFiller",
+    "RowSpan",
     "RunRows",
     "seconds_per_image",
+    "shard_files",
+    "spans_of_rows",
     "SPLITS",
     "store_errors",
     "store_lock",
@@ -97,5 +133,6 @@ __all__ = [
     "StoreIndex",
     "STRING_DTYPE",
     "verify_store",
+    "virtual_backbones",
     "write_plain_store",
 ]

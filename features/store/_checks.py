@@ -8,6 +8,7 @@ import numpy as np
 
 from features.store._files import REBUILD, StoreError, _damaged, _is_hdf5, open_store, store_errors
 from features.store._layout import CHECKSUMS_SINCE, SPLITS, _decode_attr, _read_strings
+from features.store._virtual import check_sources
 
 
 def _row_checksums(values):
@@ -251,6 +252,8 @@ def check_store(store_file, path, *, finished=True, require_features=True):
         if len(lengths) != 3 or len(set(lengths.values())) != 1:
             raise _damaged(path, "/skipped/path, /skipped/reason and /skipped/fingerprint do not line up",
                            f"rows={lengths}")
+    # Rows kept in shard files (a --ray run) must still be there: HDF5 would read a lost file as zeros.
+    check_sources(store_file, path, backbones)
     if finished:
         check_finished(store_file, backbones, path)
     return backbones

@@ -165,8 +165,9 @@ def rewrite_store(store_path, copy=True):
         shutil.copyfile(store_path, temporary)
     try:
         # The HDF5 1.8 format checksums its metadata, so a flipped byte there is an error, not a wrong
-        # value. Not 1.10: its superblock stays marked "open for write" after a kill, refusing readers.
-        with h5py.File(temporary, "a" if copy else "w", libver=("v108", "v108")) as store:
+        # value. Not 1.10 as the lowest: its superblock stays marked "open for write" after a kill,
+        # refusing readers. 1.10 as the highest only lets virtual datasets (shards) be written.
+        with h5py.File(temporary, "a" if copy else "w", libver=("v108", "v110")) as store:
             yield store
         _fsync_path(temporary)
         os.replace(temporary, store_path)

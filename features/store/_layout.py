@@ -130,16 +130,27 @@ def _read_skipped(store):
     return _read_strings(group["path"]), _read_strings(group["reason"]), group["fingerprint"][()]
 
 
-def add_backbone(store, name, row_shape, dtype, attrs, view_names=()):
-    """Create `/features/<name>`, `/progress/<name>`, their checksums and, with views, `/views/<name>` at full size."""
+def add_backbone(store, name, row_shape, dtype, attrs, view_names=(), virtual=False):
+    """Create `/features/<name>`, `/progress/<name>`, their checksums and, with views, `/views/<name>` at full size.
+
+    With `virtual`, `/features/<name>` and `/views/<name>` are virtual datasets that map no row
+    yet: a sharded run maps them onto its shard files (`features.store._virtual`).
+    """
+    from features.store._virtual import create_virtual
+
     count = store["images/path"].shape[0]
-    features = _create_preallocated(store.require_group("features"), name, (count,) + tuple(row_shape), dtype)
+
+    def create(group, shape):
+        if virtual:
+            return create_virtual(store.require_group(group), name, shape, dtype, [])
+        return _create_preallocated(store.require_group(group), name, shape, dtype)
+
+    features = create("features", (count,) + tuple(row_shape))
     for key, value in attrs.items():
         features.attrs[key] = value
     _create_preallocated(store.require_group("checksums/features"), name, (count,), np.uint32)
     if view_names:
-        views = _create_preallocated(store.require_group("views"), name,
-                                    (count, len(view_names)) + tuple(row_shape), dtype)
+        views = create("views", (count, len(view_names)) + tuple(row_shape))
         _set_strings_attr(views, "view_names", view_names)
         for key, value in attrs.items():
             views.attrs[key] = value

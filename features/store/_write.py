@@ -19,6 +19,7 @@ from features.store._layout import (
     _write_skipped,
 )
 from features.store._checks import _row_checksums
+from features.store._virtual import copy_dataset
 
 
 def _copy_rows(source, target, keep_rows, block=256):
@@ -76,11 +77,8 @@ def rebuild_rows(store_path, keep_rows, new_rows=None, class_names=None, skipped
             if group_name not in old:
                 continue
             for name, dataset in old[group_name].items():
-                shape = (len(keep_rows) + len(new_rows["paths"]),) + dataset.shape[1:]
-                target = _create_preallocated(new.require_group(group_name), name, shape, dataset.dtype)
-                for key, value in dataset.attrs.items():
-                    target.attrs[key] = value
-                _copy_rows(dataset, target, keep_rows)
+                # Rows in shard files stay there: only their mapping changes (`_virtual.copy_dataset`).
+                copy_dataset(dataset, new.require_group(group_name), name, keep_rows, len(new_rows["paths"]))
         _copy_costs(old, new)
         if skipped is None:
             skipped = _read_skipped(old)

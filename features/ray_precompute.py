@@ -1,0 +1,316 @@
+"""The compute step of a run spread over Ray workers: shards planned here, computed by actors, joined to the store.
+
+Ray Core actors, one per worker (`ShardWorker`), rather than a Ray Data `map_batches` pipeline:
+each actor builds its backbones once and decodes its own images next to them, so only a
+shard's row list crosses the cluster, never pixels; and each shard lands in a file of its own
+whose name the driver chose, which is what lets a killed driver's finished shards be found and
+reused, and a lost worker's shard be counted and given to another.
+
+The driver (this module) holds the store's writer lock for the whole run; workers write only
+their shard files. See `features.shards` for the shard files and how they join the store.
+"""
+
+import collections
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from features.shard_worker import ShardWorker, thread_settings
+from features.store import commit_copied, commit_mapped, plan_shards, read_finished, shards_folder
+
+logger = logging.getLogger(__name__)
+
+# A shard lost this many times (its worker died each time) stops the run: something kills the workers.
+MAX_ATTEMPTS = 4
+DEFAULT_SHARD_ROWS = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerReport:
+    """What one Ray worker did: its host and process, the shards and images it computed, and its seconds."""
+
+    worker: int
+    host: str
+    pid: int
+    shards: int
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self):
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingReport:
+    """How a `--ray` run's shards went.
+
+    Args:
+        address: the Ray cluster joined ("local" for one started on this machine).
+        workers: one `WorkerReport` per worker.
+        computed: shards computed in this run.
+        reused: shards a stopped run had finished, found in the shards folder and reused.
+        retried: shard attempts lost with their worker (killed, out of memory) and given out again.
+        shard_rows: rows per shard.
+        seconds: wall time from the first shard given out to the last one back.
+        images: images in the shards computed in this run.
+        compute_seconds: backbone -> seconds its predict calls took in the shards joined now.
+        decode_seconds: seconds decoding and resizing took in them.
+        decoded_images: images decoded in them.
+    """
+
+    address: str
+    workers: tuple
+    computed: int
+    reused: int
+    retried: int
+    shard_rows: int
+    seconds: float
+    images: int
+    compute_seconds: dict = dataclasses.field(default_factory=dict)
+    decode_seconds: float = 0.0
+    decoded_images: int = 0
+
+    def lines(self):
+        """The summary lines of the sharded compute: the cluster's images/s, then one line per worker."""
+        rate = f", {self.images / self.seconds:.1f} images/s over the cluster" if self.seconds and self.images else ""
+        lines = [f"  Ray ({self.address}, {len(self.workers)} worker(s), {self.shard_rows} rows per shard): "
+                 f"{self.computed} shard(s) computed, {self.reused} reused from a stopped run, "
+                 f"{self.retried} retried after a worker was lost{rate}"]
+        for report in self.workers:
+            lines.append(f"    worker {report.worker} on {report.host} (pid {report.pid}): {report.shards} shard(s), "
+                         f"{report.images} images, {report.images_per_second:.1f} images/s")
+        return lines
+
+
+def check_ray_options(ray, workers, shard_rows):
+    """Refuse bad `--ray`, `--workers` or `--shard-rows` values before any file is read."""
+    if ray is not None and (not isinstance(ray, str) or not ray.strip()):
+        raise ValueError(f"ray must be 'local', 'auto' or a cluster address such as 10.0.0.5:6379. Received: ray={ray!r}")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, or None for the default. Received: workers={workers!r}")
+    if not isinstance(shard_rows, int) or isinstance(shard_rows, bool) or shard_rows < 1:
+        raise ValueError(f"shard_rows must be a positive integer. Received: shard_rows={shard_rows!r}")
+    if ray is None and workers is not None:
+        raise ValueError(f"workers applies to a run on Ray: add ray='local' (--ray local) or a cluster address. "
+                         f"Received: workers={workers!r}, ray=None")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--ray needs the ray package: pip install 'ray>=2.9' (it is in requirements.txt). "
+                         "Received: ray not installed") from None
+    return ray
+
+
+def connect(address, num_cpus=None):
+    """Join the Ray cluster at `address` ("local" starts one here); returns (ray, whether this call started it).
+
+    A Ray already initialised in this process (a notebook, a test's `ray.init(num_cpus=2)`) is used as it is.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        return ray, False
+    # The driver's own logs stay quiet; a worker's error still reaches the driver as an exception.
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+    if address == "local":
+        ray.init(num_cpus=num_cpus, **options)
+    else:
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as error:
+            raise ValueError(f"No Ray cluster answers at {address!r} ({error}). Start one with `ray start --head` "
+                             f"(or name a running cluster's address), or use --ray local to run Ray on this machine "
+                             f"only. Received: ray={address!r}") from None
+    return ray, True
+
+
+def _worker_resources(ray, workers):
+    """(workers, CPUs per worker, GPUs per worker) from the cluster's resources."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    # One worker per GPU: a backbone's batch fills one GPU, and two workers on one would fight for its memory.
+    workers = workers or gpus or max(1, int(cpus) // 2)
+    return workers, cpus / workers, 1 if gpus else 0
+
+
+def _package_root():
+    """The folder that holds the `features` package, so workers import the driver's code."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def start_workers(ray, workers, settings):
+    """Start the worker actors; returns the list of handles and the CPUs each got."""
+    import keras
+
+    workers, cpus, gpus = _worker_resources(ray, workers)
+    threads = max(1, int(cpus))
+    environment = {**thread_settings(threads), "KERAS_BACKEND": keras.backend.backend(),
+                   "PYTHONPATH": os.pathsep.join([_package_root()] + [p for p in os.environ.get("PYTHONPATH", "").split(
+                       os.pathsep) if p])}
+    actor = ray.remote(ShardWorker).options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+        runtime_env={"env_vars": environment})
+    return [actor.remote(settings) for _ in range(workers)]
+
+
+def check_workers_see(ray, actors, data_root, sample_path, shards):
+    """Refuse, in one line, a run whose workers cannot see DATA or write the shards folder."""
+    for host, problem in ray.get([actor.where.remote(sample_path) for actor in actors]):
+        if problem:
+            raise ValueError(
+                f"A Ray worker on host {host} cannot see its input: {problem}. DATA and the folder of --out must be "
+                f"on storage every node sees, at the same path (a shared file system). Received: DATA={data_root}, "
+                f"shards folder={shards}")
+
+
+def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
+    """Give `tasks` out to `actors` one at a time each, retry shards lost with a worker, join each to the store.
+
+    Shards whose backbones are all ordinary datasets are copied into the store as they come back;
+    those of virtual backbones are mapped in one rewrite at the end (one copy of the small store,
+    not one per shard).
+
+    Returns:
+        (results, retried, worker reports by actor index, seconds).
+    """
+    from tqdm import tqdm
+
+    folder = Path(store_path).parent
+    results, retried = [], 0
+    attempts = collections.Counter()
+    pending = collections.deque(tasks)
+    in_flight = {}
+    idle = list(range(len(actors)))
+    stats = {index: dict(host="?", pid=0, shards=0, images=0, seconds=0.0) for index in range(len(actors))}
+    bar = tqdm(total=sum(len(task.rows) for task in tasks), unit="img", file=sys.stderr, disable=not progress,
+               desc="precompute (ray)")
+    started = time.perf_counter()
+    try:
+        while pending or in_flight:
+            while pending and idle:
+                index, task = idle.pop(), pending.popleft()
+                attempts[task.index] += 1
+                in_flight[actors[index].compute.remote(task)] = (index, task)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            index, task = in_flight.pop(ready[0])
+            idle.append(index)
+            try:
+                host, pid, seconds, _ = ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                # The worker died mid-shard (killed, out of memory): Ray restarts it, the shard goes out again.
+                if attempts[task.index] >= MAX_ATTEMPTS:
+                    raise RuntimeError(f"Shard {task.file} was lost with its worker {attempts[task.index]} times; "
+                                       f"something kills the workers (out of memory?). Finished shards are kept: run "
+                                       f"the same command again to continue.") from None
+                retried += 1
+                logger.warning("A Ray worker was lost computing %s; the shard is given out again", task.file)
+                pending.appendleft(task)
+                continue
+            except ray.exceptions.RayTaskError as error:
+                # An error of ours in the worker (NaN features, a damaged weights file): the same one line here.
+                cause = error.cause if getattr(error, "cause", None) is not None else error
+                raise cause from None
+            result = read_finished(folder, task)
+            if result is None:
+                raise RuntimeError(f"Worker on {host} reported shard {task.file} finished, but the driver cannot read "
+                                   f"it in {folder}: the shards folder must be on storage the driver and every worker "
+                                   f"see. Received: shard={task.file}")
+            _commit_as_it_comes(store_path, result, lacking, virtual)
+            results.append(result)
+            record = stats[index]
+            record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
+                          seconds=record["seconds"] + seconds)
+            bar.update(len(task.rows))
+    finally:
+        bar.close()
+    return results, retried, stats, time.perf_counter() - started
+
+
+def _commit_as_it_comes(store_path, result, lacking, virtual):
+    ordinary = [name for name in result.task.backbones if name not in virtual]
+    if ordinary:
+        commit_copied(store_path, result, lacking, ordinary, count_decode=True)
+
+
+def commit_at_end(store_path, results, lacking, virtual):
+    """Map the virtual backbones onto every finished shard; delete the shard files that were copied in instead."""
+    mapped = [result for result in results if any(name in virtual for name in result.task.backbones)]
+    # A shard with an ordinary backbone had its decode cost counted when it was copied in.
+    commit_mapped(store_path, mapped, lacking, virtual,
+                  count_decode=lambda result: all(name in virtual for name in result.task.backbones))
+    mapped_files = {result.task.file for result in mapped}
+    folder = Path(store_path).parent
+    for result in results:
+        if result.task.file not in mapped_files:
+            (folder / result.task.file).unlink(missing_ok=True)
+
+
+def run_sharded(store_path, data_root, paths, todo_rows, done, active, recipes, virtual, settings, *, address,
+                workers, shard_rows, progress):
+    """Compute rows `todo_rows` of the store on Ray; returns (computed per backbone, skipped now, `ShardingReport`).
+
+    Args:
+        store_path: the store (under this process's writer lock).
+        data_root: DATA as given now.
+        paths: every row's path relative to DATA.
+        todo_rows: sorted rows some backbone of `active` lacks (unreadable rows left out).
+        done: backbone -> bool array of the rows it has.
+        active: the backbones lacking rows.
+        recipes: backbone -> recipe attributes (they name the shard files' contents).
+        virtual: the backbones whose store datasets are virtual (mapped onto shards, not copied).
+        settings: the workers' settings (see `ShardWorker`).
+        address: "local", "auto" or a cluster address.
+        workers: workers to start (None: one per GPU, else half the CPUs).
+        shard_rows: rows per shard.
+        progress: show a progress bar.
+    """
+    lacking = {name: ~done[name] for name in active}
+    tasks = plan_shards(store_path, paths, todo_rows, lacking, shard_rows, {name: recipes[name] for name in active},
+                        settings["extra_views"])
+    folder = Path(store_path).parent
+    reused = [result for result in (read_finished(folder, task) for task in tasks) if result is not None]
+    for result in reused:
+        result.reused = True
+        _commit_as_it_comes(store_path, result, lacking, virtual)
+    reused_indexes = {result.task.index for result in reused}
+    to_compute = [task for task in tasks if task.index not in reused_indexes]
+    results, retried, stats, seconds = [], 0, {}, 0.0
+    ray, started = connect(address)
+    try:
+        if to_compute:
+            actors = start_workers(ray, workers, settings)
+            check_workers_see(ray, actors, data_root, to_compute[0].paths[0], shards_folder(store_path))
+            results, retried, stats, seconds = compute_on_ray(ray, actors, to_compute, store_path, lacking, virtual,
+                                                              progress)
+            for actor in actors:
+                ray.kill(actor)
+    finally:
+        if started:
+            ray.shutdown()
+    commit_at_end(store_path, reused + results, lacking, virtual)
+    computed = {name: 0 for name in done}
+    skipped_now = 0
+    for result in reused + results:
+        readable = np.ones(len(result.task.rows), bool)
+        readable[result.unreadable] = False
+        skipped_now += len(result.unreadable)
+        for name in result.task.backbones:
+            computed[name] += int(np.sum(lacking[name][result.task.rows] & readable))
+    reports = tuple(WorkerReport(index + 1, record["host"], record["pid"], record["shards"], record["images"],
+                                 record["seconds"]) for index, record in sorted(stats.items()))
+    joined = reused + results
+    compute_seconds = {name: float(sum(r.costs[name][0] for r in joined if name in r.costs)) for name in active}
+    report = ShardingReport(address, reports, len(results), len(reused), retried, shard_rows, seconds,
+                            sum(len(result.task.rows) for result in results), compute_seconds,
+                            float(sum(r.costs["decode"][0] for r in joined)),
+                            int(sum(r.costs["decode"][1] for r in joined)))
+    return computed, skipped_now, report

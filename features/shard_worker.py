@@ -1,0 +1,153 @@
+"""One worker of a sharded run: it builds its backbones once and computes shard after shard into shard files.
+
+`ShardWorker` is a plain class; `features.ray_precompute` runs it as a Ray actor, one per worker.
+It uses the same decode (`prepare_views`) and the same built extractors as a single-process run,
+so its rows equal a single-process run's up to the rounding of batch arithmetic.
+"""
+
+import concurrent.futures
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from features.compute import _check_finite, _timed_prepare
+from features.store._checks import _row_checksums
+from features.store import ShardWriter
+
+
+def thread_settings(threads):
+    """Environment variables that keep one worker's TensorFlow, XLA and BLAS to `threads` cores.
+
+    Set before the worker imports TensorFlow, so several workers on one machine share its cores
+    instead of each starting a thread per core.
+    """
+    threads = str(int(threads))
+    return {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": threads,
+            "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"}
+
+
+class ShardWorker:
+    """Computes shards: decodes their images, runs each backbone, writes the shard file atomically.
+
+    Args:
+        settings: dict with `input_sizes`, `weight_files`, `poolings` (backbone -> value), `seed`,
+            `precision`, `dtype`, `extra_views`, `batch_size`, `decode_workers`, `max_pixels`,
+            `data_root` (DATA as the driver sees it) and `store_folder` (the store's folder).
+
+    Example:
+        >>> worker = ShardWorker(settings)
+        >>> result = worker.compute(task)
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.models = {}
+        self.build_seconds = 0.0
+
+    def where(self, sample_path):
+        """Check that this worker sees DATA, one of its images and the shards folder; returns (host, problem or None)."""
+        host = socket.gethostname()
+        root = Path(self.settings["data_root"])
+        folder = Path(self.settings["shards_folder"])
+        if not root.is_dir():
+            return host, f"DATA {root} is not a folder there"
+        if sample_path is not None and not (root / sample_path).is_file():
+            return host, f"the image {root / sample_path} is not there"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{host}-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            return host, f"it cannot write the shards folder {folder} ({error.strerror or error})"
+        return host, None
+
+    def _models(self, names):
+        from features.extractors import feature_extractor
+
+        settings = self.settings
+        for name in names:
+            if name not in self.models:
+                building = time.perf_counter()
+                self.models[name], built = feature_extractor(
+                    name, settings["input_sizes"][name], settings["weight_files"][name], settings["poolings"][name],
+                    settings["seed"], settings["precision"])
+                self.build_seconds += time.perf_counter() - building if built else 0.0
+        return {name: self.models[name] for name in names}
+
+    def compute(self, task):
+        """Compute `task` (a `ShardTask`) into its shard file; returns (host, pid, seconds, build seconds)."""
+        from features.extractors import predict_in_batches
+
+        started = time.perf_counter()
+        settings = self.settings
+        models = self._models(task.backbones)
+        extra_views = tuple(settings["extra_views"])
+        sizes = sorted({settings["input_sizes"][name] for name in task.backbones})
+        batch_size = settings["batch_size"]
+        root = settings["data_root"]
+        path = Path(settings["store_folder"]) / task.file
+        row_shapes = {name: tuple(models[name].output_shape[1:]) for name in task.backbones}
+        workers = settings["decode_workers"] or min(4, os.cpu_count() or 1)
+        with ShardWriter(path, task, row_shapes, settings["dtype"], extra_views) as writer, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as executor:
+            starts = list(range(0, len(task.rows), batch_size))
+
+            def submit(start):
+                return executor.map(lambda item: _timed_prepare(os.path.join(root, item), max(sizes), sizes,
+                                                                extra_views, settings["max_pixels"]),
+                                    task.paths[start:start + batch_size])
+
+            # The next batch decodes while this one computes.
+            pending = submit(starts[0]) if starts else None
+            for position, start in enumerate(starts):
+                decoded = list(pending)
+                if position + 1 < len(starts):
+                    pending = submit(starts[position + 1])
+                results = [result for result, _ in decoded]
+                writer.add_cost("decode", sum(seconds for _, seconds in decoded), len(decoded))
+                bad = [index for index, result in enumerate(results) if isinstance(result, str)]
+                if bad:
+                    writer.mark_unreadable([start + index for index in bad], [results[index] for index in bad])
+                good = [index for index, result in enumerate(results) if not isinstance(result, str)]
+                if not good:
+                    continue
+                positions = np.asarray(good) + start
+                for name in task.backbones:
+                    size = settings["input_sizes"][name]
+                    stacked = np.concatenate([results[index][size] for index in good])
+                    computing = time.perf_counter()
+                    features = predict_in_batches(models[name], stacked, batch_size)
+                    writer.add_cost(f"features/{name}", time.perf_counter() - computing, len(good))
+                    features = features.reshape((len(good), 1 + len(extra_views)) + features.shape[1:])
+                    _check_finite(features, name, np.asarray(task.rows)[positions], _PathsOfRows(task))
+                    features = features.astype(settings["dtype"])
+                    self._write(writer, "features", name, positions, features[:, 0])
+                    if extra_views:
+                        self._write(writer, "views", name, positions, features[:, 1:])
+            writer.finish(time.perf_counter() - started)
+        return socket.gethostname(), os.getpid(), time.perf_counter() - started, self.build_seconds
+
+    @staticmethod
+    def _write(writer, group, name, positions, values):
+        # Good rows of a batch are consecutive but for the unreadable ones between them: write runs as slices.
+        begin = 0
+        for end in range(1, len(positions) + 1):
+            if end == len(positions) or positions[end] != positions[end - 1] + 1:
+                part = values[begin:end]
+                writer.write_rows(group, name, slice(int(positions[begin]), int(positions[end - 1]) + 1), part,
+                                  _row_checksums(part))
+                begin = end
+
+
+class _PathsOfRows:
+    """Store row -> path for the rows of one task (what `_check_finite` names a bad image by)."""
+
+    def __init__(self, task):
+        self._paths = dict(zip(np.asarray(task.rows).tolist(), task.paths))
+
+    def __getitem__(self, row):
+        return self._paths[int(row)]
