@@ -1,8 +1,10 @@
-"""The registry of frozen ImageNet backbones from `keras.applications`.
+"""The registry of frozen ImageNet backbones from `keras.applications`, and the zero-cost `identity`.
 
 Each entry is a frozen `BackboneSpec` filled in by `_register`. `create_backbone`
 builds a `keras.Model` that takes float32 RGB images in 0..255 and returns the
-backbone's features: `PreprocessInput` -> frozen backbone -> pooling.
+backbone's features: `PreprocessInput` -> frozen backbone -> pooling. The KerasHub
+foundation models share the registry (`features.hub_backbones`), and so does `identity`
+(`IdentitySpec`): the pixels scaled to 0..1 and pooled, no network and no weights.
 """
 
 import dataclasses
@@ -45,6 +47,9 @@ _TF_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 # Where every entry of this registry comes from: `keras.applications` builds it and Keras hosts its weights.
 KERAS_APPLICATIONS = "keras.applications"
+
+# Where `identity` comes from: fusionpipe builds it from Keras layers, and it has no weights to host.
+FUSIONPIPE = "fusionpipe"
 
 # Keras's published hashes of its no-top ImageNet weight files (md5; sha256 for ConvNeXt), as
 # `keras.applications` passes them to `keras.utils.get_file`. Keras publishes none for MobileNet
@@ -263,9 +268,43 @@ def _register_all():
                   feature_size, weights_file, _TF_KERAS_APPS + "convnext/" + weights_file)
 
 
+@dataclasses.dataclass(frozen=True)
+class IdentitySpec:
+    """The `identity` backbone: the image's pixels scaled to 0..1, pooled; no network, no weights.
+
+    It costs nothing to compute, so a run of it measures the pipeline's own overhead (decoding,
+    scheduling, writing), and its features (the mean colour with pooling "avg") are the baseline
+    that tells what a real backbone adds over raw colour.
+
+    Args:
+        name: registry name (default: "identity").
+        family: the architecture family (default: "Identity").
+        source: where it comes from: built by fusionpipe, nothing downloaded (default: "fusionpipe").
+        input_size: native input size; any size works, the features do not depend on it (default: 32).
+        min_input_size: smallest input size (default: 1).
+        feature_size: the pooled vector length, one value per RGB channel (default: 3).
+        preprocessing: what it does to the 0..255 pixels, for the recipe (default: "Rescaling(scale=1/255)").
+
+    Example:
+        >>> get_backbone_spec("identity").feature_size
+        3
+    """
+
+    name: str = "identity"
+    family: str = "Identity"
+    source: str = FUSIONPIPE
+    input_size: int = 32
+    min_input_size: int = 1
+    feature_size: int = 3
+    preprocessing: str = "Rescaling(scale=1/255)"
+    # Not a field: it has no weights file at any size.
+    weights_file = None
+
+
 _register_all()
 # The foundation models of KerasHub share the registry; their module builds and loads them.
 _BACKBONES.update(hub_backbones.HUB_BACKBONES)
+_BACKBONES["identity"] = IdentitySpec()
 
 # Every pooling some backbone takes; `poolings_of(name)` says which ones a backbone takes.
 ALL_POOLINGS = ("avg", "max", "cls", "cls+avg", "none")
@@ -273,6 +312,10 @@ ALL_POOLINGS = ("avg", "max", "cls", "cls+avg", "none")
 
 def _is_hub(spec):
     return isinstance(spec, hub_backbones.HubBackboneSpec)
+
+
+def _is_identity(spec):
+    return isinstance(spec, IdentitySpec)
 
 
 def poolings_of(name):
@@ -364,8 +407,8 @@ def list_backbones(source=None):
     """Names of all registered backbones, sorted; only those of `source` when given.
 
     Args:
-        source: "keras.applications" (the CNNs) or "keras_hub" (the foundation models), or None
-            for all (default: None).
+        source: "keras.applications" (the CNNs), "keras_hub" (the foundation models) or
+            "fusionpipe" (`identity`), or None for all (default: None).
 
     Example:
         >>> "resnet50" in list_backbones()
@@ -383,8 +426,8 @@ def describe_backbones():
     Each row is a dict of `name`, `family`, `input_size` (native), `feature_size` (the vector
     length with pooling "avg"), `pooling` (its default, "auto"), `features` (the vector length
     with that pooling), `params` (parameters of a KerasHub preset, with its text tower for
-    SigLIP and CLIP; None for the CNNs) and `source` ("keras.applications", or "keras_hub" and
-    the preset).
+    SigLIP and CLIP; None for the CNNs and `identity`) and `source` ("keras.applications",
+    "fusionpipe" for `identity`, or "keras_hub" and the preset).
 
     Example:
         >>> describe_backbones()[0]["family"], describe_backbones()[0]["feature_size"]
@@ -403,6 +446,8 @@ def describe_backbones():
 
 def get_backbone_spec(name):
     """The `BackboneSpec` of backbone `name`; an unknown name is a ValueError listing valid ones.
+
+    KerasHub entries have a `HubBackboneSpec`, and `identity` its `IdentitySpec`.
 
     Example:
         >>> get_backbone_spec("vgg19").feature_size
@@ -476,7 +521,9 @@ def _warn_if_another_size(spec, input_size, found):
 def resolve_weights(name, weights="imagenet", input_size=None):
     """The weights argument to give the `keras.applications` constructor of `name` at `input_size`.
 
-    Returns None for `weights="none"` or None, else the full path of an existing weights file:
+    Returns None for `weights="none"` or None, and for `identity` whatever `weights` is (it has
+    none to load, so nothing is looked up: this is no fallback to random weights); else the full
+    path of an existing weights file:
     for `"imagenet"` it is looked up in the Keras cache folders (see `keras_weights_folders`)
     and, when missing, downloaded into the first of them with `keras.utils.get_file`, checked
     against Keras's published hash (unless the variable `FUSIONPIPE_OFFLINE` is set); for a folder
@@ -500,7 +547,7 @@ def resolve_weights(name, weights="imagenet", input_size=None):
     if _is_hub(spec):
         return hub_backbones.resolve_hub_weights(spec, weights)
     input_size = check_input_size(name, input_size)
-    if weights is None or weights == "none":
+    if weights is None or weights == "none" or _is_identity(spec):
         return None
     keras_weights = spec.weights_for(input_size)
     weights_file, weights_url = keras_weights.weights_file, keras_weights.weights_url
@@ -571,6 +618,8 @@ def weights_sha256(path):
 def has_imagenet_weights(name, input_size=None):
     """Whether Keras's ImageNet weight file for backbone `name` at `input_size` is on this machine; never downloads.
 
+    Always True for `identity`: it has no weights, so none are missing.
+
     Args:
         name: registry name of the backbone.
         input_size: side of the input images (default: None, the native size).
@@ -582,6 +631,8 @@ def has_imagenet_weights(name, input_size=None):
     spec = get_backbone_spec(name)
     if _is_hub(spec):
         return hub_backbones.has_cached_preset(spec)
+    if _is_identity(spec):
+        return True
     return _local_imagenet_file(spec.weights_for(check_input_size(name, input_size)).weights_file) is not None
 
 
@@ -623,6 +674,8 @@ def create_backbone(name, input_size=None, weights="imagenet", pooling="avg", se
 
     The model takes float32 RGB images in 0..255 of shape (input_size, input_size, 3) and
     runs `PreprocessInput` -> the frozen backbone (no top, inference mode) -> the pooling.
+    `identity` is `Rescaling(1/255)` -> the pooling: the per-channel mean ("avg") or maximum
+    ("max") of the pixels in 0..1, or the scaled image ("none"); it ignores `weights` and `seed`.
     It saves to `.keras` and reloads with `keras.saving.load_model(path, safe_mode=True)` once
     `PreprocessInput` is registered: after `import fusion`, or after using any name of
     `features.backbones` (a bare `import features` loads nothing).
@@ -647,6 +700,11 @@ def create_backbone(name, input_size=None, weights="imagenet", pooling="avg", se
     weights_path = resolve_weights(name, weights, input_size)
     if _is_hub(spec):
         return hub_backbones.create_hub_backbone(spec, input_size, weights_path, pooling, seed)
+    if _is_identity(spec):
+        images = keras.Input(shape=(input_size, input_size, 3), name="image", dtype="float32")
+        # float32 under mixed precision too, as the CNNs' preprocessing: the features are the pixels.
+        return _pooled(keras.layers.Rescaling(1.0 / 255, dtype="float32", name="scale")(images), images, pooling,
+                       name)
     keras.utils.set_random_seed(seed)
     constructor = getattr(keras.applications, spec.constructor)
     backbone = constructor(include_top=False, weights=weights_path,
@@ -656,6 +714,11 @@ def create_backbone(name, input_size=None, weights="imagenet", pooling="avg", se
     # Preprocessing in float32 even under mixed precision: 0..255 minus means in bfloat16 loses detail.
     x = PreprocessInput(spec.preprocess_module, dtype="float32", name="preprocess")(images)
     x = backbone(x, training=False)
+    return _pooled(x, images, pooling, name)
+
+
+def _pooled(x, images, pooling, name):
+    """The feature extractor `images` -> `x` -> `pooling`, its pooling in float32."""
     if pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(dtype="float32", name="avg_pool")(x)
     elif pooling == "max":

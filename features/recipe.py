@@ -41,9 +41,10 @@ class FeatureRecipe:
         dtype: dtype the features were stored in.
         precision: compute precision ("float32", "mixed_bfloat16", ...).
         views: names of the extra views stored in `/views/<backbone>` (empty for none).
-        preprocessing: the `preprocess_input` (CNNs) or the preset's scale and offset (KerasHub), for the record.
+        preprocessing: the `preprocess_input` (CNNs), the preset's scale and offset (KerasHub) or
+            `identity`'s rescaling, for the record.
         resize: how images were resized, for the record.
-        weights_file: the Keras weights file name of the backbone at `input_size`.
+        weights_file: the Keras weights file name of the backbone at `input_size` (None for `identity`, which has none).
         preset: the KerasHub preset with its version (kaggle://...), for KerasHub backbones.
         weights_sha256: sha256 of the weights file used, "none" for random or unknown.
         keras_version, backend, backend_version: what computed the features.
@@ -82,7 +83,7 @@ class FeatureRecipe:
         """
         import keras
 
-        from features.backbones import get_backbone_spec, weights_sha256
+        from features.backbones import FUSIONPIPE, get_backbone_spec, weights_sha256
         from features.hub_backbones import read_preset_preprocessing
 
         spec = get_backbone_spec(backbone)
@@ -92,6 +93,8 @@ class FeatureRecipe:
             preprocessing = (f"Rescaling(scale={[round(value, 8) for value in scale]}, "
                              f"offset={[round(value, 8) for value in offset]})")
             weights_file, preset = "model.weights.h5", spec.kaggle_handle
+        elif spec.source == FUSIONPIPE:  # identity: no network, no weights file
+            preprocessing, weights_file, preset = spec.preprocessing, None, None
         else:
             preprocessing = f"keras.applications.{spec.preprocess_module}.preprocess_input"
             weights_file, preset = spec.weights_for(int(input_size)).weights_file, None

@@ -354,3 +354,90 @@ def test_mobilenet_v3_downloads_with_kerass_hash(tmp_path, monkeypatch):
     assert calls == [(file_name, keras_apps + "mobilenet_v3/" + file_name, "d3e8ec802a04aa4fc771ee12a9a9b836")]
     resolve_weights("mobilenet_050", "imagenet", 192)
     assert calls[-1] == ("mobilenet_5_0_192_tf_no_top.h5", keras_apps + "mobilenet/mobilenet_5_0_192_tf_no_top.h5", None)
+
+
+# The zero-cost `identity` backbone: pipeline overhead and the raw-colour baseline.
+# Two 2x2 images: one of known pixels, one of a single grey.
+KNOWN_PIXELS = np.array([[[0, 51, 255], [255, 0, 51]],
+                         [[102, 204, 0], [51, 51, 51]]], dtype="float32")
+KNOWN_IMAGES = np.stack([KNOWN_PIXELS, np.full((2, 2, 3), 127.5, "float32")])
+
+
+def test_identity_features_are_the_channel_means_maxes_or_pixels_in_0_1():
+    spec = get_backbone_spec("identity")
+    assert (spec.family, spec.source, spec.input_size, spec.feature_size) == ("Identity", "fusionpipe", 32, 3)
+    average = create_backbone("identity", input_size=2, weights="none")  # pooling avg by default
+    assert average.weights == [] and average.output_shape == (None, 3)
+    np.testing.assert_allclose(average.predict_on_batch(KNOWN_IMAGES), [[0.4, 0.3, 0.35], [0.5, 0.5, 0.5]], atol=1e-6)
+    maximum = create_backbone("identity", input_size=2, weights="none", pooling="max")
+    np.testing.assert_allclose(maximum.predict_on_batch(KNOWN_IMAGES), [[1.0, 0.8, 1.0], [0.5, 0.5, 0.5]], atol=1e-6)
+    pixels = create_backbone("identity", input_size=2, weights="none", pooling="none")
+    assert pixels.output_shape == (None, 2, 2, 3)
+    np.testing.assert_allclose(pixels.predict_on_batch(KNOWN_IMAGES), KNOWN_IMAGES / 255, atol=1e-6)
+    assert create_backbone("identity", input_size=1).output_shape == (None, 3)  # any size from 1 px
+    with pytest.raises(ValueError, match=r"Pooling 'cls' does not apply to backbone 'identity'. It takes: avg, max, "
+                                         r"none .*Received: pooling='cls'"):
+        create_backbone("identity", input_size=2, pooling="cls")
+    with pytest.raises(ValueError, match=r"Input size 0 is too small for backbone 'identity': it needs at least 1 "
+                                         r"pixels \(native size 32\)\. Received: input_size=0"):
+        create_backbone("identity", input_size=0)
+
+
+def test_identity_reloads_in_safe_mode_and_runs_the_fast_predict_path(tmp_path):
+    from features.extractors import _fast_predict, feature_extractor, predict_in_batches
+
+    model = create_backbone("identity", input_size=2, pooling="max")
+    model.save(tmp_path / "identity.keras")
+    reloaded = keras.saving.load_model(tmp_path / "identity.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict_on_batch(KNOWN_IMAGES), [[1.0, 0.8, 1.0], [0.5, 0.5, 0.5]], atol=1e-6)
+    # Under mixed precision too, the pixels are scaled and pooled in float32: the means stay exact.
+    extractor, _ = feature_extractor("identity", 2, None, "avg", 0, "mixed_bfloat16")
+    if keras.backend.backend() == "tensorflow":
+        assert _fast_predict(extractor) is not None  # traced although the model has no weights
+    features = predict_in_batches(extractor, np.concatenate([KNOWN_IMAGES] * 3), batch_size=4)  # last batch short
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(features, np.tile([[0.4, 0.3, 0.35], [0.5, 0.5, 0.5]], (3, 1)), atol=1e-6)
+
+
+def test_identity_needs_no_weights_file_and_looks_nothing_up(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from features import downloads
+    from features.recipe import FeatureRecipe
+
+    monkeypatch.setenv(downloads.OFFLINE_VARIABLE, "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+
+    def touched(*args, **kwargs):
+        raise AssertionError("identity looked for a weights file")
+
+    with monkeypatch.context() as patched:
+        for looks in ("is_dir", "is_file", "exists", "stat"):
+            patched.setattr(Path, looks, touched)
+        patched.setattr(downloads, "fetch_file", touched)
+        for weights in ("imagenet", "none", None, str(tmp_path), str(tmp_path / "resnet50.h5")):
+            assert resolve_weights("identity", weights) is None
+            assert resolve_weights("identity", weights, input_size=16) is None
+        assert has_imagenet_weights("identity") and has_imagenet_weights("identity", 16)
+    assert not has_imagenet_weights("resnet50")  # the same folders hold no CNN weights
+    features = create_backbone("identity", input_size=2, weights="imagenet").predict_on_batch(KNOWN_IMAGES)
+    np.testing.assert_allclose(features, [[0.4, 0.3, 0.35], [0.5, 0.5, 0.5]], atol=1e-6)
+    recipe = FeatureRecipe.for_run("identity", 16, "avg", "imagenet", 0, "float16", "float32", ())
+    assert (recipe.weights, recipe.weights_file, recipe.weights_sha256, recipe.preprocessing) == (
+        "imagenet", None, "none", "Rescaling(scale=1/255)")
+    assert "weights_file" not in recipe.to_attrs()
+    assert recipe.reuse_mismatch(FeatureRecipe.from_attrs(recipe.to_attrs())) is None
+    assert recipe.create_backbone().output_shape == (None, 3)
+
+
+def test_identity_is_listed_with_its_own_source(capsys):
+    from run_precompute import main
+
+    assert "identity" in list_backbones() and list_backbones("fusionpipe") == ["identity"]
+    assert "identity" not in list_backbones("keras.applications") + list_backbones("keras_hub")
+    assert {row["name"]: row for row in describe_backbones()}["identity"] == dict(
+        name="identity", family="Identity", input_size=32, feature_size=3, pooling="avg", features=3, params=None,
+        source="fusionpipe")
+    assert main(["--list-backbones"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["identity", "Identity", "32", "avg", "3", "-", "fusionpipe"] in rows
