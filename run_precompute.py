@@ -67,6 +67,21 @@ def build_parser():
                        help="skip images of more pixels (width x height), read from the file's header before "
                        "decoding: a small file can decode to GBs (a decompression bomb), and Pillow's own limit "
                        "(89,478,485) only warns; 40 MP keeps photos of most cameras (default: 40000000)")
+    cluster = parser.add_argument_group("several machines (Ray)")
+    cluster.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
+                         help="compute on Ray workers: local (start Ray on this machine), auto (the cluster `ray "
+                         "start` joined this machine to) or a cluster address; DATA and the folder of --out must be "
+                         "on storage every node sees. Rows go to shard files in OUT.shards/, which the store reads "
+                         "as HDF5 virtual datasets (default: off, one process, Ray not imported)")
+    cluster.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="Ray workers, each building its backbones once (default: one per GPU of the cluster, "
+                         "else half its CPUs)")
+    cluster.add_argument("--shard-rows", type=int, default=2048, metavar="N",
+                         help="images per shard: the unit a worker computes, writes to a file of its own and, if the "
+                         "worker is lost, computes again (default: 2048)")
+    cluster.add_argument("--merge", action="store_true",
+                         help="make the store one self-contained file: rows kept in OUT.shards/ are copied into it "
+                         "(and a --ray run copies each shard in as it finishes) (default: off)")
     splits = parser.add_argument_group("labels and splits")
     splits.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of validation images when the data gives no split (default: 0.1)")
@@ -137,7 +152,8 @@ def main(argv=None):
                 on_change=args.on_change, retry_skipped=args.retry_skipped, decode_workers=args.decode_workers, progress=not args.no_progress,
                 split_map=parse_split_map(args.split_map), recursive=args.recursive,
                 min_images_per_class=args.min_images_per_class, require_all=args.require_all,
-                allow_outside_data=args.allow_outside_data, max_pixels=args.max_pixels)
+                allow_outside_data=args.allow_outside_data, max_pixels=args.max_pixels, ray=args.ray,
+                workers=args.workers, shard_rows=args.shard_rows, merge=args.merge)
         # The options in effect: an existing store's splits were made with its own options, not today's.
         for key, (_, in_effect) in summary.options_differing.items():
             if key == "split_map":

@@ -137,13 +137,6 @@ def _merge(store_path):
     feature_store.remove_unused_shards(store_path, files)
 
 
-def _refuse_sharded_without_ray(store_path, sharded):
-    raise ValueError(
-        f"Store {store_path} keeps the features of {', '.join(sharded)} in shard files (it was made with --ray), "
-        f"and this run would add rows to them: run it with --ray (e.g. --ray local), or add --merge to copy them "
-        f"into the store first. Received: ray=None, merge=False")
-
-
 def _read_progress(store_path, backbones):
     """Returns (stored paths, backbone -> rows done, backbone -> rows reused, rows to compute, backbones to run)."""
     stored = feature_store.read_run_rows(store_path, backbones)
@@ -280,13 +273,13 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                            virtual=ray is not None and not merge)
         paths, done, reused, todo_rows, active = _read_progress(store_path, backbones)
         sharded = [name for name in _virtual_backbones(store_path) if name in active] if len(todo_rows) else []
-        if sharded and ray is None:
-            if not merge:
-                _refuse_sharded_without_ray(store_path, sharded)
+        if sharded and ray is None and merge:
             _merge(store_path)
+            sharded = []
         computed, skipped_now, timings, compute_seconds = {name: 0 for name in backbones}, 0, {}, {}
         sharding, decoded = None, len(todo_rows)
-        if len(todo_rows) and ray is not None:
+        # Rows of a backbone kept in shard files go to shard files, on Ray or, without --ray, in this process.
+        if len(todo_rows) and (ray is not None or sharded):
             settings = dict(input_sizes=input_sizes, weight_files=weight_files, poolings=poolings, seed=seed,
                             precision=precision, dtype=dtype, extra_views=tuple(extra_views), batch_size=batch_size,
                             decode_workers=decode_workers, max_pixels=max_pixels, data_root=str(table.root),
@@ -294,7 +287,7 @@ def precompute(data, out, backbones, *, weights="imagenet", seed=0, input_size=N
                             shards_folder=str(feature_store.shards_folder(store_path)))
             recipes = {name: wanted[name].to_attrs() for name in backbones}
             computed, skipped_now, sharding = run_sharded(
-                store_path, table.root, paths, todo_rows, done, active, recipes,
+                store_path, paths, todo_rows, done, active, recipes,
                 set(_virtual_backbones(store_path)), settings, address=ray, workers=workers,
                 shard_rows=shard_rows, progress=progress)
             compute_seconds, timings["prepare"] = sharding.compute_seconds, sharding.decode_seconds

@@ -11,6 +11,7 @@ their shard files. See `features.shards` for the shard files and how they join t
 """
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -21,13 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from features.shard_worker import ShardWorker, thread_settings
-from features.store import commit_copied, commit_mapped, plan_shards, read_finished, shards_folder
+from features.store import commit_copied, commit_mapped, plan_shards, read_finished, remove_unused_shards
 
 logger = logging.getLogger(__name__)
 
 # A shard lost this many times (its worker died each time) stops the run: something kills the workers.
 MAX_ATTEMPTS = 4
 DEFAULT_SHARD_ROWS = 2048
+# A lost worker is asked every PING_SECONDS whether it is back, MAX_PINGS times, before it is given up.
+PING_SECONDS = 0.5
+MAX_PINGS = 240
+# Seconds the workers may take to start and answer (importing TensorFlow, waiting for free CPUs or GPUs).
+START_TIMEOUT = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ShardingReport:
     """How a `--ray` run's shards went.
 
     Args:
-        address: the Ray cluster joined ("local" for one started on this machine).
+        address: the Ray cluster joined ("local" for one started on this machine), None for this process.
         workers: one `WorkerReport` per worker.
         computed: shards computed in this run.
         reused: shards a stopped run had finished, found in the shards folder and reused.
@@ -79,7 +85,8 @@ class ShardingReport:
     def lines(self):
         """The summary lines of the sharded compute: the cluster's images/s, then one line per worker."""
         rate = f", {self.images / self.seconds:.1f} images/s over the cluster" if self.seconds and self.images else ""
-        lines = [f"  Ray ({self.address}, {len(self.workers)} worker(s), {self.shard_rows} rows per shard): "
+        where = f"Ray ({self.address}, {len(self.workers)} worker(s)" if self.address else "Shards (this process"
+        lines = [f"  {where}, {self.shard_rows} rows per shard): "
                  f"{self.computed} shard(s) computed, {self.reused} reused from a stopped run, "
                  f"{self.retried} retried after a worker was lost{rate}"]
         for report in self.workers:
@@ -147,32 +154,52 @@ def _package_root():
     return str(Path(__file__).resolve().parent.parent)
 
 
-def start_workers(ray, workers, settings):
-    """Start the worker actors; returns the list of handles and the CPUs each got."""
+# Workers started in this process, by (Ray job, workers, CPUs and GPUs each, Keras backend): a second
+# run in the same Ray session (a notebook cell run again) reuses them, backbones already built.
+_WORKERS = {}
+
+
+def start_workers(ray, workers):
+    """The worker actors for this run: started now, or those an earlier run of this Ray session started."""
     import keras
 
     workers, cpus, gpus = _worker_resources(ray, workers)
-    threads = max(1, int(cpus))
-    environment = {**thread_settings(threads), "KERAS_BACKEND": keras.backend.backend(),
-                   "PYTHONPATH": os.pathsep.join([_package_root()] + [p for p in os.environ.get("PYTHONPATH", "").split(
-                       os.pathsep) if p])}
-    actor = ray.remote(ShardWorker).options(
-        num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
-        runtime_env={"env_vars": environment})
-    return [actor.remote(settings) for _ in range(workers)]
+    key = (ray.get_runtime_context().get_job_id(), workers, cpus, gpus, keras.backend.backend())
+    if key not in _WORKERS:
+        # One pool at a time: another pool's actors would hold the CPUs or GPUs these need.
+        for old_actors in _WORKERS.values():
+            for old_actor in old_actors:
+                with contextlib.suppress(Exception):  # gone already with its Ray session
+                    ray.kill(old_actor)
+        _WORKERS.clear()
+        threads = max(1, int(cpus))
+        path = [_package_root()] + [part for part in os.environ.get("PYTHONPATH", "").split(os.pathsep) if part]
+        environment = {**thread_settings(threads), "KERAS_BACKEND": keras.backend.backend(),
+                       "PYTHONPATH": os.pathsep.join(path)}
+        # max_restarts=-1: Ray starts a lost worker again; the driver gives its shard out again and counts it.
+        actor = ray.remote(ShardWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+                                                runtime_env={"env_vars": environment})
+        _WORKERS[key] = [actor.remote() for _ in range(workers)]
+    return _WORKERS[key]
 
 
-def check_workers_see(ray, actors, data_root, sample_path, shards):
+def check_workers_see(ray, actors, settings, sample_path):
     """Refuse, in one line, a run whose workers cannot see DATA or write the shards folder."""
-    for host, problem in ray.get([actor.where.remote(sample_path) for actor in actors]):
+    try:
+        answers = ray.get([actor.where.remote(settings, sample_path) for actor in actors], timeout=START_TIMEOUT)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(
+            f"{len(actors)} Ray worker(s) did not start within {START_TIMEOUT} s: the cluster has no room for them "
+            f"(resources: {ray.available_resources()}). Use fewer --workers, or free the cluster.") from None
+    for host, problem in answers:
         if problem:
             raise ValueError(
                 f"A Ray worker on host {host} cannot see its input: {problem}. DATA and the folder of --out must be "
-                f"on storage every node sees, at the same path (a shared file system). Received: DATA={data_root}, "
-                f"shards folder={shards}")
+                f"on storage every node sees, at the same path (a shared file system). Received: "
+                f"DATA={settings['data_root']}, shards folder={settings['shards_folder']}")
 
 
-def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
+def compute_on_ray(ray, actors, tasks, settings, store_path, lacking, virtual, progress):
     """Give `tasks` out to `actors` one at a time each, retry shards lost with a worker, join each to the store.
 
     Shards whose backbones are all ordinary datasets are copied into the store as they come back;
@@ -188,7 +215,8 @@ def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
     results, retried = [], 0
     attempts = collections.Counter()
     pending = collections.deque(tasks)
-    in_flight = {}
+    in_flight = {}  # a shard's call -> (worker index, task)
+    recovering = {}  # a lost worker's ping -> (worker index, pings so far): it takes shards again once it answers
     idle = list(range(len(actors)))
     stats = {index: dict(host="?", pid=0, shards=0, images=0, seconds=0.0) for index in range(len(actors))}
     bar = tqdm(total=sum(len(task.rows) for task in tasks), unit="img", file=sys.stderr, disable=not progress,
@@ -199,14 +227,27 @@ def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
             while pending and idle:
                 index, task = idle.pop(), pending.popleft()
                 attempts[task.index] += 1
-                in_flight[actors[index].compute.remote(task)] = (index, task)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+                in_flight[actors[index].compute.remote(task, settings)] = (index, task)
+            if not in_flight and not recovering:
+                raise RuntimeError(f"Every Ray worker was lost and none came back; {len(pending)} shard(s) are left. "
+                                   f"Finished shards are kept: run the same command again to continue.")
+            ready, _ = ray.wait(list(in_flight) + list(recovering), num_returns=1)
+            if ready[0] in recovering:
+                index, pings = recovering.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                    idle.append(index)
+                except ray.exceptions.RayActorError:
+                    if pings < MAX_PINGS:  # still restarting
+                        time.sleep(PING_SECONDS)
+                        recovering[actors[index].ping.remote()] = (index, pings + 1)
+                continue
             index, task = in_flight.pop(ready[0])
-            idle.append(index)
             try:
-                host, pid, seconds, _ = ray.get(ready[0])
+                host, pid, seconds = ray.get(ready[0])
             except ray.exceptions.RayActorError:
-                # The worker died mid-shard (killed, out of memory): Ray restarts it, the shard goes out again.
+                # The worker died mid-shard (killed, out of memory): Ray restarts it, and the shard goes out
+                # again, to the first worker free (this one once it answers again).
                 if attempts[task.index] >= MAX_ATTEMPTS:
                     raise RuntimeError(f"Shard {task.file} was lost with its worker {attempts[task.index]} times; "
                                        f"something kills the workers (out of memory?). Finished shards are kept: run "
@@ -214,11 +255,13 @@ def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
                 retried += 1
                 logger.warning("A Ray worker was lost computing %s; the shard is given out again", task.file)
                 pending.appendleft(task)
+                recovering[actors[index].ping.remote()] = (index, 1)
                 continue
             except ray.exceptions.RayTaskError as error:
                 # An error of ours in the worker (NaN features, a damaged weights file): the same one line here.
                 cause = error.cause if getattr(error, "cause", None) is not None else error
                 raise cause from None
+            idle.append(index)
             result = read_finished(folder, task)
             if result is None:
                 raise RuntimeError(f"Worker on {host} reported shard {task.file} finished, but the driver cannot read "
@@ -235,6 +278,30 @@ def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
     return results, retried, stats, time.perf_counter() - started
 
 
+def compute_here(tasks, settings, store_path, lacking, virtual, progress):
+    """Compute `tasks` one after another in this process (a run without Ray on a store kept in shards).
+
+    Returns what `compute_on_ray` returns, with one worker: this process.
+    """
+    from tqdm import tqdm
+
+    folder = Path(store_path).parent
+    worker, results = ShardWorker(), []
+    record = dict(host="?", pid=0, shards=0, images=0, seconds=0.0)
+    started = time.perf_counter()
+    with tqdm(total=sum(len(task.rows) for task in tasks), unit="img", file=sys.stderr, disable=not progress,
+              desc="precompute") as bar:
+        for task in tasks:
+            host, pid, seconds = worker.compute(task, settings)
+            result = read_finished(folder, task)
+            _commit_as_it_comes(store_path, result, lacking, virtual)
+            results.append(result)
+            record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
+                          seconds=record["seconds"] + seconds)
+            bar.update(len(task.rows))
+    return results, 0, {0: record}, time.perf_counter() - started
+
+
 def _commit_as_it_comes(store_path, result, lacking, virtual):
     ordinary = [name for name in result.task.backbones if name not in virtual]
     if ordinary:
@@ -248,19 +315,17 @@ def commit_at_end(store_path, results, lacking, virtual):
     commit_mapped(store_path, mapped, lacking, virtual,
                   count_decode=lambda result: all(name in virtual for name in result.task.backbones))
     mapped_files = {result.task.file for result in mapped}
-    folder = Path(store_path).parent
-    for result in results:
-        if result.task.file not in mapped_files:
-            (folder / result.task.file).unlink(missing_ok=True)
+    remove_unused_shards(store_path, [result.task.file for result in results if result.task.file not in mapped_files])
 
 
-def run_sharded(store_path, data_root, paths, todo_rows, done, active, recipes, virtual, settings, *, address,
+def run_sharded(store_path, paths, todo_rows, done, active, recipes, virtual, settings, *, address,
                 workers, shard_rows, progress):
-    """Compute rows `todo_rows` of the store on Ray; returns (computed per backbone, skipped now, `ShardingReport`).
+    """Compute rows `todo_rows` of the store in shards, on Ray or here; returns (computed, skipped now, report).
+
+    `computed` is backbone -> rows computed, the report a `ShardingReport`.
 
     Args:
         store_path: the store (under this process's writer lock).
-        data_root: DATA as given now.
         paths: every row's path relative to DATA.
         todo_rows: sorted rows some backbone of `active` lacks (unreadable rows left out).
         done: backbone -> bool array of the rows it has.
@@ -268,8 +333,8 @@ def run_sharded(store_path, data_root, paths, todo_rows, done, active, recipes, 
         recipes: backbone -> recipe attributes (they name the shard files' contents).
         virtual: the backbones whose store datasets are virtual (mapped onto shards, not copied).
         settings: the workers' settings (see `ShardWorker`).
-        address: "local", "auto" or a cluster address.
-        workers: workers to start (None: one per GPU, else half the CPUs).
+        address: "local", "auto" or a cluster address; None computes the shards in this process.
+        workers: Ray workers to start (None: one per GPU, else half the CPUs).
         shard_rows: rows per shard.
         progress: show a progress bar.
     """
@@ -284,18 +349,28 @@ def run_sharded(store_path, data_root, paths, todo_rows, done, active, recipes, 
     reused_indexes = {result.task.index for result in reused}
     to_compute = [task for task in tasks if task.index not in reused_indexes]
     results, retried, stats, seconds = [], 0, {}, 0.0
+    if address is None:
+        if to_compute:
+            results, retried, stats, seconds = compute_here(to_compute, settings, store_path, lacking, virtual,
+                                                            progress)
+        return _finish(store_path, reused, results, retried, stats, seconds, lacking, virtual, done, active,
+                       address, shard_rows)
     ray, started = connect(address)
     try:
         if to_compute:
-            actors = start_workers(ray, workers, settings)
-            check_workers_see(ray, actors, data_root, to_compute[0].paths[0], shards_folder(store_path))
-            results, retried, stats, seconds = compute_on_ray(ray, actors, to_compute, store_path, lacking, virtual,
-                                                              progress)
-            for actor in actors:
-                ray.kill(actor)
+            actors = start_workers(ray, workers)
+            check_workers_see(ray, actors, settings, to_compute[0].paths[0])
+            results, retried, stats, seconds = compute_on_ray(ray, actors, to_compute, settings, store_path, lacking,
+                                                              virtual, progress)
     finally:
         if started:
             ray.shutdown()
+    return _finish(store_path, reused, results, retried, stats, seconds, lacking, virtual, done, active, address,
+                   shard_rows)
+
+
+def _finish(store_path, reused, results, retried, stats, seconds, lacking, virtual, done, active, address,
+            shard_rows):
     commit_at_end(store_path, reused + results, lacking, virtual)
     computed = {name: 0 for name in done}
     skipped_now = 0

@@ -32,26 +32,28 @@ def thread_settings(threads):
 class ShardWorker:
     """Computes shards: decodes their images, runs each backbone, writes the shard file atomically.
 
-    Args:
-        settings: dict with `input_sizes`, `weight_files`, `poolings` (backbone -> value), `seed`,
-            `precision`, `dtype`, `extra_views`, `batch_size`, `decode_workers`, `max_pixels`,
-            `data_root` (DATA as the driver sees it) and `store_folder` (the store's folder).
+    One worker serves run after run of its process (a notebook's cells, a benchmark's rounds):
+    its backbones stay built in the process's extractor cache.
+
+    `settings` (given with each call) is a dict with `input_sizes`, `weight_files`, `poolings`
+    (backbone -> value), `seed`, `precision`, `dtype`, `extra_views`, `batch_size`,
+    `decode_workers`, `max_pixels`, `data_root` (DATA as the driver sees it), `store_folder` (the
+    store's folder) and `shards_folder`.
 
     Example:
-        >>> worker = ShardWorker(settings)
-        >>> result = worker.compute(task)
+        >>> worker = ShardWorker()
+        >>> host, pid, seconds = worker.compute(task, settings)
     """
 
-    def __init__(self, settings):
-        self.settings = settings
-        self.models = {}
-        self.build_seconds = 0.0
+    def ping(self):
+        """This worker's process id: answers once a restarted worker is up again."""
+        return os.getpid()
 
-    def where(self, sample_path):
+    def where(self, settings, sample_path):
         """Check that this worker sees DATA, one of its images and the shards folder; returns (host, problem or None)."""
         host = socket.gethostname()
-        root = Path(self.settings["data_root"])
-        folder = Path(self.settings["shards_folder"])
+        root = Path(settings["data_root"])
+        folder = Path(settings["shards_folder"])
         if not root.is_dir():
             return host, f"DATA {root} is not a folder there"
         if sample_path is not None and not (root / sample_path).is_file():
@@ -65,26 +67,21 @@ class ShardWorker:
             return host, f"it cannot write the shards folder {folder} ({error.strerror or error})"
         return host, None
 
-    def _models(self, names):
+    @staticmethod
+    def _models(names, settings):
+        # The process's extractor cache: each backbone is built and traced once per worker process.
         from features.extractors import feature_extractor
 
-        settings = self.settings
-        for name in names:
-            if name not in self.models:
-                building = time.perf_counter()
-                self.models[name], built = feature_extractor(
-                    name, settings["input_sizes"][name], settings["weight_files"][name], settings["poolings"][name],
-                    settings["seed"], settings["precision"])
-                self.build_seconds += time.perf_counter() - building if built else 0.0
-        return {name: self.models[name] for name in names}
+        return {name: feature_extractor(name, settings["input_sizes"][name], settings["weight_files"][name],
+                                        settings["poolings"][name], settings["seed"], settings["precision"])[0]
+                for name in names}
 
-    def compute(self, task):
-        """Compute `task` (a `ShardTask`) into its shard file; returns (host, pid, seconds, build seconds)."""
+    def compute(self, task, settings):
+        """Compute `task` (a `ShardTask`) into its shard file; returns (host, pid, seconds)."""
         from features.extractors import predict_in_batches
 
         started = time.perf_counter()
-        settings = self.settings
-        models = self._models(task.backbones)
+        models = self._models(task.backbones, settings)
         extra_views = tuple(settings["extra_views"])
         sizes = sorted({settings["input_sizes"][name] for name in task.backbones})
         batch_size = settings["batch_size"]
@@ -129,7 +126,7 @@ class ShardWorker:
                     if extra_views:
                         self._write(writer, "views", name, positions, features[:, 1:])
             writer.finish(time.perf_counter() - started)
-        return socket.gethostname(), os.getpid(), time.perf_counter() - started, self.build_seconds
+        return socket.gethostname(), os.getpid(), time.perf_counter() - started
 
     @staticmethod
     def _write(writer, group, name, positions, values):
