@@ -111,8 +111,10 @@ def test_a_five_fold_run_reports_scores_tests_and_fold_ensembles(tmp_path):
     _check_averaging_beats_every_single_backbone_with_a_p_value(cv_run)
     _check_fusion_is_compared_over_folds_oof_and_test(cv_run)
     _check_baselines_are_fitted_on_the_out_of_fold_probabilities_of_every_train_val_image(cv_run)
-    _check_each_model_file_is_its_fold_ensemble(cv_run)
-    _check_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_run, tmp_path)
+    # Both read the run as load_run reloads it from disk; loaded once (every model file of the run, about 3 s).
+    loaded = load_run(cv_run[1].run_dir)
+    _check_each_model_file_is_its_fold_ensemble(cv_run, loaded)
+    _check_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_run, loaded, tmp_path)
 
 
 def _build_cv_run(base):
@@ -202,9 +204,8 @@ def _test_features(store, backbones):
         return {name: handle[f"features/{name}"][:][rows].astype("float32") for name in backbones}
 
 
-def _check_each_model_file_is_its_fold_ensemble(cv_run):
+def _check_each_model_file_is_its_fold_ensemble(cv_run, loaded):
     store, run, _ = cv_run
-    loaded = load_run(run.run_dir)
     model = loaded.models["fusion"]
     fold_models = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert [layer.name for layer in fold_models] == [f"fusion_repeat1_fold{k}" for k in range(1, 6)]
@@ -220,11 +221,11 @@ def _check_each_model_file_is_its_fold_ensemble(cv_run):
     assert np.mean(probabilities.argmax(1) == labels) == pytest.approx(accuracy)
 
 
-def _check_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_run, tmp_path):
+def _check_a_fold_ensemble_reloads_in_a_fresh_process_and_predicts_the_same(cv_run, loaded, tmp_path):
     store, run, _ = cv_run
     inputs = _test_features(store, ["a", "b", "c"])
     np.savez(tmp_path / "inputs.npz", **inputs)
-    here = load_run(run.run_dir).models["fusion"].predict(inputs, verbose=0)
+    here = loaded.models["fusion"].predict(inputs, verbose=0)
     script = (
         "import json, numpy as np, fusion\n"
         f"run = fusion.load_run({str(run.run_dir)!r})\n"

@@ -47,10 +47,27 @@ def exported_probabilities(model, data, paths):
     return np.concatenate([model.predict_on_batch(image[None]) for image in images])
 
 
+@pytest.fixture(scope="module")
+def reloaded():
+    """`keras.saving.load_model(path, safe_mode=True)`, once per file, for the tests that only read the reloaded model.
+
+    Loading an export rebuilds densenet121 (about 10 s); these tests check the reloaded model,
+    not each its own reload. The test of calling a reloaded export directly loads its own.
+    """
+    models = {}
+
+    def load(path):
+        if path not in models:
+            models[path] = keras.saving.load_model(path, safe_mode=True)
+        return models[path]
+
+    return load
+
+
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-4), ("float16", 5e-3)])
-def test_exported_model_matches_store_plus_head(request, dtype, tolerance):
+def test_exported_model_matches_store_plus_head(request, reloaded, dtype, tolerance):
     data, store, run_dir = request.getfixturevalue(f"{dtype}_run")
-    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    model = reloaded(run_dir / "exported.keras")
     paths, expected = store_path_probabilities(store, run_dir, model.model_name)
     actual = exported_probabilities(model, data, paths)
     assert actual.shape == (len(paths), 2)
@@ -59,18 +76,18 @@ def test_exported_model_matches_store_plus_head(request, dtype, tolerance):
     assert np.abs(actual - expected).max() < tolerance
 
 
-def test_exported_model_carries_class_names_and_no_lambda(float32_run):
+def test_exported_model_carries_class_names_and_no_lambda(float32_run, reloaded):
     _, _, run_dir = float32_run
-    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    model = reloaded(run_dir / "exported.keras")
     assert class_names_of(model) == ("class_0", "class_1")
     layer_types = {type(layer).__name__ for layer in model._flatten_layers()}
     assert "Lambda" not in layer_types
     assert {"Resizing", "PreprocessInput"} <= layer_types
 
 
-def test_exported_model_holds_its_parts_as_attributes(float32_run):
+def test_exported_model_holds_its_parts_as_attributes(float32_run, reloaded):
     _, store, run_dir = float32_run
-    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    model = reloaded(run_dir / "exported.keras")
     run = __import__("fusion").load_run(run_dir)
     assert isinstance(model, FusionClassifier)
     assert model.class_names == ("class_0", "class_1")
@@ -86,9 +103,9 @@ def test_exported_model_holds_its_parts_as_attributes(float32_run):
                                run.predict_proba(stored, model=model.model_name), atol=1e-6)
 
 
-def test_reloaded_model_matches_the_head_on_the_stored_features_within_1e_5(float32_run):
+def test_reloaded_model_matches_the_head_on_the_stored_features_within_1e_5(float32_run, reloaded):
     data, store, run_dir = float32_run
-    model = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    model = reloaded(run_dir / "exported.keras")
     paths, expected = store_path_probabilities(store, run_dir, model.model_name)
     # The images resized as precompute resizes them: the extractors and head alone must give the stored path's numbers.
     resized = {name: np.stack([features.resize_image(features.load_image(data / path), size) for path in paths])
@@ -99,11 +116,11 @@ def test_reloaded_model_matches_the_head_on_the_stored_features_within_1e_5(floa
 
 
 @pytest.mark.slow
-def test_exported_model_reloads_in_a_fresh_process(float32_run, tmp_path):
+def test_exported_model_reloads_in_a_fresh_process(float32_run, reloaded, tmp_path):
     data, _, run_dir = float32_run
     model_path = run_dir / "exported.keras"
     image_path = next((data / "class_1").glob("*.png"))
-    here = keras.saving.load_model(model_path, safe_mode=True).predict_on_batch(
+    here = reloaded(model_path).predict_on_batch(
         features.load_image(image_path).astype("float32")[None]
     )
     script = (
@@ -228,7 +245,7 @@ def test_build_pixel_model_takes_images_of_any_size(float32_run):
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_export_needs_no_store_when_the_run_recorded_the_recipes(float32_run, tmp_path):
+def test_export_needs_no_store_when_the_run_recorded_the_recipes(float32_run, reloaded, tmp_path):
     data, store, run_dir = float32_run
     moved = tmp_path / "elsewhere.h5"
     store.rename(moved)
@@ -236,7 +253,7 @@ def test_export_needs_no_store_when_the_run_recorded_the_recipes(float32_run, tm
         model = keras.saving.load_model(export_model(run_dir, tmp_path / "again.keras"), safe_mode=True)
     finally:
         moved.rename(store)
-    expected = keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)
+    expected = reloaded(run_dir / "exported.keras")
     image = features.load_image(next((data / "class_0").glob("*.png"))).astype("float32")[None]
     np.testing.assert_allclose(model.predict_on_batch(image), expected.predict_on_batch(image), atol=1e-6)
 
@@ -323,11 +340,11 @@ def test_the_export_name_is_checked_before_the_run_is_read(tmp_path):
         export_model(tmp_path / "no_run_here", tmp_path / "folder.keras")
 
 
-def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run):
+def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run, reloaded):
     from fusion.export import matches_run
 
     _, _, run_dir = float32_run
-    assert matches_run(keras.saving.load_model(run_dir / "exported.keras", safe_mode=True), run_dir)
+    assert matches_run(reloaded(run_dir / "exported.keras"), run_dir)
     both = {"mobilenet_v2": 32, "densenet121": 32}
     assert matches_run(tiny_classifier(both, model_name="fusion"), run_dir, "fusion")
     assert not matches_run(tiny_classifier({"mobilenet_v2": 64, "densenet121": 32}, model_name="fusion"), run_dir,
@@ -341,12 +358,13 @@ def test_a_cached_export_of_another_recipe_does_not_match_the_run(float32_run):
     assert not matches_run(tiny_classifier(both, model_name="mobilenet_v2"), run_dir, "mobilenet_v2")
 
 
-def test_an_export_written_before_fusion_classifier_loads_but_does_not_match_the_run(float32_run, tmp_path):
+def test_an_export_written_before_fusion_classifier_loads_but_does_not_match_the_run(float32_run, reloaded,
+                                                                                     tmp_path):
     from fusion.export import matches_run
 
     _, _, run_dir = float32_run
     old_path = tmp_path / "old.keras"
-    old_style_export(keras.saving.load_model(run_dir / "exported.keras", safe_mode=True)).save(old_path)
+    old_style_export(reloaded(run_dir / "exported.keras")).save(old_path)
     old = keras.saving.load_model(old_path, safe_mode=True)
     assert not isinstance(old, FusionClassifier) and not matches_run(old, run_dir)
     with pytest.raises(ValueError, match="Model 'fusionpipe_classifier' carries no class names; .* or by a version "

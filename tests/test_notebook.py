@@ -61,7 +61,7 @@ def test_quickstart_notebook_executes_and_shows_plots_inline(tmp_path, monkeypat
     # The kernel chooses its own matplotlib backend, as in Jupyter: no MPLBACKEND from the test runner.
     monkeypatch.delenv("MPLBACKEND", raising=False)
     for key, value in {
-        "QUICKSTART_WORK": str(tmp_path), "QUICKSTART_LIMIT": "80", "QUICKSTART_BACKBONES": "mobilenet_v2 densenet121",
+        "QUICKSTART_WORK": str(tmp_path), "QUICKSTART_LIMIT": "80", "QUICKSTART_BACKBONES": "mobilenet_v2 resnet50",
         "QUICKSTART_INPUT_SIZE": "32", "QUICKSTART_EPOCHS": "2",
         # The kernel imports this checkout's packages, ahead of any installed copy.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(NOTEBOOK.parent.parent), os.environ.get("PYTHONPATH")])),
@@ -73,6 +73,6 @@ def test_quickstart_notebook_executes_and_shows_plots_inline(tmp_path, monkeypat
     _check_outputs(notebook)
     text = "".join(text for cell in notebook.cells if cell.cell_type == "code" for _, text in _outputs(cell))
     assert "weights: none" in text
-    assert "fusion_without_densenet121" in text  # the leaderboard lists the ablation
+    assert "fusion_without_resnet50" in text  # the leaderboard lists the ablation
     assert (tmp_path / "run" / "report.html").is_file()
     assert len(list(tmp_path.glob("run/exported*.keras"))) == 1

@@ -159,6 +159,25 @@ def _copy_run(run_dir, tmp_path, exported=True):
     return copy
 
 
+def _models_loaded_by_cli(monkeypatch):
+    """The models run_predict loads, in a list filled as it loads them (load_classifier unchanged, only watched).
+
+    A test checks the file the command line left by the model the command line loaded from it,
+    rather than loading the backbones from the file once more (about 10 s each).
+    """
+    import fusion.predict
+
+    loaded = []
+    load_classifier_unwatched = fusion.predict.load_classifier
+
+    def load_and_keep(*args, **kwargs):
+        loaded.append(load_classifier_unwatched(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(fusion.predict, "load_classifier", load_and_keep)
+    return loaded
+
+
 def _run_cli(argv, capsys):
     """Exit code, stdout and stderr lines of run_predict.main."""
     try:
@@ -169,10 +188,11 @@ def _run_cli(argv, capsys):
     return code, captured.out, captured.err.splitlines()
 
 
-def test_a_cut_short_cached_export_is_exported_again_saying_so(float32_run, tmp_path, capsys):
+def test_a_cut_short_cached_export_is_exported_again_saying_so(float32_run, tmp_path, capsys, monkeypatch):
     from fusion.run_folder import _read_written
 
     data, _, run_dir = float32_run
+    loaded = _models_loaded_by_cli(monkeypatch)
     run_copy = _copy_run(run_dir, tmp_path)
     exported = run_copy / "exported.keras"
     exported.write_bytes(exported.read_bytes()[:4096])  # as a kill during the first export left it
@@ -181,27 +201,30 @@ def test_a_cut_short_cached_export_is_exported_again_saying_so(float32_run, tmp_
     assert code == 0
     assert err == [f"run_predict.py: warning: {exported} is damaged: not a whole .keras file (4096 bytes, not a "
                    f"complete zip archive; cut short?); exporting the run again."]
-    assert keras.saving.load_model(exported, safe_mode=True).output_shape == (None, 2)
     assert "exported.keras" in _read_written(run_copy)
     assert not [path for path in run_copy.iterdir() if ".tmp-" in path.name]
-    # The second prediction reuses the whole file, without a word.
+    # The second prediction reuses the whole file, without a word; the model it loaded from it is the run's.
+    written = exported.read_bytes()
     assert _run_cli([run_copy, image_paths(data)[0], "--out", out, "--no-progress"], capsys)[::2] == (0, [])
+    assert exported.read_bytes() == written and len(loaded) == 2 and loaded[-1].output_shape == (None, 2)
 
 
-def test_a_cached_export_written_before_fusion_classifier_is_exported_again(float32_run, tmp_path, capsys):
+def test_a_cached_export_written_before_fusion_classifier_is_exported_again(classifier, tmp_path, capsys,
+                                                                            monkeypatch):
     from _run_fixtures import old_style_export
     from fusion.classifier import FusionClassifier
 
-    data, _, run_dir = float32_run
+    data, run_dir, reloaded = classifier  # the run's exported.keras, loaded once for the module
     run_copy = _copy_run(run_dir, tmp_path)
     exported = run_copy / "exported.keras"
-    old_style_export(keras.saving.load_model(exported, safe_mode=True)).save(exported)  # as the previous version left it
+    old_style_export(reloaded).save(exported)  # as the previous version left it
+    loaded = _models_loaded_by_cli(monkeypatch)
     out = tmp_path / "p.csv"
     code, _, err = _run_cli([run_copy, image_paths(data)[0], "--out", out, "--no-progress"], capsys)
     assert code == 0
     assert err == [f"run_predict.py: warning: {exported} is not a FusionClassifier (an export of an older "
                    f"fusionpipe?); exporting the run again."]
-    model = keras.saving.load_model(exported, safe_mode=True)
+    (model,) = loaded  # what the command line loaded from the new exported.keras, and predicted with
     assert isinstance(model, FusionClassifier) and model.class_names == ("class_0", "class_1")
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
     expected = one_by_one(model, image_paths(data)[:1])[0]
@@ -387,12 +410,15 @@ def test_model_applies_to_a_run_folder_not_an_exported_file(float32_run, tmp_pat
         f"pass the run folder. Received: model='fusion'"]
 
 
-def test_cli_model_deploys_a_baseline_and_does_not_reuse_an_export_of_another_model(float32_run, tmp_path, capsys):
+def test_cli_model_deploys_a_baseline_and_does_not_reuse_an_export_of_another_model(float32_run, tmp_path, capsys,
+                                                                                    monkeypatch):
     from fusion.run_folder import _read_written
     from fusion.saved_run import load_run
 
     data, store, run_dir = float32_run
     run_copy = _copy_run(run_dir, tmp_path)
+    default_export = (run_copy / "exported.keras").read_bytes()  # the winner's export, the session fixture's
+    loaded = _models_loaded_by_cli(monkeypatch)
     winner = load_run(run_copy).default_model
     name = next(name for name in ("stacking", "weighted_average") if name != winner)
     cached = run_copy / f"exported_{name}.keras"
@@ -402,7 +428,7 @@ def test_cli_model_deploys_a_baseline_and_does_not_reuse_an_export_of_another_mo
     code, _, err = _run_cli(argv, capsys)
     assert code == 0
     assert err == [f"run_predict.py: warning: {cached} holds model {winner!r}, not {name!r}; exporting the run again."]
-    model = keras.saving.load_model(cached, safe_mode=True)
+    (model,) = loaded  # what the command line loaded from the new exported_<name>.keras, and predicted with
     assert model.model_name == name and f"exported_{name}.keras" in _read_written(run_copy)
     # The CSV's probabilities are the baseline's on the stored features of the same images.
     rows = {row["path"]: row for row in csv.DictReader(open(out, encoding="utf-8"))}
@@ -415,4 +441,4 @@ def test_cli_model_deploys_a_baseline_and_does_not_reuse_an_export_of_another_mo
     actual = np.array([[float(rows[str(data / path)][f"p_class_{index}"]) for index in range(2)] for path in paths])
     np.testing.assert_allclose(actual, expected, atol=1e-4)
     # The default export is left as it was (reusing a matching cached export is tested above, for the default).
-    assert keras.saving.load_model(run_copy / "exported.keras", safe_mode=True).model_name == winner
+    assert (run_copy / "exported.keras").read_bytes() == default_export
