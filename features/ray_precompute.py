@@ -7,7 +7,7 @@ whose name the driver chose, which is what lets a killed driver's finished shard
 reused, and a lost worker's shard be counted and given to another.
 
 The driver (this module) holds the store's writer lock for the whole run; workers write only
-their shard files. See `features.shards` for the shard files and how they join the store.
+their shard files. See `features.store._shards` for the shard files and how they join the store.
 """
 
 import collections

@@ -292,3 +292,12 @@ def test_bad_ray_options_are_one_line_before_any_work(data, tmp_path, capsys, ar
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_without_ray_nothing_imports_it(tmp_path):
+    data = write_two_class_images(tmp_path / "images", per_class=3)
+    script = ("import sys, features; "
+              f"features.precompute({str(data)!r}, {str(tmp_path / 'cache.h5')!r}, ['identity'], weights='none', "
+              "progress=False); print('ray imported:', 'ray' in sys.modules)")
+    printed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "ray imported: False" in printed.stdout
