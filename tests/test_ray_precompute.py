@@ -93,6 +93,11 @@ def test_a_ray_store_equals_the_single_process_store_mapped_or_merged(cluster, d
     moved = tmp_path / "moved"
     shutil.move(out.parent, moved)
     _assert_same_store(moved / "cache.h5", single)
+    # Training reads it like any store (streamed rows through the mapping, checksums checked).
+    from fusion import train_run
+
+    run = train_run(moved / "cache.h5", tmp_path / "run", units=8, epochs=1, batch_size=8, ablation=False, verbose=0)
+    assert set(run.model_names) >= {"fusion", "mobilenet_v2", "identity"}
 
     merged = tmp_path / "merged.h5"
     features.precompute(data, merged, BACKBONES, **OPTIONS, ray="local", workers=2, shard_rows=6, merge=True)
@@ -301,3 +306,30 @@ def test_without_ray_nothing_imports_it(tmp_path):
               "progress=False); print('ray imported:', 'ray' in sys.modules)")
     printed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "ray imported: False" in printed.stdout
+
+
+class _Cluster:
+    """What `_worker_resources` asks of Ray: the cluster's resources."""
+
+    def __init__(self, resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+@pytest.mark.parametrize("resources, workers, expected", [
+    ({"CPU": 64.0, "GPU": 4.0}, None, (4, 16.0, 1)),  # one worker per GPU, the CPUs shared among them
+    ({"CPU": 64.0, "GPU": 4.0}, 2, (2, 32.0, 1)),
+    ({"CPU": 2.0}, 2, (2, 1.0, 0)),  # this machine: two workers of one core each
+    ({"CPU": 16.0}, None, (8, 2.0, 0)),
+])
+def test_one_worker_per_gpu_and_cpu_workers_share_the_cores(resources, workers, expected):
+    from features.ray_precompute import _worker_resources
+    from features.shard_worker import thread_settings
+
+    assert _worker_resources(_Cluster(resources), workers) == expected
+    assert thread_settings(expected[1]) == {
+        "TF_NUM_INTRAOP_THREADS": str(int(expected[1])), "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": str(int(expected[1])),
+        "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={int(expected[1])}"}
