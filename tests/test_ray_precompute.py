@@ -145,12 +145,16 @@ def test_a_worker_killed_mid_shard_is_retried_counted_and_the_store_is_undisturb
     options = dict(OPTIONS, input_size=40)
     reference = tmp_path / "single.h5"
     features.precompute(data, reference, BACKBONES, **options)
+    from features.ray_precompute import start_workers
+
+    # This cluster's workers only (another test process may run a Ray of its own on the machine).
+    ours = set(ray.get([actor.ping.remote() for actor in start_workers(ray, 2)]))
     killed = []
 
     def kill_one_worker_mid_shard():
         deadline = time.time() + 120
         while not killed and time.time() < deadline:
-            for pid in _shard_worker_pids():
+            for pid in set(_shard_worker_pids()) & ours:
                 # Stopped first, then checked: a worker still titled as computing is caught mid-shard.
                 os.kill(pid, signal.SIGSTOP)
                 if pid in _shard_worker_pids():
