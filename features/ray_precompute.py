@@ -32,7 +32,11 @@ DEFAULT_SHARD_ROWS = 2048
 
 @dataclasses.dataclass(frozen=True)
 class WorkerReport:
-    """What one Ray worker did: its host and process, the shards and images it computed, and its seconds."""
+    """What one Ray worker did: its host and process, the shards and images it computed, and its seconds.
+
+    `seconds` include `build_seconds`, the time the worker took to build and trace its backbones on its
+    first shard (every run starts new workers), so a run's steady part can be told from its start-up.
+    """
 
     worker: int
     host: str
@@ -40,6 +44,7 @@ class WorkerReport:
     shards: int
     images: int
     seconds: float
+    build_seconds: float = 0.0
 
     @property
     def images_per_second(self):
@@ -190,7 +195,7 @@ def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
     pending = collections.deque(tasks)
     in_flight = {}
     idle = list(range(len(actors)))
-    stats = {index: dict(host="?", pid=0, shards=0, images=0, seconds=0.0) for index in range(len(actors))}
+    stats = {index: dict(host="?", pid=0, shards=0, images=0, seconds=0.0, build=0.0) for index in range(len(actors))}
     bar = tqdm(total=sum(len(task.rows) for task in tasks), unit="img", file=sys.stderr, disable=not progress,
                desc="precompute (ray)")
     started = time.perf_counter()
@@ -204,7 +209,7 @@ def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
             index, task = in_flight.pop(ready[0])
             idle.append(index)
             try:
-                host, pid, seconds, _ = ray.get(ready[0])
+                host, pid, seconds, build = ray.get(ready[0])
             except ray.exceptions.RayActorError:
                 # The worker died mid-shard (killed, out of memory): Ray restarts it, the shard goes out again.
                 if attempts[task.index] >= MAX_ATTEMPTS:
@@ -228,7 +233,7 @@ def compute_on_ray(ray, actors, tasks, store_path, lacking, virtual, progress):
             results.append(result)
             record = stats[index]
             record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
-                          seconds=record["seconds"] + seconds)
+                          seconds=record["seconds"] + seconds, build=build)
             bar.update(len(task.rows))
     finally:
         bar.close()
@@ -306,7 +311,7 @@ def run_sharded(store_path, data_root, paths, todo_rows, done, active, recipes, 
         for name in result.task.backbones:
             computed[name] += int(np.sum(lacking[name][result.task.rows] & readable))
     reports = tuple(WorkerReport(index + 1, record["host"], record["pid"], record["shards"], record["images"],
-                                 record["seconds"]) for index, record in sorted(stats.items()))
+                                 record["seconds"], record["build"]) for index, record in sorted(stats.items()))
     joined = reused + results
     compute_seconds = {name: float(sum(r.costs[name][0] for r in joined if name in r.costs)) for name in active}
     report = ShardingReport(address, reports, len(results), len(reused), retried, shard_rows, seconds,
