@@ -452,7 +452,7 @@ def main(argv=None):
     ray_options = parser.add_argument_group("Ray", "with --ray-workers, only the Ray comparison runs")
     ray_options.add_argument("--ray-workers", type=int, default=None,
                              help="compare one process with ray='local' and this many workers, then measure the "
-                             "coordinator limit with the identity backbone (default: None, the benchmark above)")
+                             "coordinator limit with the identity backbone (default: None, the one-process benchmark)")
     ray_options.add_argument("--shard-rows", type=int, default=None,
                              help="rows per shard of the Ray run on the photos (default: None, about four shards per "
                              "worker, at most 256)")
