@@ -19,12 +19,25 @@ engines table (`--engines`, TensorFlow only): one in-memory batch of 16 through
 the hardware has it, beside the precompute path on the same batch (`predict_in_batches` of
 its `feature_extractor`, one call), with the path's ratio to the fastest correct engine.
 Weights are random (`none`): speed does not depend on them. Any registry name is accepted.
+
+    python benchmarks/bench_precompute.py --ray-workers 2 --images 64 --size 640x480    # Ray vs one process
+
+With `--ray-workers N`, only the Ray comparison runs instead, on the same photos: (1) one process,
+steady state (models built beforehand); (2) `ray="local"` with N workers on a Ray started once
+here (`ray.init(num_cpus=os.cpu_count())`): a first small run whose time is the workers' start-up
+(every precompute call starts new actors: process, TensorFlow import, model build + trace), then
+the timed run, printed whole and as its steady part (the sharding report's seconds, first shard
+out to last back, less the workers' mean model build + trace), and Ray/single of both; (3) the
+coordinator limit: the zero-cost `identity` backbone on `--small-images` small generated JPEGs,
+so that what is left is the pipeline's own cost per image: images/s and ms per image on Ray and
+in one process, and the driver's CPU per image.
 """
 
 import argparse
 import concurrent.futures
 import contextlib
 import importlib
+import logging
 import os
 import shutil
 import tempfile
@@ -296,6 +309,120 @@ def _load():
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
+def _auto_shard_rows(count, workers):
+    # About four shards per worker, so that no worker idles long at the end; at most 256 rows.
+    return max(1, min(256, -(-count // (4 * workers))))
+
+
+def _ray_run(data, out, backbones, common, workers, shard_rows):
+    """One `precompute(ray="local")`; returns (summary, whole-call seconds, driver CPU seconds, steady seconds).
+
+    Steady seconds: the sharding report's (first shard given out to the last back) less the workers' mean
+    model build + trace, which every call pays again on its new actors' first shard.
+    """
+    from features.pipeline import precompute
+
+    started, cpu = time.perf_counter(), time.process_time()
+    summary = precompute(data, out, backbones, ray="local", workers=workers, shard_rows=shard_rows, **common)
+    wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu
+    sharding = summary.sharding
+    builds = [report.build_seconds for report in sharding.workers] or [0.0]
+    return summary, wall, driver_cpu, sharding.seconds - sum(builds) / len(builds)
+
+
+def _ray_benchmark(args, data, scratch, backbones, common):
+    """Print one process against Ray on the same photos, then the coordinator limit with `identity`."""
+    import ray
+
+    from features.backbones import check_input_size
+    from features.compute import _prepare_image
+    from features.pipeline import precompute
+
+    workers = args.ray_workers
+    photos = sorted(Path(data).rglob("*.jpg"))
+    count = len(photos)
+    shard_rows = args.shard_rows or _auto_shard_rows(count, workers)
+    tiny = _tiny_copy(data, os.path.join(scratch, "tiny"))
+    sizes = {name: check_input_size(name, args.input_size) for name in backbones}
+    pipeline_cost, _ = _decode_costs(data, backbones, sizes)
+    print(f"decode+resize per image, one thread: {pipeline_cost * 1000:.1f} ms (the pipeline's: once, reduced DCT "
+          f"scale, each distinct size)", flush=True)
+
+    started = time.perf_counter()
+    precompute(tiny, os.path.join(scratch, "warm_single.h5"), backbones, **common)
+    print(f"one process, build + trace of every backbone (not timed below): {time.perf_counter() - started:.1f} s",
+          flush=True)
+    cpu = time.process_time()
+    single = precompute(data, os.path.join(scratch, "single.h5"), backbones, **common)
+    print(f"(1) one process, steady state: {single.seconds:7.1f} s  {count / single.seconds:6.2f} img/s  "
+          f"(CPU {time.process_time() - cpu:.0f} s; compute {single.timings['compute']:.1f} s)", flush=True)
+
+    started = time.perf_counter()
+    # As precompute's own `connect`, but with every CPU here; precompute then uses this Ray and leaves it running.
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=True,
+             logging_level=logging.WARNING)
+    print(f"ray.init(num_cpus={os.cpu_count()}): {time.perf_counter() - started:.1f} s; {workers} workers, "
+          f"{shard_rows} rows per shard (--shard-rows), {_load()}", flush=True)
+    try:
+        warm_data = _tiny_copy(data, os.path.join(scratch, "ray_warm"), workers)
+        warm, warm_wall, _, _ = _ray_run(warm_data, os.path.join(scratch, "ray_warm.h5"), backbones, common,
+                                         workers, 1)
+        builds = [report.build_seconds for report in warm.sharding.workers]
+        print(f"(2) Ray start-up, a first run of {workers} photos, one per worker: whole call {warm_wall:.1f} s, "
+              f"of which before the first shard went out {warm_wall - warm.sharding.seconds:.1f} s (actors start, "
+              f"import TensorFlow; store set-up) and model build + trace on the first shard "
+              f"{max(builds):.1f} s (longest worker)", flush=True)
+        timed, wall, driver_cpu, steady = _ray_run(data, os.path.join(scratch, "ray.h5"), backbones, common,
+                                                   workers, shard_rows)
+        sharding = timed.sharding
+        mean_build = sum(report.build_seconds for report in sharding.workers) / len(sharding.workers)
+        print(f"(2) Ray, {workers} workers:  whole call {wall:7.1f} s  {count / wall:6.2f} img/s  (new actors "
+              f"included); first shard out to last back {sharding.seconds:.1f} s; steady (that less the workers' "
+              f"mean build + trace {mean_build:.1f} s) {steady:7.1f} s  {count / steady:6.2f} img/s  "
+              f"(driver CPU {driver_cpu:.1f} s)", flush=True)
+        for report in sharding.workers:
+            print(f"      worker {report.worker} (pid {report.pid}): {report.shards} shard(s), {report.images} images, "
+                  f"{report.seconds:.1f} s of which build + trace {report.build_seconds:.1f} s", flush=True)
+        print(f"Ray/single, steady: {single.seconds / steady:.2f} (target >= 0.85 with 2 workers on the heavy five)",
+              flush=True)
+        print(f"Ray/single, whole call: {single.seconds / wall:.2f} (each call starts new actors)", flush=True)
+
+        # The coordinator limit: a zero-cost model on small images leaves only the pipeline's own cost per image.
+        width, height = (int(value) for value in args.small_size.split("x"))
+        small = os.path.join(scratch, "small")
+        started = time.perf_counter()
+        _make_photos(small, args.small_images, width, height)
+        small_paths = sorted(str(path) for path in Path(small).rglob("*.jpg"))
+        sample = small_paths[:200]
+        _prepare_image(sample[0], 32, [32], ())
+        decoding = time.perf_counter()
+        for path in sample:
+            _prepare_image(path, 32, [32], ())
+        decode = (time.perf_counter() - decoding) / len(sample)
+        small_rows = args.small_shard_rows or _auto_shard_rows(len(small_paths), workers)
+        print(f"coordinator limit: identity (no network) on {len(small_paths)} JPEGs of {width}x{height} (generated "
+              f"in {decoding - started:.0f} s; decode+resize {decode * 1000:.2f} ms per image, one thread), "
+              f"{small_rows} rows per shard, {_load()}", flush=True)
+        precompute(os.path.join(scratch, "tiny"), os.path.join(scratch, "warm_identity.h5"), ["identity"], **common)
+        identity_single = precompute(small, os.path.join(scratch, "identity.h5"), ["identity"], **common)
+        single_rate = len(small_paths) / identity_single.seconds
+        print(f"(3) one process, identity:   {identity_single.seconds:6.1f} s  {single_rate:7.0f} img/s  "
+              f"{1000 / single_rate:.3f} ms per image", flush=True)
+        identity, wall, driver_cpu, steady = _ray_run(small, os.path.join(scratch, "identity_ray.h5"), ["identity"],
+                                                      common, workers, small_rows)
+        rate = len(small_paths) / steady
+        print(f"(3) Ray, {workers} workers, identity: whole call {wall:6.1f} s  {len(small_paths) / wall:7.0f} img/s "
+              f"(new actors included); steady {steady:6.1f} s  {rate:7.0f} img/s  {1000 / rate:.3f} ms per image; "
+              f"driver CPU {driver_cpu * 1000 / len(small_paths):.3f} ms per image "
+              f"({len(small_paths) / max(driver_cpu, 1e-9):.0f} img/s per driver core)", flush=True)
+        print(f"coordinator limit, images/s one driver coordinates (Ray steady, identity): {rate:.0f} "
+              f"(target > 2000)", flush=True)
+        print(f"Ray/single, identity: {identity_single.seconds / steady:.2f}", flush=True)
+    finally:
+        ray.shutdown()
+    print(_load())
+
+
 def main(argv=None):
     """Run the measurements and print start-up, images/s and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -322,9 +449,23 @@ def main(argv=None):
                         "(default: function xla mixed)")
     parser.add_argument("--engine-rounds", type=int, default=5,
                         help="timed calls per engine, interleaved (default: 5)")
+    ray_options = parser.add_argument_group("Ray", "with --ray-workers, only the Ray comparison runs")
+    ray_options.add_argument("--ray-workers", type=int, default=None,
+                             help="compare one process with ray='local' and this many workers, then measure the "
+                             "coordinator limit with the identity backbone (default: None, the one-process benchmark)")
+    ray_options.add_argument("--shard-rows", type=int, default=None,
+                             help="rows per shard of the Ray run on the photos (default: None, about four shards per "
+                             "worker, at most 256)")
+    ray_options.add_argument("--small-images", type=int, default=2000,
+                             help="small photos of the coordinator-limit run (default: 2000)")
+    ray_options.add_argument("--small-size", default="64x64",
+                             help="size WxH of those photos (default: 64x64)")
+    ray_options.add_argument("--small-shard-rows", type=int, default=None,
+                             help="rows per shard of the coordinator-limit run (default: None, about four shards per "
+                             "worker, at most 256)")
     args = parser.parse_args(argv)
-
-    import logging
+    if args.ray_workers is not None and args.ray_workers < 1:
+        parser.error(f"--ray-workers must be a positive integer. Received: --ray-workers {args.ray_workers}")
 
     import numpy as np
 
@@ -359,6 +500,9 @@ def main(argv=None):
         megabytes = np.mean([path.stat().st_size for path in photos]) / 1e6
         print(f"{count} JPEGs ({megabytes:.2f} MB each on average), backbones {' '.join(backbones)}, "
               f"batch {args.batch_size}, {os.cpu_count()} CPUs, {_load()}", flush=True)
+        if args.ray_workers:
+            _ray_benchmark(args, data, scratch, backbones, common)
+            return
         tiny = _tiny_copy(data, os.path.join(scratch, "tiny"))
         startup_data = _tiny_copy(data, os.path.join(scratch, "startup"), args.startup_images)
 

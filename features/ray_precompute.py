@@ -38,7 +38,12 @@ START_TIMEOUT = 600
 
 @dataclasses.dataclass(frozen=True)
 class WorkerReport:
-    """What one Ray worker did: its host and process, the shards and images it computed, and its seconds."""
+    """What one Ray worker did: its host and process, the shards and images it computed, and its seconds.
+
+    `seconds` include `build_seconds`, the time the worker took to build and trace backbones it had
+    not built before (a worker keeps them for the next run of the Ray session), so a run's steady
+    part can be told from its start-up.
+    """
 
     worker: int
     host: str
@@ -46,6 +51,7 @@ class WorkerReport:
     shards: int
     images: int
     seconds: float
+    build_seconds: float = 0.0
 
     @property
     def images_per_second(self):
@@ -218,7 +224,7 @@ def compute_on_ray(ray, actors, tasks, settings, store_path, lacking, virtual, p
     in_flight = {}  # a shard's call -> (worker index, task)
     recovering = {}  # a lost worker's ping -> (worker index, pings so far): it takes shards again once it answers
     idle = list(range(len(actors)))
-    stats = {index: dict(host="?", pid=0, shards=0, images=0, seconds=0.0) for index in range(len(actors))}
+    stats = {index: dict(host="?", pid=0, shards=0, images=0, seconds=0.0, build=0.0) for index in range(len(actors))}
     bar = tqdm(total=sum(len(task.rows) for task in tasks), unit="img", file=sys.stderr, disable=not progress,
                desc="precompute (ray)")
     started = time.perf_counter()
@@ -244,7 +250,7 @@ def compute_on_ray(ray, actors, tasks, settings, store_path, lacking, virtual, p
                 continue
             index, task = in_flight.pop(ready[0])
             try:
-                host, pid, seconds = ray.get(ready[0])
+                host, pid, seconds, build = ray.get(ready[0])
             except ray.exceptions.RayActorError:
                 # The worker died mid-shard (killed, out of memory): Ray restarts it, and the shard goes out
                 # again, to the first worker free (this one once it answers again).
@@ -271,7 +277,7 @@ def compute_on_ray(ray, actors, tasks, settings, store_path, lacking, virtual, p
             results.append(result)
             record = stats[index]
             record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
-                          seconds=record["seconds"] + seconds)
+                          seconds=record["seconds"] + seconds, build=record["build"] + build)
             bar.update(len(task.rows))
     finally:
         bar.close()
@@ -287,17 +293,17 @@ def compute_here(tasks, settings, store_path, lacking, virtual, progress):
 
     folder = Path(store_path).parent
     worker, results = ShardWorker(), []
-    record = dict(host="?", pid=0, shards=0, images=0, seconds=0.0)
+    record = dict(host="?", pid=0, shards=0, images=0, seconds=0.0, build=0.0)
     started = time.perf_counter()
     with tqdm(total=sum(len(task.rows) for task in tasks), unit="img", file=sys.stderr, disable=not progress,
               desc="precompute") as bar:
         for task in tasks:
-            host, pid, seconds = worker.compute(task, settings)
+            host, pid, seconds, build = worker.compute(task, settings)
             result = read_finished(folder, task)
             _commit_as_it_comes(store_path, result, lacking, virtual)
             results.append(result)
             record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
-                          seconds=record["seconds"] + seconds)
+                          seconds=record["seconds"] + seconds, build=record["build"] + build)
             bar.update(len(task.rows))
     return results, 0, {0: record}, time.perf_counter() - started
 
@@ -381,7 +387,7 @@ def _finish(store_path, reused, results, retried, stats, seconds, lacking, virtu
         for name in result.task.backbones:
             computed[name] += int(np.sum(lacking[name][result.task.rows] & readable))
     reports = tuple(WorkerReport(index + 1, record["host"], record["pid"], record["shards"], record["images"],
-                                 record["seconds"]) for index, record in sorted(stats.items()))
+                                 record["seconds"], record["build"]) for index, record in sorted(stats.items()))
     joined = reused + results
     compute_seconds = {name: float(sum(r.costs[name][0] for r in joined if name in r.costs)) for name in active}
     report = ShardingReport(address, reports, len(results), len(reused), retried, shard_rows, seconds,

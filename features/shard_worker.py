@@ -42,7 +42,7 @@ class ShardWorker:
 
     Example:
         >>> worker = ShardWorker()
-        >>> host, pid, seconds = worker.compute(task, settings)
+        >>> host, pid, seconds, build_seconds = worker.compute(task, settings)
     """
 
     def ping(self):
@@ -69,19 +69,24 @@ class ShardWorker:
 
     @staticmethod
     def _models(names, settings):
+        """Backbone -> model, and the seconds spent building those this worker process had not built before."""
         # The process's extractor cache: each backbone is built and traced once per worker process.
         from features.extractors import feature_extractor
 
-        return {name: feature_extractor(name, settings["input_sizes"][name], settings["weight_files"][name],
-                                        settings["poolings"][name], settings["seed"], settings["precision"])[0]
-                for name in names}
+        models, build_seconds = {}, 0.0
+        for name in names:
+            building = time.perf_counter()
+            models[name], built = feature_extractor(name, settings["input_sizes"][name], settings["weight_files"][name],
+                                                    settings["poolings"][name], settings["seed"], settings["precision"])
+            build_seconds += time.perf_counter() - building if built else 0.0
+        return models, build_seconds
 
     def compute(self, task, settings):
-        """Compute `task` (a `ShardTask`) into its shard file; returns (host, pid, seconds)."""
+        """Compute `task` (a `ShardTask`) into its shard file; returns (host, pid, seconds, build seconds)."""
         from features.extractors import predict_in_batches
 
         started = time.perf_counter()
-        models = self._models(task.backbones, settings)
+        models, build_seconds = self._models(task.backbones, settings)
         extra_views = tuple(settings["extra_views"])
         sizes = sorted({settings["input_sizes"][name] for name in task.backbones})
         batch_size = settings["batch_size"]
@@ -126,7 +131,7 @@ class ShardWorker:
                     if extra_views:
                         self._write(writer, "views", name, positions, features[:, 1:])
             writer.finish(time.perf_counter() - started)
-        return socket.gethostname(), os.getpid(), time.perf_counter() - started
+        return socket.gethostname(), os.getpid(), time.perf_counter() - started, build_seconds
 
     @staticmethod
     def _write(writer, group, name, positions, values):

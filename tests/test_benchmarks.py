@@ -71,3 +71,25 @@ def test_bench_cli_prints_each_scripts_help_time_beside_importing_keras():
         seconds = _number(rf"{script} --help +([\d.]+) s", printed)
         share = _number(rf"{script} --help +[\d.]+ s +([\d.]+) of import keras", printed)
         assert abs(share - seconds / keras_seconds) < 0.002
+
+
+def test_bench_precompute_ray_workers_prints_ray_against_one_process_and_the_coordinator_limit():
+    printed = _run("bench_precompute", "--ray-workers", "2", "--images", "6", "--size", "96x64", "--backbones",
+                   "identity", "--batch-size", "4", "--small-images", "120", "--small-size", "32x32")
+    assert "2 workers, 1 rows per shard (--shard-rows)" in printed  # 6 photos: about four shards per worker
+    single = _number(r"\(1\) one process, steady state: +[\d.]+ s +([\d.]+) img/s", printed)
+    startup = _number(r"\(2\) Ray start-up, a first run of 2 photos, one per worker: whole call ([\d.]+) s", printed)
+    whole = _number(r"\(2\) Ray, 2 workers: +whole call +([\d.]+) s", printed)
+    steady = _number(r"steady \(that less the workers' mean build \+ trace [\d.]+ s\) +[\d.]+ s +([\d.]+) img/s",
+                     printed)
+    assert single > 0 and steady > 0 and startup > 0 and whole > 0
+    ratio = _number(r"Ray/single, steady: ([\d.]+) \(target >= 0.85", printed)
+    assert abs(ratio - steady / single) <= 0.01 + 0.02 * ratio
+    assert _number(r"Ray/single, whole call: ([\d.]+)", printed) <= ratio  # the whole call adds the actors' start-up
+    # The coordinator limit: identity on the small photos, in images/s and in ms per image (one over it).
+    assert "identity (no network) on 120 JPEGs of 32x32" in printed
+    limit = _number(r"images/s one driver coordinates \(Ray steady, identity\): (\d+) \(target > 2000\)", printed)
+    per_image = _number(r"steady +[\d.]+ s +\d+ img/s +([\d.]+) ms per image; driver CPU", printed)
+    assert limit > 0 and abs(per_image - 1000 / limit) <= 0.01 * per_image + 0.002
+    assert _number(r"\(3\) one process, identity: +[\d.]+ s +(\d+) img/s", printed) > 0
+    assert _number(r"Ray/single, identity: ([\d.]+)", printed) > 0
