@@ -25,9 +25,10 @@ Weights are random (`none`): speed does not depend on them. Any registry name is
 With `--ray-workers N`, only the Ray comparison runs instead, on the same photos: (1) one process,
 steady state (models built beforehand); (2) `ray="local"` with N workers on a Ray started once
 here (`ray.init(num_cpus=os.cpu_count())`): a first small run whose time is the workers' start-up
-(every precompute call starts new actors: process, TensorFlow import, model build + trace), then
-the timed run, printed whole and as its steady part (the sharding report's seconds, first shard
-out to last back, less the workers' mean model build + trace), and Ray/single of both; (3) the
+(actor processes, TensorFlow import, model build + trace; the workers then stay up, models built,
+for the next run of the Ray session), then the timed run, printed whole (store set-up and joining
+the shards included) and as its steady part (the sharding report's seconds, first shard out to
+last back, less the workers' mean build + trace of models new to them), and Ray/single of both; (3) the
 coordinator limit: the zero-cost `identity` backbone on `--small-images` small generated JPEGs,
 so that what is left is the pipeline's own cost per image: images/s and ms per image on Ray and
 in one process, and the driver's CPU per image.
@@ -318,7 +319,7 @@ def _ray_run(data, out, backbones, common, workers, shard_rows):
     """One `precompute(ray="local")`; returns (summary, whole-call seconds, driver CPU seconds, steady seconds).
 
     Steady seconds: the sharding report's (first shard given out to the last back) less the workers' mean
-    model build + trace, which every call pays again on its new actors' first shard.
+    model build + trace of backbones new to them (0 once a first run of the session built them).
     """
     from features.pipeline import precompute
 
@@ -376,8 +377,8 @@ def _ray_benchmark(args, data, scratch, backbones, common):
                                                    workers, shard_rows)
         sharding = timed.sharding
         mean_build = sum(report.build_seconds for report in sharding.workers) / len(sharding.workers)
-        print(f"(2) Ray, {workers} workers:  whole call {wall:7.1f} s  {count / wall:6.2f} img/s  (new actors "
-              f"included); first shard out to last back {sharding.seconds:.1f} s; steady (that less the workers' "
+        print(f"(2) Ray, {workers} workers:  whole call {wall:7.1f} s  {count / wall:6.2f} img/s  (store set-up "
+              f"and joining included); first shard out to last back {sharding.seconds:.1f} s; steady (that less the workers' "
               f"mean build + trace {mean_build:.1f} s) {steady:7.1f} s  {count / steady:6.2f} img/s  "
               f"(driver CPU {driver_cpu:.1f} s)", flush=True)
         for report in sharding.workers:
@@ -385,7 +386,7 @@ def _ray_benchmark(args, data, scratch, backbones, common):
                   f"{report.seconds:.1f} s of which build + trace {report.build_seconds:.1f} s", flush=True)
         print(f"Ray/single, steady: {single.seconds / steady:.2f} (target >= 0.85 with 2 workers on the heavy five)",
               flush=True)
-        print(f"Ray/single, whole call: {single.seconds / wall:.2f} (each call starts new actors)", flush=True)
+        print(f"Ray/single, whole call: {single.seconds / wall:.2f}", flush=True)
 
         # The coordinator limit: a zero-cost model on small images leaves only the pipeline's own cost per image.
         width, height = (int(value) for value in args.small_size.split("x"))
@@ -412,7 +413,7 @@ def _ray_benchmark(args, data, scratch, backbones, common):
                                                       common, workers, small_rows)
         rate = len(small_paths) / steady
         print(f"(3) Ray, {workers} workers, identity: whole call {wall:6.1f} s  {len(small_paths) / wall:7.0f} img/s "
-              f"(new actors included); steady {steady:6.1f} s  {rate:7.0f} img/s  {1000 / rate:.3f} ms per image; "
+              f"(store set-up and joining included); steady {steady:6.1f} s  {rate:7.0f} img/s  {1000 / rate:.3f} ms per image; "
               f"driver CPU {driver_cpu * 1000 / len(small_paths):.3f} ms per image "
               f"({len(small_paths) / max(driver_cpu, 1e-9):.0f} img/s per driver core)", flush=True)
         print(f"coordinator limit, images/s one driver coordinates (Ray steady, identity): {rate:.0f} "
