@@ -85,7 +85,7 @@ def test_bench_precompute_ray_workers_prints_ray_against_one_process_and_the_coo
     assert single > 0 and steady > 0 and startup > 0 and whole > 0
     ratio = _number(r"Ray/single, steady: ([\d.]+) \(target >= 0.85", printed)
     assert abs(ratio - steady / single) <= 0.01 + 0.02 * ratio
-    assert _number(r"Ray/single, whole call: ([\d.]+)", printed) <= ratio  # the whole call adds the store set-up and joining the shards
+    assert _number(r"Ray/single, whole call: ([\d.]+)", printed) <= ratio  # plus store set-up and joining
     # The coordinator limit: identity on the small photos, in images/s and in ms per image (one over it).
     assert "identity (no network) on 120 JPEGs of 32x32" in printed
     limit = _number(r"images/s one driver coordinates \(Ray steady, identity\): (\d+) \(target > 2000\)", printed)
