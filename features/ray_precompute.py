@@ -104,7 +104,8 @@ class ShardingReport:
 def check_ray_options(ray, workers, shard_rows):
     """Refuse bad `--ray`, `--workers` or `--shard-rows` values before any file is read."""
     if ray is not None and (not isinstance(ray, str) or not ray.strip()):
-        raise ValueError(f"ray must be 'local', 'auto' or a cluster address such as 10.0.0.5:6379. Received: ray={ray!r}")
+        raise ValueError(f"ray must be 'local', 'auto' or a cluster address such as 10.0.0.5:6379. "
+                         f"Received: ray={ray!r}")
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise ValueError(f"workers must be a positive integer, or None for the default. Received: workers={workers!r}")
     if not isinstance(shard_rows, int) or isinstance(shard_rows, bool) or shard_rows < 1:
