@@ -163,7 +163,7 @@ def _models_loaded_by_cli(monkeypatch):
     """The models run_predict loads, in a list filled as it loads them (load_classifier unchanged, only watched).
 
     A test checks the file the command line left by the model the command line loaded from it,
-    rather than loading the backbones from the file once more (about 10 s each).
+    rather than loading the backbones from the file once more (a build, load and trace each).
     """
     import fusion.predict
 
@@ -395,8 +395,8 @@ def test_an_unknown_model_name_is_one_line_listing_the_valid_ones_before_any_wor
     images = [] if extra else [image_paths(data)[0]]
     code, _, err = _run_cli([run_dir, *images, "--model", "stacked", "--out", tmp_path / "p.csv", *extra], capsys)
     assert code == 2 and err == [
-        f"run_predict.py: error: Unknown model 'stacked' of run {run_dir}. Valid names: fusion, densenet121, "
-        f"mobilenet_v2, average, weighted_average, stacking. Received: model='stacked'"]
+        f"run_predict.py: error: Unknown model 'stacked' of run {run_dir}. Valid names: fusion, mobilenet_v2, "
+        f"vgg16, average, weighted_average, stacking. Received: model='stacked'"]
     assert not (tmp_path / "p.csv").exists()
 
 
