@@ -86,10 +86,17 @@ def test_seeded_random_weights_repeat_and_differ_by_seed():
 
 def test_preprocessing_is_the_backbones_own():
     images = np.random.default_rng(3).uniform(0, 255, (1, 8, 8, 3)).astype("float32")
+    # The three modes of keras.applications: "tf", "caffe" and "torch" (DenseNet: ImageNet mean and std, by hand).
+    torch_mode = (images / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     for module, expected in (("xception", images / 127.5 - 1.0),
-                             ("vgg16", keras.applications.vgg16.preprocess_input(images.copy()))):
-        out = keras.ops.convert_to_numpy(PreprocessInput(module)(images))
+                             ("vgg16", keras.applications.vgg16.preprocess_input(images.copy())),
+                             ("densenet", torch_mode)):
+        layer = PreprocessInput(module)
+        out = keras.ops.convert_to_numpy(layer(images))
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+        # What a saved model keeps of the layer rebuilds the same preprocessing.
+        rebuilt = PreprocessInput.from_config(layer.get_config())
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(rebuilt(images)), out, rtol=0, atol=0)
     with pytest.raises(ValueError, match="Unknown preprocessing module 'os'"):
         PreprocessInput("os")
 
