@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from features.shard_worker import ShardWorker, thread_settings
-from features.store import commit_copied, commit_mapped, plan_shards, read_finished, remove_unused_shards
+from features.store import (commit_copied, commit_mapped, plan_shards, read_finished, read_run_rows,
+                            remove_unused_shards)
 
 logger = logging.getLogger(__name__)
 
@@ -346,8 +347,10 @@ def run_sharded(store_path, paths, todo_rows, done, active, recipes, virtual, se
         progress: show a progress bar.
     """
     lacking = {name: ~done[name] for name in active}
-    tasks = plan_shards(store_path, paths, todo_rows, lacking, shard_rows, {name: recipes[name] for name in active},
-                        settings["extra_views"])
+    # The store's fingerprints name each row's file as it was: a replaced image makes another shard.
+    fingerprints = read_run_rows(store_path).fingerprints
+    tasks = plan_shards(store_path, paths, fingerprints, todo_rows, lacking, shard_rows,
+                        {name: recipes[name] for name in active}, settings["extra_views"])
     folder = Path(store_path).parent
     reused = [result for result in (read_finished(folder, task) for task in tasks) if result is not None]
     for result in reused:

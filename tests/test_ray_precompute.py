@@ -337,3 +337,21 @@ def test_one_worker_per_gpu_and_cpu_workers_share_the_cores(resources, workers, 
         "TF_NUM_INTRAOP_THREADS": str(int(expected[1])), "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": str(int(expected[1])),
         "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={int(expected[1])}"}
+
+
+def test_shards_left_by_a_deleted_store_are_reused_only_for_unchanged_images(cluster, tmp_path):
+    import features
+
+    data = _images(tmp_path / "images", per_class=4)
+    out = tmp_path / "cache.h5"
+    features.precompute(data, out, ["identity"], **OPTIONS, ray="local", workers=2, shard_rows=3)
+    out.unlink()  # the store deleted, its shards folder kept
+    # One image replaced under the same name (another colour, another size on disk).
+    from PIL import Image
+
+    Image.new("RGB", (44, 52), (0, 200, 0)).save(data / "class_0" / "image_0.png")
+    summary = features.precompute(data, out, ["identity"], **OPTIONS, ray="local", workers=2, shard_rows=3)
+    assert summary.sharding.computed == 1 and summary.sharding.reused == 2  # 9 rows in shards of 3
+    reference = tmp_path / "reference.h5"
+    features.precompute(data, reference, ["identity"], **OPTIONS)
+    _assert_same_store(out, reference, backbones=["identity"])

@@ -41,12 +41,14 @@ def shards_folder(store_path):
     return store_path.with_name(store_path.name + ".shards")
 
 
-def shard_key(rows, paths, recipes, view_names):
-    """A digest of what a shard computes: its rows, their paths, and each backbone's recipe.
+def shard_key(rows, paths, fingerprints, recipes, view_names):
+    """A digest of what a shard computes: its rows, their paths and files, and each backbone's recipe.
 
     Args:
         rows: the store rows.
         paths: their paths relative to DATA.
+        fingerprints: (n, 2) size and mtime_ns of their files, so an image replaced under the same
+            name makes another shard.
         recipes: backbone -> its recipe attributes (`FeatureRecipe.to_attrs()`), which name the
             weights (and their sha256), input size, pooling, dtype, precision and views.
         view_names: the extra views.
@@ -54,6 +56,7 @@ def shard_key(rows, paths, recipes, view_names):
     digest = hashlib.sha256()
     digest.update(np.asarray(rows, np.int64).tobytes())
     digest.update("\0".join(paths).encode("utf-8"))
+    digest.update(np.asarray(fingerprints, np.int64).tobytes())
     digest.update(json.dumps({"recipes": recipes, "views": list(view_names), "format": SHARD_FORMAT},
                              sort_keys=True, default=str).encode("utf-8"))
     return digest.hexdigest()[:16]
@@ -83,7 +86,7 @@ class ShardTask:
     key: str
 
 
-def plan_shards(store_path, paths, todo_rows, lacking, shard_rows, recipes, view_names):
+def plan_shards(store_path, paths, fingerprints, todo_rows, lacking, shard_rows, recipes, view_names):
     """Split `todo_rows` into shards of contiguous rows, [k * shard_rows, (k + 1) * shard_rows).
 
     The boundaries are fixed multiples of `shard_rows`, so the same command run again plans the
@@ -92,6 +95,7 @@ def plan_shards(store_path, paths, todo_rows, lacking, shard_rows, recipes, view
     Args:
         store_path: the store.
         paths: the stored path of every row.
+        fingerprints: (N, 2) the stored size and mtime_ns of every row's file.
         todo_rows: sorted rows some backbone lacks (unreadable ones left out).
         lacking: backbone -> bool array, the rows it lacks.
         shard_rows: rows per shard.
@@ -110,7 +114,8 @@ def plan_shards(store_path, paths, todo_rows, lacking, shard_rows, recipes, view
             continue
         backbones = tuple(name for name in recipes if lacking[name][rows].any())
         shard_paths = tuple(paths[row] for row in rows)
-        key = shard_key(rows, shard_paths, {name: recipes[name] for name in backbones}, view_names)
+        key = shard_key(rows, shard_paths, np.asarray(fingerprints)[rows], {name: recipes[name] for name in backbones},
+                        view_names)
         file = f"{folder}/rows-{first:010d}-{first + shard_rows:010d}-{key}.h5"
         tasks.append(ShardTask(len(tasks), first, first + shard_rows, rows, shard_paths, backbones, file, key))
     return tasks
