@@ -15,7 +15,8 @@ import pytest
 
 from _run_fixtures import write_two_class_images
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs these tests (make test uses --dist loadgroup): one Ray cluster, one worker pool.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 ray = pytest.importorskip("ray")
 
