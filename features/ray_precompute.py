@@ -191,15 +191,31 @@ def start_workers(ray, workers):
     return _WORKERS[key]
 
 
+def _no_room(ray, actors):
+    return RuntimeError(f"{len(actors)} Ray worker(s) did not start within {START_TIMEOUT} s: the cluster has no room "
+                        f"for them (resources: {ray.available_resources()}). Use fewer --workers, or free the cluster.")
+
+
+def wait_until_up(ray, actors):
+    """Wait for workers Ray is restarting (one lost in an earlier run of the session) to answer again."""
+    for actor in actors:
+        for _ in range(MAX_PINGS):
+            try:
+                ray.get(actor.ping.remote(), timeout=START_TIMEOUT)
+                break
+            except ray.exceptions.RayActorError:  # restarting: asked again shortly
+                time.sleep(PING_SECONDS)
+            except ray.exceptions.GetTimeoutError:
+                raise _no_room(ray, actors) from None
+        else:
+            raise RuntimeError(f"A Ray worker lost earlier did not come back after {MAX_PINGS * PING_SECONDS:.0f} s; "
+                               f"restart Ray (ray.shutdown() in a notebook, or `ray stop` and `ray start`).")
+
+
 def check_workers_see(ray, actors, settings, sample_path):
     """Refuse, in one line, a run whose workers cannot see DATA or write the shards folder."""
-    try:
-        answers = ray.get([actor.where.remote(settings, sample_path) for actor in actors], timeout=START_TIMEOUT)
-    except ray.exceptions.GetTimeoutError:
-        raise RuntimeError(
-            f"{len(actors)} Ray worker(s) did not start within {START_TIMEOUT} s: the cluster has no room for them "
-            f"(resources: {ray.available_resources()}). Use fewer --workers, or free the cluster.") from None
-    for host, problem in answers:
+    wait_until_up(ray, actors)
+    for host, problem in ray.get([actor.where.remote(settings, sample_path) for actor in actors]):
         if problem:
             raise ValueError(
                 f"A Ray worker on host {host} cannot see its input: {problem}. DATA and the folder of --out must be "

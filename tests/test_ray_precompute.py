@@ -176,6 +176,17 @@ def test_a_worker_killed_mid_shard_is_retried_counted_and_the_store_is_undisturb
     _assert_same_store(out, reference)
 
 
+def test_a_worker_lost_between_runs_is_waited_for_not_an_error(cluster, data, tmp_path):
+    import features
+    from features.ray_precompute import start_workers
+
+    actors = start_workers(ray, 2)
+    os.kill(ray.get(actors[0].ping.remote()), signal.SIGKILL)  # idle: Ray restarts it, no shard is lost
+    summary = features.precompute(data, tmp_path / "cache.h5", ["identity"], **OPTIONS, ray="local", workers=2,
+                                  shard_rows=8)
+    assert summary.sharding.computed == 3 and summary.sharding.retried == 0
+
+
 def test_a_killed_driver_run_again_reuses_the_finished_shards(cluster, data, single, tmp_path):
     import features
 
