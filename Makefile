@@ -25,14 +25,12 @@ notebook: $(VENV)/.dev-installed
 	$(PY) examples/execute_notebook.py
 
 # Two workers (pytest-xdist): the suite is mostly single-threaded graph tracing, so two cores halve it.
-# --dist loadgroup: tests marked xdist_group (those sharing a costly trained run or a Ray cluster) run on one
-# worker, so it is built once; the rest are spread as usual.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2
 
 # The inner loop: everything but the tests marked slow (whole scripts, subprocesses, every backbone).
 test-fast: $(VENV)/.dev-installed
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: $(VENV)/.runtime-installed
 	$(PY) benchmarks/bench_precompute.py

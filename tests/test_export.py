@@ -19,10 +19,6 @@ from fusion.classifier import FusionClassifier
 from fusion.export import build_pixel_model, class_names_of, export_model, feature_recipes
 from fusion.synthetic import write_synthetic_store
 
-# One xdist worker runs these tests (make test uses --dist loadgroup),
-# so the session-scoped trained run they share with test_predict is built once.
-pytestmark = pytest.mark.xdist_group("float32_run")
-
 
 def stored_features(store, with_views=False):
     """The image paths of a store, its features per backbone and (with_views) its one extra view per backbone."""

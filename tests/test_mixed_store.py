@@ -10,10 +10,6 @@ import pytest
 import features
 from _run_fixtures import write_two_class_images
 
-# One xdist worker runs these tests (make test uses --dist loadgroup),
-# so its module-scoped mixed store is built once.
-pytestmark = pytest.mark.xdist_group("mixed_store")
-
 pytest.importorskip("keras_hub")
 
 # A multiple of DINOv2's patch size (14) and above MobileNetV2's smallest input (32).

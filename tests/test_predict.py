@@ -12,10 +12,6 @@ import features
 import run_predict
 from fusion.predict import Predictions, load_classifier, predict_images, write_predictions_csv
 
-# One xdist worker runs these tests (make test uses --dist loadgroup),
-# so the session-scoped trained run they share with test_export is built once.
-pytestmark = pytest.mark.xdist_group("float32_run")
-
 
 @pytest.fixture(scope="module")
 def classifier(float32_run):

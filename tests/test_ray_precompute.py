@@ -15,8 +15,7 @@ import pytest
 
 from _run_fixtures import write_two_class_images
 
-# One xdist worker runs these tests (make test uses --dist loadgroup): one Ray cluster, one worker pool.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray")
 

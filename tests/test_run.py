@@ -20,10 +20,6 @@ from fusion.store import read_store_info
 from fusion.synthetic import write_synthetic_store
 from _run_fixtures import logged_lines, unconfigured_logging
 
-# One xdist worker runs these tests (make test uses --dist loadgroup),
-# so its module-scoped XOR run (40 s) is built once.
-pytestmark = pytest.mark.xdist_group("xor_run")
-
 QUIET = {"verbose": 0}
 SMALL = {"units": 32, "epochs": 20, "patience": 5, **QUIET}
 
