@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from features.compute import _check_finite, _timed_prepare
-from features.store._checks import _row_checksums
 from features.store import ShardWriter
 
 
@@ -71,15 +70,11 @@ class ShardWorker:
     def _models(names, settings):
         """Backbone -> model, and the seconds spent building those this worker process had not built before."""
         # The process's extractor cache: each backbone is built and traced once per worker process.
-        from features.extractors import feature_extractor
+        from features.extractors import ExtractorSet
 
-        models, build_seconds = {}, 0.0
-        for name in names:
-            building = time.perf_counter()
-            models[name], built = feature_extractor(name, settings["input_sizes"][name], settings["weight_files"][name],
-                                                    settings["poolings"][name], settings["seed"], settings["precision"])
-            build_seconds += time.perf_counter() - building if built else 0.0
-        return models, build_seconds
+        extractors = ExtractorSet(settings["input_sizes"], settings["weight_files"], settings["poolings"],
+                                  settings["seed"], settings["precision"])
+        return extractors.build(names), extractors.build_seconds
 
     def compute(self, task, settings):
         """Compute `task` (a `ShardTask`) into its shard file; returns (host, pid, seconds, build seconds)."""
@@ -125,31 +120,9 @@ class ShardWorker:
                     features = predict_in_batches(models[name], stacked, batch_size)
                     writer.add_cost(f"features/{name}", time.perf_counter() - computing, len(good))
                     features = features.reshape((len(good), 1 + len(extra_views)) + features.shape[1:])
-                    _check_finite(features, name, np.asarray(task.rows)[positions], _PathsOfRows(task))
-                    features = features.astype(settings["dtype"])
-                    self._write(writer, "features", name, positions, features[:, 0])
+                    _check_finite(features, name, positions, task.paths)
+                    writer.write_rows("features", name, positions, features[:, 0])
                     if extra_views:
-                        self._write(writer, "views", name, positions, features[:, 1:])
+                        writer.write_rows("views", name, positions, features[:, 1:])
             writer.finish(time.perf_counter() - started)
         return socket.gethostname(), os.getpid(), time.perf_counter() - started, build_seconds
-
-    @staticmethod
-    def _write(writer, group, name, positions, values):
-        # Good rows of a batch are consecutive but for the unreadable ones between them: write runs as slices.
-        begin = 0
-        for end in range(1, len(positions) + 1):
-            if end == len(positions) or positions[end] != positions[end - 1] + 1:
-                part = values[begin:end]
-                writer.write_rows(group, name, slice(int(positions[begin]), int(positions[end - 1]) + 1), part,
-                                  _row_checksums(part))
-                begin = end
-
-
-class _PathsOfRows:
-    """Store row -> path for the rows of one task (what `_check_finite` names a bad image by)."""
-
-    def __init__(self, task):
-        self._paths = dict(zip(np.asarray(task.rows).tolist(), task.paths))
-
-    def __getitem__(self, row):
-        return self._paths[int(row)]

@@ -133,7 +133,7 @@ class ShardWriter:
 
     Example:
         >>> with ShardWriter(path, task, {"resnet50": (2048,)}, "float16", ()) as writer:
-        ...     writer.write_rows("features", "resnet50", slice(0, 32), features, checksums)
+        ...     writer.write_rows("features", "resnet50", np.arange(32), features)
         ...     writer.finish(seconds=12.5)
     """
 
@@ -159,10 +159,15 @@ class ShardWriter:
         self._file.attrs["format"] = SHARD_FORMAT
         self._file.attrs["key"] = task.key
 
-    def write_rows(self, group, backbone, rows, values, checksums):
-        """Write shard rows `rows` (a slice) of `/<group>/<backbone>` and their CRC32."""
-        self._file[f"{group}/{backbone}"][rows] = values
-        self._file[f"checksums/{group}/{backbone}"][rows] = checksums
+    def write_rows(self, group, backbone, rows, values):
+        """Write shard rows `rows` (sorted indices) of `/<group>/<backbone>` in the stored dtype, then their CRC32."""
+        from features.store._checks import _row_checksums
+        from features.store._write import _fill_rows
+
+        dataset = self._file[f"{group}/{backbone}"]
+        values = np.asarray(values).astype(dataset.dtype, copy=False)
+        _fill_rows(dataset, rows, values)
+        _fill_rows(self._file[f"checksums/{group}/{backbone}"], rows, _row_checksums(values))
 
     def mark_unreadable(self, rows, reasons):
         """Mark shard rows `rows` (indices) unreadable, with their reasons."""
