@@ -235,7 +235,6 @@ def compute_on_ray(ray, actors, tasks, settings, store_path, lacking, virtual, p
     """
     from tqdm import tqdm
 
-    folder = Path(store_path).parent
     results, retried = [], 0
     attempts = collections.Counter()
     pending = collections.deque(tasks)
@@ -286,16 +285,8 @@ def compute_on_ray(ray, actors, tasks, settings, store_path, lacking, virtual, p
                 cause = error.cause if getattr(error, "cause", None) is not None else error
                 raise cause from None
             idle.append(index)
-            result = read_finished(folder, task)
-            if result is None:
-                raise RuntimeError(f"Worker on {host} reported shard {task.file} finished, but the driver cannot read "
-                                   f"it in {folder}: the shards folder must be on storage the driver and every worker "
-                                   f"see. Received: shard={task.file}")
-            _commit_as_it_comes(store_path, result, lacking, virtual)
-            results.append(result)
-            record = stats[index]
-            record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
-                          seconds=record["seconds"] + seconds, build=record["build"] + build)
+            results.append(_join_finished(store_path, task, (host, pid, seconds, build), stats[index], lacking,
+                                          virtual))
             bar.update(len(task.rows))
     finally:
         bar.close()
@@ -309,21 +300,34 @@ def compute_here(tasks, settings, store_path, lacking, virtual, progress):
     """
     from tqdm import tqdm
 
-    folder = Path(store_path).parent
     worker, results = ShardWorker(), []
     record = dict(host="?", pid=0, shards=0, images=0, seconds=0.0, build=0.0)
     started = time.perf_counter()
     with tqdm(total=sum(len(task.rows) for task in tasks), unit="img", file=sys.stderr, disable=not progress,
               desc="precompute") as bar:
         for task in tasks:
-            host, pid, seconds, build = worker.compute(task, settings)
-            result = read_finished(folder, task)
-            _commit_as_it_comes(store_path, result, lacking, virtual)
-            results.append(result)
-            record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
-                          seconds=record["seconds"] + seconds, build=record["build"] + build)
+            results.append(_join_finished(store_path, task, worker.compute(task, settings), record, lacking,
+                                          virtual))
             bar.update(len(task.rows))
     return results, 0, {0: record}, time.perf_counter() - started
+
+
+def _join_finished(store_path, task, answer, record, lacking, virtual):
+    """Read the shard a worker reported finished, copy in its ordinary backbones, count it; returns its result.
+
+    `answer` is the worker's (host, pid, seconds, build seconds); `record` its running totals.
+    """
+    host, pid, seconds, build = answer
+    folder = Path(store_path).parent
+    result = read_finished(folder, task)
+    if result is None:
+        raise RuntimeError(f"Worker on {host} reported shard {task.file} finished, but the driver cannot read "
+                           f"it in {folder}: the shards folder must be on storage the driver and every worker "
+                           f"see. Received: shard={task.file}")
+    _commit_as_it_comes(store_path, result, lacking, virtual)
+    record.update(host=host, pid=pid, shards=record["shards"] + 1, images=record["images"] + len(task.rows),
+                  seconds=record["seconds"] + seconds, build=record["build"] + build)
+    return result
 
 
 def _commit_as_it_comes(store_path, result, lacking, virtual):
