@@ -145,10 +145,12 @@ def test_a_worker_killed_mid_shard_is_retried_counted_and_the_store_is_undisturb
     options = dict(OPTIONS, input_size=40)
     reference = tmp_path / "single.h5"
     features.precompute(data, reference, BACKBONES, **options)
-    from features.ray_precompute import start_workers
+    from features.ray_precompute import start_workers, wait_until_up
 
     # This cluster's workers only (another test process may run a Ray of its own on the machine).
-    ours = set(ray.get([actor.ping.remote() for actor in start_workers(ray, 2)]))
+    actors = start_workers(ray, 2)
+    wait_until_up(ray, actors)  # a worker an earlier test killed may still be restarting
+    ours = set(ray.get([actor.ping.remote() for actor in actors]))
     killed = []
 
     def kill_one_worker_mid_shard():
@@ -177,9 +179,10 @@ def test_a_worker_killed_mid_shard_is_retried_counted_and_the_store_is_undisturb
 
 def test_a_worker_lost_between_runs_is_waited_for_not_an_error(cluster, data, tmp_path):
     import features
-    from features.ray_precompute import start_workers
+    from features.ray_precompute import start_workers, wait_until_up
 
     actors = start_workers(ray, 2)
+    wait_until_up(ray, actors)  # a worker an earlier test killed may still be restarting
     os.kill(ray.get(actors[0].ping.remote()), signal.SIGKILL)  # idle: Ray restarts it, no shard is lost
     summary = features.precompute(data, tmp_path / "cache.h5", ["identity"], **OPTIONS, ray="local", workers=2,
                                   shard_rows=8)
