@@ -101,3 +101,31 @@ def test_verbose_shows_keras_lines_per_epoch(capsys):
     assert printed.count("Epoch 1/2") == 1 and printed.count("Epoch 2/2") == 1 and printed.count("val_loss: ") == 2
     train_model(model, _noise(0), _noise(1), epochs=2, patience=2)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the TensorFlow trainer's tracing")
+def test_the_train_step_is_traced_once_per_model_and_trains_the_same(monkeypatch):
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    traces = []
+    train_step = TensorFlowTrainer.train_step
+
+    def counted_train_step(self, data):
+        traces.append(self.name)  # Python runs only while TensorFlow traces the step
+        return train_step(self, data)
+
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", counted_train_step)
+
+    def trained_weights(model_name):
+        keras.utils.set_random_seed(0)
+        model = build_fusion_model({"a": (4,)}, 2, units=8, name=model_name)
+        train_model(model, _noise(0, rows=70), _noise(1), epochs=3, patience=3)  # 70 rows: a short last batch
+        return model.get_weights()
+
+    built_first = trained_weights("built_first")
+    # Keras's own lazy build, as before: the variables are made in the first trace, which is then traced again.
+    monkeypatch.setattr("fusion.training._build_before_tracing", lambda model: None)
+    lazily_built = trained_weights("lazily_built")
+    assert traces.count("built_first") == 1 and traces.count("lazily_built") == 2
+    for ours, theirs in zip(built_first, lazily_built, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
