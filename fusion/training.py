@@ -2,6 +2,7 @@
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -10,6 +11,9 @@ import numpy as np
 from features.atomic_files import open_atomic, save_model_atomic
 
 _CLASS_WEIGHTS = ("none", "balanced")
+# Writing a small head's `.keras` file costs about as much as one of its epochs (~80 ms): a better
+# epoch is written at once only when the checkpoint is older than this, and at the end in any case.
+CHECKPOINT_MIN_SECONDS = 30.0
 
 
 def class_weights(labels, num_classes, mode="balanced"):
@@ -39,18 +43,39 @@ def class_weights(labels, num_classes, mode="balanced"):
 
 
 class _AtomicCheckpoint(keras.callbacks.Callback):
-    """Save the model whenever `val_loss` improves, whole or not at all (`ModelCheckpoint` writes in place)."""
+    """Keep the model of the best `val_loss` on disk, whole or not at all (`ModelCheckpoint` writes in place).
 
-    def __init__(self, path):
+    A better epoch is written at once when the file is `min_seconds` old or more; a better epoch
+    that comes sooner is written by the next write or at the end of training, when EarlyStopping
+    (an earlier callback) has restored the best weights. A crash loses at most `min_seconds` of
+    progress on the checkpoint; a finished fit always leaves the best epoch.
+    """
+
+    def __init__(self, path, min_seconds=None):
         super().__init__()
         self.path = Path(path)
+        self.min_seconds = CHECKPOINT_MIN_SECONDS if min_seconds is None else min_seconds
         self.best = math.inf
+        self.unwritten = False
+        self.written_at = -math.inf
+        self.writes = 0
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("val_loss")
         if loss is not None and loss < self.best:
             self.best = float(loss)
-            save_model_atomic(self.model, self.path)
+            self.unwritten = True
+            if time.monotonic() - self.written_at >= self.min_seconds:
+                self._write()
+
+    def on_train_end(self, logs=None):
+        if self.unwritten:
+            self._write()
+
+    def _write(self):
+        save_model_atomic(self.model, self.path)
+        self.written_at, self.unwritten = time.monotonic(), False
+        self.writes += 1
 
 
 class _AtomicHistory(keras.callbacks.Callback):
@@ -105,7 +130,8 @@ def train_model(
 
     Callbacks: EarlyStopping(val_loss, best weights restored), ReduceLROnPlateau(val_loss,
     halving after a third of `patience`), and, when the paths are given, a checkpoint of the best
-    model (`.keras`) and the per-epoch history (CSV), both written whole or not at all. The data shuffles itself (see `FeatureBatches`), so
+    model (`.keras`; a better epoch within `CHECKPOINT_MIN_SECONDS` of the last write waits for the
+    next write or the end of training) and the per-epoch history (CSV), both written whole or not at all. The data shuffles itself (see `FeatureBatches`), so
     Keras does not shuffle again.
 
     Args:

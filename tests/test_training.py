@@ -1,11 +1,13 @@
 """Training the Keras way: early stopping with best weights, checkpoint, CSV history, class weights."""
 
 import csv
+import math
 
 import keras
 import numpy as np
 import pytest
 
+import fusion.training
 from fusion.model import build_fusion_model
 from fusion.training import class_weights, train_model
 
@@ -42,6 +44,32 @@ def test_early_stopping_restores_the_best_epoch_and_writes_checkpoint_and_histor
     assert len(rows) == epochs_run and {"loss", "val_loss", "learning_rate"} <= set(rows[0])
     # ReduceLROnPlateau halved the rate on the plateau before stopping.
     assert float(rows[-1]["learning_rate"]) < 0.05
+
+
+@pytest.mark.parametrize("min_seconds", [0.0, 3600.0])
+def test_the_checkpoint_ends_as_the_best_epoch_however_often_it_is_written(tmp_path, monkeypatch, min_seconds):
+    monkeypatch.setattr("fusion.training.CHECKPOINT_MIN_SECONDS", min_seconds)
+    writes = []
+
+    def counted_save(model, path, save=fusion.training.save_model_atomic):
+        writes.append(path)
+        save(model, path)
+
+    monkeypatch.setattr("fusion.training.save_model_atomic", counted_save)
+    rng = np.random.default_rng(0)
+    inputs = {"a": rng.normal(size=(96, 4)).astype("float32")}
+    labels = (inputs["a"][:, 0] > 0).astype("int64")  # learnable: val_loss improves over several epochs
+    keras.utils.set_random_seed(0)
+    model = build_fusion_model({"a": (4,)}, 2, units=8, learning_rate=0.05)
+    history = train_model(model, (inputs, labels), (inputs, labels), epochs=8, patience=8,
+                          checkpoint_path=tmp_path / "best.keras")
+    losses = history["val_loss"]
+    improvements = sum(loss < min(losses[:epoch], default=math.inf) for epoch, loss in enumerate(losses))
+    assert improvements >= 3
+    # Every better epoch at once; or, all within the interval, the first at once and the best when training ends.
+    assert len(writes) == (improvements if min_seconds == 0 else 2)
+    checkpoint = keras.saving.load_model(tmp_path / "best.keras")
+    assert checkpoint.evaluate(inputs, labels, verbose=0)[0] == pytest.approx(min(losses), rel=1e-4)
 
 
 def test_balanced_class_weight_shifts_predictions_to_the_minority_class():
