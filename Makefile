@@ -25,6 +25,7 @@ notebook: $(VENV)/.dev-installed
 	$(PY) examples/execute_notebook.py
 
 # Two workers (pytest-xdist): the suite is mostly single-threaded graph tracing, so two cores halve it.
+# Tests sharing an expensive fixture go to one worker together (tests/conftest.py).
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -n 2
 
