@@ -12,6 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Never download ImageNet weights from the tests, also on a machine that could.
 os.environ["FUSIONPIPE_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each xdist worker shares the cores with the others: one TensorFlow thread each rather than a pool
+    # per core in every worker (two workers on two cores: test_run_train + test_predict 125 s -> 108 s).
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 from _run_fixtures import trained_run  # noqa: E402
 
