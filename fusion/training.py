@@ -58,7 +58,6 @@ class _AtomicCheckpoint(keras.callbacks.Callback):
         self.best = math.inf
         self.unwritten = False
         self.written_at = -math.inf
-        self.writes = 0
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("val_loss")
@@ -75,7 +74,6 @@ class _AtomicCheckpoint(keras.callbacks.Callback):
     def _write(self):
         save_model_atomic(self.model, self.path)
         self.written_at, self.unwritten = time.monotonic(), False
-        self.writes += 1
 
 
 class _AtomicHistory(keras.callbacks.Callback):
