@@ -29,7 +29,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from features.store._checks import _row_checksums
+from features.store._files import rewrite_store
 from features.store._layout import STRING_DTYPE
+from features.store._virtual import create_virtual, read_spans, spans_of_rows
+from features.store._write import RowFiller, _fill_rows
 
 SHARD_FORMAT = 1
 _REASON_DTYPE = np.dtype("S200")
@@ -161,9 +165,6 @@ class ShardWriter:
 
     def write_rows(self, group, backbone, rows, values):
         """Write shard rows `rows` (sorted indices) of `/<group>/<backbone>` in the stored dtype, then their CRC32."""
-        from features.store._checks import _row_checksums
-        from features.store._write import _fill_rows
-
         dataset = self._file[f"{group}/{backbone}"]
         values = np.asarray(values).astype(dataset.dtype, copy=False)
         _fill_rows(dataset, rows, values)
@@ -277,7 +278,6 @@ def commit_copied(store_path, result, lacking, backbones, count_decode):
         backbones: the backbones of the shard whose store datasets are ordinary (not virtual).
         count_decode: add the shard's decode cost to the store's (once per shard).
     """
-    from features.store._write import RowFiller
 
     task = result.task
     with h5py.File(Path(store_path).parent / task.file, "r") as shard, RowFiller(store_path) as filler:
@@ -313,9 +313,6 @@ def commit_mapped(store_path, results, lacking, backbones, count_decode):
         backbones: the backbones whose `/features` (and `/views`) are virtual.
         count_decode: result -> whether to add its shard's decode cost to the store's (once per shard).
     """
-    from features.store._files import rewrite_store
-    from features.store._virtual import create_virtual, read_spans, spans_of_rows
-    from features.store._write import _fill_rows
 
     if not results:
         return
